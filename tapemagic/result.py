@@ -56,6 +56,7 @@ class Derivative:
     summed: bool = False  # gradient of the sum of a non-scalar target's elements
     why: str | None = None  # diagnosis for NONE / NONFINITE / STRUCTURAL
     check: Check | None = None
+    error: Exception | None = None  # what TF raised instead of a gradient (e.g. LookupError)
 
     @property
     def notation(self) -> str:

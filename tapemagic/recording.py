@@ -1,0 +1,210 @@
+"""Run code under nested persistent GradientTapes and take its derivatives.
+
+For derivatives up to order N the code runs inside N nested tapes. Each derivative
+of order k is taken while the tapes outside it are still recording, so it can be
+differentiated again: the placement the seed tutorial does by hand with `t` and `t2`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import tensorflow as tf
+
+from tapemagic.result import NONE, NONFINITE, STRUCTURAL, VALUE, ZERO, Derivative
+
+
+def is_float_tensor(value: Any) -> bool:
+    """A tensor or Variable a tape can differentiate (floating or complex dtype)."""
+    return isinstance(value, (tf.Tensor, tf.Variable)) and (
+        value.dtype.is_floating or value.dtype.is_complex
+    )
+
+
+def is_tensor_like(value: Any) -> bool:
+    return isinstance(value, (tf.Tensor, tf.Variable))
+
+
+def size_of(value: Any) -> int:
+    return int(tf.size(value)) if is_tensor_like(value) else 1
+
+
+@dataclass
+class Plan:
+    """What to compute once the code has run."""
+
+    order: int = 1
+    jacobian: bool = False
+    hessian: bool = False
+
+    @property
+    def levels(self) -> int:
+        return max(self.order, 2 if self.hessian else 1)
+
+
+@dataclass
+class Recorder:
+    """Nested persistent tapes, opened by `start`, closed level by level by `finish`.
+
+    `sources` maps names to the objects derivatives are taken with respect to; the
+    rewritten cell reports names it binds through `bind`, and those named in `watch`
+    (or Variables the cell creates) become sources from that moment.
+    """
+
+    plan: Plan = field(default_factory=Plan)
+    watch: set[str] | None = None  # names to watch when bound; None: Variables only
+    device: str | None = None
+    sources: dict[str, Any] = field(default_factory=dict)
+    bound: dict[str, tuple[int, Any]] = field(default_factory=dict)  # name -> (line, last value)
+    last_value: Any = None
+    tapes: list[tf.GradientTape] = field(default_factory=list)
+    _stack: contextlib.ExitStack | None = None
+
+    def start(self, sources: dict[str, Any]) -> None:
+        self._stack = contextlib.ExitStack()
+        if self.device:
+            self._stack.enter_context(tf.device(self.device))
+        for _ in range(self.plan.levels):
+            self.tapes.append(self._stack.enter_context(tf.GradientTape(persistent=True)))
+        for name, value in sources.items():
+            self._add_source(name, value)
+
+    def _add_source(self, name: str, value: Any) -> None:
+        self.sources[name] = value
+        for tape in self.tapes:
+            tape.watch(value)
+
+    def bind(self, lineno: int, names: tuple[str, ...], values: tuple[Any, ...]) -> tuple:
+        """Hook called by the rewritten cell after each binding statement."""
+        for name, value in zip(names, values):
+            self.bound[name] = (lineno, value)
+            if name in self.sources:
+                continue  # derivatives are with respect to a source's first value
+            if self.watch is not None:
+                wanted = name in self.watch
+            else:
+                wanted = isinstance(value, tf.Variable)
+            if wanted and is_tensor_like(value):
+                self._add_source(name, value)
+        return values
+
+    def last(self, value: Any) -> Any:
+        """Hook wrapped around the cell's last expression."""
+        self.last_value = value
+        return value
+
+    def abort(self) -> None:
+        """Close every tape: after a failed cell no later code may be recorded."""
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def finish(self, targets: dict[str, Any]) -> list[Derivative]:
+        """Close the tapes innermost first, taking each order's derivatives in between."""
+        assert self._stack is not None, "start() was not called"
+        plan = self.plan
+        pairs = [(t, s) for t in targets for s in self.sources]
+        current: dict[tuple[str, str], Any] = {p: targets[p[0]] for p in pairs}
+        results: list[Derivative] = []
+        gradients: dict[tuple[str, str], Any] = {}
+        errors: dict[tuple[str, str], Exception] = {}
+        try:
+            for order in range(1, plan.order + 1):
+                tape = self.tapes[-order]
+                tape.__exit__(None, None, None)
+                nxt = {}
+                for pair in pairs:
+                    prev = current.get(pair)
+                    if prev is None:
+                        continue
+                    try:
+                        nxt[pair] = dense(tape.gradient(prev, self.sources[pair[1]]))
+                    except Exception as exc:  # LookupError: no gradient registered, etc.
+                        errors[pair] = exc
+                        nxt[pair] = None
+                    results.append(self._derivative(pair, order, nxt[pair], prev, errors))
+                    if order == 1:
+                        gradients[pair] = nxt[pair]
+                current = nxt
+            if plan.hessian:
+                results += self._hessians(targets, gradients)
+        finally:
+            self.tapes_closed()
+        if plan.jacobian:
+            results += self._jacobians(targets)
+        return results
+
+    def tapes_closed(self) -> None:
+        # Tapes already exited by finish() are closed again harmlessly by the stack.
+        if self._stack is not None:
+            with contextlib.suppress(Exception):
+                self._stack.close()
+            self._stack = None
+
+    def _derivative(self, pair, order, value, prev, errors) -> Derivative:
+        target, source = pair
+        # A tape differentiates the sum of a non-scalar target: say so wherever shown.
+        d = Derivative(target, source, order=order, value=value, summed=size_of(prev) > 1)
+        if pair in errors:
+            d.status, d.error = NONE, errors[pair]
+        elif value is None:
+            d.status = STRUCTURAL if order > 1 else NONE
+            if order > 1:
+                d.value = tf.zeros_like(self.sources[source])
+                d.why = (
+                    f"the order-{order - 1} derivative does not depend on {source}, so TF "
+                    f"returns None: the true order-{order} derivative is 0"
+                )
+        else:
+            d.status = classify(value)
+        return d
+
+    def _hessians(self, targets, gradients) -> list[Derivative]:
+        """Hessian of each scalar target w.r.t. each vector source, from the order-2 tape."""
+        out = []
+        tape = self.tapes[-2]
+        for (target, source), grad in gradients.items():
+            src = self.sources[source]
+            if size_of(targets[target]) != 1 or grad is None:
+                continue
+            value = tape.jacobian(grad, src, experimental_use_pfor=False)
+            if value is None:
+                value = tf.zeros(tf.concat([tf.shape(src), tf.shape(src)], 0), src.dtype)
+            n = size_of(src)
+            value = tf.reshape(value, (n, n)) if src.shape.rank and src.shape.rank > 1 else value
+            out.append(Derivative(target, source, 1, "hessian", value, classify(value)))
+        return out
+
+    def _jacobians(self, targets) -> list[Derivative]:
+        out = []
+        tape = self.tapes[-1]
+        for target, value in targets.items():
+            if size_of(value) <= 1:
+                continue
+            for source, src in self.sources.items():
+                try:
+                    jac = tape.jacobian(value, src)
+                except Exception as exc:
+                    out.append(Derivative(target, source, 1, "jacobian", None, NONE, error=exc))
+                    continue
+                if jac is not None and (value.shape.rank or 0) + (src.shape.rank or 0) > 2:
+                    jac = tf.reshape(jac, (size_of(value), size_of(src)))
+                status = classify(jac) if jac is not None else NONE
+                out.append(Derivative(target, source, 1, "jacobian", jac, status))
+        return out
+
+
+def dense(value: Any) -> Any:
+    """Gradients of gathers come back as IndexedSlices: show them as tensors."""
+    return tf.convert_to_tensor(value) if isinstance(value, tf.IndexedSlices) else value
+
+
+def classify(value: Any) -> str:
+    """Which of the outcomes a computed (non-None) derivative is."""
+    if value.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(value))):
+        return NONFINITE
+    if not bool(tf.reduce_any(tf.not_equal(value, 0))):
+        return ZERO
+    return VALUE

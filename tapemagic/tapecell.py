@@ -1,0 +1,411 @@
+"""Run a cell's code under watched tapes and collect its derivatives into a `TapeResult`.
+
+This is the core of `%%tape` and `%grad`, with no IPython in it: the caller passes the
+cell's Python source, the namespace it runs in, and optionally an `execute` function
+(the magic's runs the code through IPython so that prints, display and tracebacks
+behave as in a plain cell).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tapemagic import cellcode
+from tapemagic.cellcode import BIND_HOOK, LAST_HOOK, CellInfo
+from tapemagic.diagnosis import Context, explain
+from tapemagic.recording import Plan, Recorder, classify, dense, is_float_tensor, size_of
+from tapemagic.result import NONE, Derivative, TapeResult
+
+MAX_ORDER = 4
+
+
+class TapeError(ValueError):
+    """A mistake in what the user asked for; the message is one line with the fix."""
+
+
+@dataclass
+class TapeOptions:
+    watch: list[str] | None = None
+    targets: list[str] | None = None
+    order: int = 1
+    jacobian: bool = False
+    hessian: bool = False
+    check: bool = False
+    plot: bool = False
+    device: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # %grad --at: values for this run
+
+
+# execute(rewriter) runs the cell with the rewriter applied; False when the cell failed
+# (the executor has shown the error), an exception propagates otherwise.
+Executor = Callable[[ast.NodeTransformer], bool]
+
+
+def plain_executor(code: str, namespace: dict) -> Executor:
+    """Run with `exec`, as a script would; the cell's exception propagates."""
+
+    def execute(rewriter: ast.NodeTransformer) -> bool:
+        tree = rewriter.visit(ast.parse(code, "<tape cell>"))
+        body, last = tree.body, None
+        if body and isinstance(body[-1], ast.Expr):
+            body, last = body[:-1], body[-1]
+        exec(compile(ast.Module(body, []), "<tape cell>", "exec"), namespace)
+        if last is not None:
+            eval(compile(ast.Expression(last.value), "<tape cell>", "eval"), namespace)
+        return True
+
+    return execute
+
+
+def tape_cell(
+    code: str,
+    namespace: dict,
+    options: TapeOptions | None = None,
+    execute: Executor | None = None,
+) -> TapeResult | None:
+    """Run `code` in `namespace` under tapes; None when the cell itself failed."""
+    opts = options or TapeOptions()
+    if not code.strip():
+        raise TapeError("the cell is empty: put the code to differentiate below %%tape")
+    if not 1 <= opts.order <= MAX_ORDER:
+        raise TapeError(f"--order must be 1 to {MAX_ORDER}, not {opts.order}")
+    try:
+        info: CellInfo | None = cellcode.analyse(code, _module_test(namespace))
+    except SyntaxError:
+        if execute is None:
+            raise
+        info = None  # the executor shows the syntax error as IPython does
+    device = resolve_device(opts.device)
+    execute = execute or plain_executor(code, namespace)
+    if info is None:
+        execute(cellcode.Rewriter())
+        return None
+    sources, watched, swaps = _resolve_sources(info, namespace, opts)
+    _check_target_names(info, namespace, opts)
+    recorder = Recorder(
+        plan=Plan(opts.order, opts.jacobian, opts.hessian),
+        watch=set(opts.watch) if opts.watch is not None else None,
+        device=device,
+    )
+    saved = {name: namespace[name] for name in swaps if name in namespace}
+    ok = False
+    try:
+        namespace.update(swaps)
+        recorder.start(sources)
+        namespace[BIND_HOOK], namespace[LAST_HOOK] = recorder.bind, recorder.last
+        ok = execute(cellcode.Rewriter())
+        if ok:
+            targets = _collect_targets(info, namespace, opts, recorder)
+            _add_accessed_variables(recorder, opts)
+            derivatives = recorder.finish(targets)
+    finally:
+        recorder.abort()
+        for name in (BIND_HOOK, LAST_HOOK):
+            namespace.pop(name, None)
+        for name, tensor in swaps.items():  # give the user their own objects back
+            if namespace.get(name) is tensor:
+                if name in saved:
+                    namespace[name] = saved[name]
+                else:
+                    del namespace[name]
+    if not ok:
+        return None
+    return _build_result(info, namespace, opts, recorder, targets, derivatives, watched, code)
+
+
+def resolve_device(device: str | None) -> str | None:
+    """Normalise 'gpu', 'GPU:1', '/device:CPU:0'; an unknown one lists what exists."""
+    if not device:
+        return None
+    known = [d.name for d in tf.config.list_logical_devices()]
+    spec = device.strip()
+    if not spec.startswith("/"):
+        spec = "/device:" + spec.upper()
+    elif not spec.lower().startswith("/device:"):
+        spec = "/device:" + spec[1:].upper()
+    else:
+        spec = "/device:" + spec[len("/device:") :].upper()
+    if ":" not in spec[len("/device:") :]:
+        spec += ":0"
+    if spec not in known:
+        names = ", ".join(n.replace("/device:", "") for n in known)
+        raise TapeError(f"unknown device {device!r}: this machine has {names}")
+    return spec
+
+
+def _module_test(namespace: dict) -> Callable[[str], bool]:
+    def is_numeric_module(name: str) -> bool:
+        mod = getattr(namespace.get(name), "__name__", "")
+        return type(namespace.get(name)).__name__ == "module" and mod.split(".")[0] in (
+            "numpy",
+            "math",
+            "scipy",
+        )
+
+    return is_numeric_module
+
+
+def _resolve_sources(info: CellInfo, namespace: dict, opts: TapeOptions):
+    """Sources known before the run, the ids watched on purpose, and tensors to swap in."""
+    sources: dict[str, Any] = {}
+    swaps: dict[str, Any] = {}
+    names = opts.watch if opts.watch is not None else info.reads
+    for name in names:
+        if name in opts.overrides:
+            value = opts.overrides[name]
+        elif name in namespace and name in info.reads:
+            value = namespace[name]
+        elif name in info.binds:
+            continue  # watched by the bind hook from the moment the cell binds it
+        elif name in namespace:
+            value = namespace[name]
+        else:
+            raise TapeError(
+                f"--watch {name}: no such name in the namespace or the cell; "
+                f"define {name} first, or check the spelling"
+            )
+        tensor = _as_source(name, value, explicit=opts.watch is not None)
+        if tensor is None:
+            continue
+        if tensor is not value or name in opts.overrides:
+            swaps[name] = tensor
+        sources[name] = tensor
+    if opts.watch is None and not sources:
+        # Nothing float was read: show integer tensors too, so their None gets explained.
+        for name in info.reads:
+            value = namespace.get(name)
+            if isinstance(value, (tf.Tensor, tf.Variable)) and value.dtype.is_integer:
+                sources[name] = value
+    return sources, {id(v) for v in sources.values()}, swaps
+
+
+def _as_source(name: str, value: Any, explicit: bool) -> Any:
+    """The tensor to differentiate with respect to, or None (not a source by default)."""
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        if value.dtype.is_floating or value.dtype.is_complex or explicit:
+            return value
+        return None
+    if not explicit:
+        return None
+    if isinstance(value, bool) or isinstance(value, (int, np.integer)):
+        raise TapeError(
+            f"{name} is an int ({value!r}): tapes differentiate floats only; "
+            f"make it {name} = {float(value)!r} (or pass --at {name}={float(value)!r})"
+        )
+    if isinstance(value, (float, np.floating)):
+        return tf.constant(value, dtype=tf.float32 if isinstance(value, float) else None)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return tf.constant(value)
+    if isinstance(value, np.ndarray):
+        raise TapeError(
+            f"{name} is a NumPy {value.dtype} array: tapes differentiate floats only; "
+            f"use {name}.astype('float32')"
+        )
+    kind = type(value).__name__
+    raise TapeError(
+        f"{name} is a {kind}, not a number or tensor: tapes differentiate float tensors; "
+        f"make it one, e.g. {name} = tf.constant(...)"
+    )
+
+
+def _check_target_names(info: CellInfo, namespace: dict, opts: TapeOptions) -> None:
+    for name in opts.targets or []:
+        if name not in info.binds and name not in namespace:
+            raise TapeError(
+                f"--target {name}: the cell does not bind {name} and no such name exists; "
+                f"targets: {', '.join(info.binds) or 'none'}"
+            )
+
+
+def _collect_targets(info: CellInfo, namespace: dict, opts: TapeOptions, recorder: Recorder):
+    if opts.targets:
+        return {name: namespace.get(name) for name in opts.targets}
+    source_ids = {id(v) for v in recorder.sources.values()}
+    targets = {
+        name: namespace[name]
+        for name in info.binds
+        if name in namespace
+        and is_float_tensor(namespace[name])
+        and not isinstance(namespace[name], tf.Variable)
+        and name not in recorder.sources
+        and id(namespace[name]) not in source_ids
+    }
+    if not targets and info.has_last_expr:
+        last = ast.parse(info.source).body[-1]
+        label = ast.get_source_segment(info.source, last) or "_"
+        targets[label] = recorder.last_value
+    return targets
+
+
+def _add_accessed_variables(recorder: Recorder, opts: TapeOptions) -> None:
+    """Trainable Variables reached through objects (a Keras model's weights) are sources too."""
+    if opts.watch is not None or not recorder.tapes:
+        return
+    known = {id(v) for v in recorder.sources.values()}
+    for var in recorder.tapes[-1].watched_variables():
+        if id(var) not in known and is_float_tensor(var):
+            name = getattr(var, "path", None) or var.name.split(":")[0]
+            recorder.sources[name] = var
+            known.add(id(var))
+
+
+def _build_result(info, namespace, opts, recorder, targets, derivatives, watched, code):
+    point = {name: _snapshot(v) for name, v in recorder.sources.items()}
+    values = {name: v for name, v in targets.items()}
+    ctx = Context(
+        info=info,
+        sources=recorder.sources,
+        targets=targets,
+        namespace=namespace,
+        watched=watched | {id(v) for v in recorder.sources.values()},
+        point=point,
+    )
+    for d in derivatives:
+        if d.why is None or d.status == NONE:
+            d.why = explain(d, ctx)
+    result = TapeResult(
+        targets=list(targets),
+        sources=list(recorder.sources),
+        point=point,
+        values=values,
+        derivatives=derivatives,
+        notes=_notes(info, namespace, recorder, targets),
+    )
+    result._lookup = _on_demand(recorder, ctx, namespace)
+    if opts.check:
+        from tapemagic.fdcheck import check_result
+
+        check_result(result, code, namespace, recorder, opts)
+    if opts.plot:
+        from tapemagic.plotting import plot_result
+
+        plot_result(result, code, namespace, recorder, opts)
+    return result
+
+
+def _snapshot(value: Any) -> Any:
+    return tf.identity(value) if isinstance(value, tf.Variable) else value
+
+
+def _notes(info: CellInfo, namespace: dict, recorder: Recorder, targets: dict) -> list[str]:
+    notes = [lint.message for lint in info.lints]
+    for name, source in recorder.sources.items():
+        now = namespace.get(name)
+        if isinstance(source, tf.Variable) and name in info.binds and not isinstance(
+            now, tf.Variable
+        ):
+            line = info.bind_lines[name][0]
+            notes.append(
+                f"line {line}: {name} was a tf.Variable and the cell rebinds the name to a "
+                f"Tensor ({info.line(line)}); the Variable is gone from the namespace and the "
+                f"next run differentiates a constant: update it in place with "
+                f"{name}.assign(...) / assign_add / assign_sub"
+            )
+        if isinstance(source, tf.Variable) and not source.trainable:
+            notes.append(
+                f"{name} has trainable=False: tapemagic watched it, but a plain GradientTape "
+                f"would not (its gradient would be None) and optimizers skip it"
+            )
+    if not recorder.sources:
+        notes.append(_no_sources_note(info, namespace, targets))
+    elif not targets:
+        notes.append(
+            "no targets: the cell binds no float tensor and ends with no expression; "
+            "assign the value to differentiate (y = ...) or name it with -t"
+        )
+    ignored = [
+        f"{n} ({namespace[n].dtype.name})"
+        for n in info.reads
+        if isinstance(namespace.get(n), (tf.Tensor, tf.Variable))
+        and namespace[n].dtype.is_integer
+        and n not in recorder.sources
+    ]
+    if ignored:
+        notes.append(
+            f"not differentiated, integer: {', '.join(ignored)}; tapes differentiate floats "
+            f"only (use tf.constant(3.0) or tf.cast(..., tf.float32) to include them)"
+        )
+    return notes
+
+
+def _no_sources_note(info: CellInfo, namespace: dict, targets: dict) -> str:
+    made_here = [
+        n
+        for n in info.binds
+        if is_float_tensor(namespace.get(n)) and any(n in info.depends_on(t) for t in targets)
+    ]
+    if made_here:
+        name = made_here[0]
+        return (
+            f"no sources: the targets are computed from {', '.join(made_here)}, made in the "
+            f"cell as a constant (line {info.bind_lines[name][0]}), and no tape watches a "
+            f"constant by itself; watch it from the moment it is bound: %%tape -w {name}"
+        )
+    return (
+        "no sources: the cell reads no float tensor or Variable from the namespace and "
+        "creates no Variable; name what to differentiate with respect to with -w NAME"
+    )
+
+
+def _on_demand(recorder: Recorder, ctx: Context, namespace: dict):
+    """Order-1 gradients for pairs not precomputed, from the still-persistent inner tape."""
+    inner = recorder.tapes[-1] if recorder.tapes else None
+
+    def lookup(target, source, order, kind):
+        if order != 1 or kind != "gradient" or inner is None:
+            return None
+        name, obj = _source_object(source, ctx, namespace)
+        if obj is None:
+            return None
+        if target in ctx.targets:
+            value = ctx.targets[target]
+        elif target in namespace:
+            value = namespace[target]
+        else:
+            return None
+        stale = name in ctx.sources and ctx.sources[name] is not obj
+        d = Derivative(target, name, 1, "gradient")
+        try:
+            d.value = dense(inner.gradient(value, obj)) if _differentiable(value) else None
+        except Exception as exc:
+            d.error = exc
+        d.status = classify(d.value) if d.value is not None and d.error is None else NONE
+        d.summed = size_of(value) > 1
+        local = Context(
+            ctx.info, {**ctx.sources, name: obj}, {**ctx.targets, target: value},
+            namespace, ctx.watched, ctx.point,
+        )  # fmt: skip
+        if stale and d.status == NONE:
+            d.why = (
+                f"{name} is a different object from the one the tape recorded: the cell that "
+                f"makes {name} ran again after this tape, so the tape never saw the new "
+                f"{name}; re-run the %%tape cell"
+            )
+        else:
+            d.why = explain(d, local)
+        return d
+
+    return lookup
+
+
+def _differentiable(value: Any) -> bool:
+    return isinstance(value, (tf.Tensor, tf.Variable))
+
+
+def _source_object(source: Any, ctx: Context, namespace: dict):
+    if isinstance(source, str):
+        if source in ctx.sources:
+            return source, ctx.sources[source]
+        if source in namespace:
+            return source, namespace[source]
+        return source, None
+    for name, value in namespace.items():
+        if value is source and not name.startswith("_"):
+            return name, source
+    return getattr(source, "name", "source").split(":")[0], source
