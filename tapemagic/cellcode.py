@@ -275,9 +275,8 @@ class _Analyser:
             if kind:
                 text = ast.get_source_segment(self.source, node) or ""
                 found.append(Finding(kind, getattr(node, "lineno", 0), text))
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                if node.func.attr == "gradient" and isinstance(node.func.value, ast.Name):
-                    self.gradient_calls.append((node.func.value.id, node))
+            if _is_method_call(node, "gradient"):
+                self.gradient_calls.append((node.func.value.id, node))
         return found
 
     def _classify(self, node: ast.AST) -> str | None:
@@ -285,7 +284,9 @@ class _Analyser:
             return "nondiff"
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
             exp = node.right
-            if not (isinstance(exp, ast.Constant) and isinstance(exp.value, int) and exp.value >= 0):
+            if not (
+                isinstance(exp, ast.Constant) and isinstance(exp.value, int) and exp.value >= 0
+            ):
                 return "singular"
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
             return "singular"
@@ -380,6 +381,16 @@ def _target_names(node: ast.AST | None) -> list[str]:
     if isinstance(node, ast.Starred):
         return _target_names(node.value)
     return []
+
+
+def _is_method_call(node: ast.AST, method: str) -> bool:
+    """`name.method(...)`"""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == method
+        and isinstance(node.func.value, ast.Name)
+    )
 
 
 def _root_name(node: ast.AST) -> str | None:

@@ -163,15 +163,11 @@ def _finding_message(f: Finding, cause: str, source: str, target: str, where: st
 
 def _why_nonfinite(d: Derivative, ctx: Context) -> str:
     tgt = ctx.targets.get(d.target)
-    if isinstance(tgt, (tf.Tensor, tf.Variable)) and tgt.dtype.is_floating:
-        if not bool(tf.reduce_all(tf.math.is_finite(tgt))):
-            line = ""
-            if ctx.info and ctx.info.bind_lines.get(d.target):
-                line = f" (line {ctx.info.bind_lines[d.target][-1]})"
-            return (
-                f"{d.target} itself is NaN or Inf at this point{line}, so its derivatives "
-                f"are too"
-            )
+    if _not_finite(tgt):
+        line = ""
+        if ctx.info and ctx.info.bind_lines.get(d.target):
+            line = f" (line {ctx.info.bind_lines[d.target][-1]})"
+        return f"{d.target} itself is NaN or Inf at this point{line}, so its derivatives are too"
     at = _point_text(ctx, d.source)
     where = _findings(ctx, d.source, d.target, {"where"})
     singular = _findings(ctx, d.source, d.target, {"singular"})
@@ -193,6 +189,14 @@ def _why_nonfinite(d: Derivative, ctx: Context) -> str:
     return (
         "an op on the path has an infinite or undefined derivative here; "
         "tf.debugging.enable_check_numerics() names the first op that makes NaN or Inf"
+    )
+
+
+def _not_finite(value: Any) -> bool:
+    return (
+        isinstance(value, (tf.Tensor, tf.Variable))
+        and value.dtype.is_floating
+        and not bool(tf.reduce_all(tf.math.is_finite(value)))
     )
 
 

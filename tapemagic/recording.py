@@ -78,7 +78,7 @@ class Recorder:
 
     def bind(self, lineno: int, names: tuple[str, ...], values: tuple[Any, ...]) -> tuple:
         """Hook called by the rewritten cell after each binding statement."""
-        for name, value in zip(names, values):
+        for name, value in zip(names, values, strict=True):
             self.bound[name] = (lineno, value)
             if name in self.sources:
                 continue  # derivatives are with respect to a source's first value

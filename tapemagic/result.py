@@ -90,6 +90,7 @@ class TapeResult:
     derivatives: list[Derivative] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings about the cell, one line each
     plots: list[bytes] = field(default_factory=list)  # PNG images (from --plot)
+    tape: Any = field(default=None, repr=False)  # the inner persistent tf.GradientTape
     # Called for pairs that were not precomputed: (target, source) -> Derivative.
     _lookup: Any = field(default=None, repr=False, compare=False)
 

@@ -165,6 +165,8 @@ def _resolve_sources(info: CellInfo, namespace: dict, opts: TapeOptions):
             continue  # watched by the bind hook from the moment the cell binds it
         elif name in namespace:
             value = namespace[name]
+        elif opts.watch is None:
+            continue  # a builtin, or a name the cell fails on: the run will tell
         else:
             raise TapeError(
                 f"--watch {name}: no such name in the namespace or the cell; "
@@ -193,7 +195,7 @@ def _as_source(name: str, value: Any, explicit: bool) -> Any:
         return None
     if not explicit:
         return None
-    if isinstance(value, bool) or isinstance(value, (int, np.integer)):
+    if isinstance(value, (bool, int, np.integer)):
         raise TapeError(
             f"{name} is an int ({value!r}): tapes differentiate floats only; "
             f"make it {name} = {float(value)!r} (or pass --at {name}={float(value)!r})"
@@ -276,6 +278,7 @@ def _build_result(info, namespace, opts, recorder, targets, derivatives, watched
         values=values,
         derivatives=derivatives,
         notes=_notes(info, namespace, recorder, targets),
+        tape=recorder.tapes[-1] if recorder.tapes else None,
     )
     result._lookup = _on_demand(recorder, ctx, namespace)
     if opts.check:
@@ -297,8 +300,10 @@ def _notes(info: CellInfo, namespace: dict, recorder: Recorder, targets: dict) -
     notes = [lint.message for lint in info.lints]
     for name, source in recorder.sources.items():
         now = namespace.get(name)
-        if isinstance(source, tf.Variable) and name in info.binds and not isinstance(
-            now, tf.Variable
+        if (
+            isinstance(source, tf.Variable)
+            and name in info.binds
+            and not isinstance(now, tf.Variable)
         ):
             line = info.bind_lines[name][0]
             notes.append(

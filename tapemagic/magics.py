@@ -1,0 +1,270 @@
+"""The IPython layer: `%%tape` and `%grad` parse their arguments and call the core.
+
+Argument mistakes become one-line `UsageError`s. The cell itself runs through
+`shell.run_cell`, so its prints, displayed value, syntax errors and tracebacks look
+exactly as they would without the magic.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+MAGIC_NAMES = {"cell": ["tape"], "line": ["grad"]}
+
+
+def register(shell) -> None:
+    shell.register_magics(TapeMagics)
+
+
+def unregister(shell) -> None:
+    magics = shell.magics_manager.magics
+    for kind, names in MAGIC_NAMES.items():
+        for name in names:
+            magics[kind].pop(name, None)
+    shell.magics_manager.registry.pop("TapeMagics", None)
+
+
+def _names(text: str | None, option: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not n.isidentifier()]
+    if bad or not names:
+        raise UsageError(
+            f"{option} takes comma-separated names like a,b; {', '.join(bad) or 'none'} "
+            "is not a name"
+        )
+    return names
+
+
+@magics_class
+class TapeMagics(Magics):
+    """`%%tape` runs a cell under watched tapes; `%grad` differentiates one expression."""
+
+    @magic_arguments()
+    @argument("-w", "--watch", metavar="a,b", help="differentiate with respect to these names")
+    @argument("-t", "--target", metavar="y,loss", help="these targets only")
+    @argument("-o", "--order", type=int, default=1, help="derivatives up to order N (1 to 4)")
+    @argument("--jacobian", action="store_true", help="full Jacobian of non-scalar targets")
+    @argument("--hessian", action="store_true", help="Hessian of scalar targets")
+    @argument(
+        "--persistent",
+        nargs="?",
+        const="tape",
+        metavar="NAME",
+        help="keep the tape in the namespace (default name: tape)",
+    )
+    @argument("--check", action="store_true", help="compare with central finite differences")
+    @argument("--plot", action="store_true", help="plot the target and its tangent line")
+    @argument("--device", metavar="D", help="run the cell under tf.device(D), e.g. CPU or GPU:0")
+    @argument("--as", dest="as_name", metavar="NAME", help="also store the result under NAME")
+    @argument("-q", "--quiet", action="store_true", help="store the result, render nothing")
+    @cell_magic
+    def tape(self, line: str, cell: str) -> None:
+        """Run the cell inside watched GradientTapes and render the derivatives of what it
+        computed with respect to what it read. The result is stored in `_tape`.
+
+        Sources (default): every float tensor or Variable the cell reads from the
+        namespace, plus Variables the cell creates. Targets (default): every name the
+        cell binds to a float tensor, else the value of its last expression.
+        """
+        args = parse_argstring(self.tape, line)
+        from tapemagic.tapecell import TapeError, TapeOptions, tape_cell
+
+        options = TapeOptions(
+            watch=_names(args.watch, "--watch"),
+            targets=_names(args.target, "--target"),
+            order=args.order,
+            jacobian=args.jacobian,
+            hessian=args.hessian,
+            check=args.check,
+            plot=args.plot,
+            device=args.device,
+        )
+        for name in (args.persistent, args.as_name):
+            if name is not None and not name.isidentifier():
+                raise UsageError(f"{name!r} is not a valid name to store into")
+        shell = self.shell
+        code = shell.transform_cell(cell)
+        try:
+            result = tape_cell(code, shell.user_ns, options, _executor(shell, cell))
+        except TapeError as exc:
+            raise UsageError(str(exc)) from None
+        if result is None:
+            return  # the cell failed: IPython has shown its error
+        self._store(result, args.as_name)
+        if args.persistent:
+            shell.user_ns[args.persistent] = result.tape
+        if not args.quiet:
+            display(result)
+
+    @magic_arguments()
+    @argument("--wrt", metavar="x,y", help="sources (default: the float names EXPR reads)")
+    @argument("--at", metavar="x=4.0,y=1", help="values for this evaluation only")
+    @argument("-o", "--order", type=int, default=1, help="return the derivative of order N")
+    @argument("--check", action="store_true", help="compare with central finite differences")
+    @argument("--plot", action="store_true", help="plot the expression and its tangent line")
+    @argument("--jacobian", action="store_true", help="return the full Jacobian")
+    @argument("--device", metavar="D", help="evaluate under tf.device(D)")
+    @argument("-q", "--quiet", action="store_true", help="render nothing, just return")
+    @line_magic
+    def grad(self, line: str) -> Any:
+        """Differentiate one expression and return the derivative.
+
+        %grad EXPR [--wrt x,y] [--at x=4.0,y=1] [-o N] [--check] [--plot] [--jacobian] [-q]
+
+        `--wrt` defaults to the float names EXPR reads; `--at` sets values for this
+        evaluation only. Returns the derivative of order N (a tensor), a tuple of them
+        for several --wrt names, or the Jacobian with --jacobian:
+
+            g = %grad x**2 --at x=4      # g == 8.0
+        """
+        expr, opts = _split_grad_line(line)
+        args = parse_argstring(self.grad, opts)
+        if not expr.strip():
+            raise UsageError("%grad needs an expression: %grad x**2 --at x=4")
+        try:
+            ast.parse(expr, mode="eval")
+        except SyntaxError as exc:
+            raise UsageError(f"%grad: {expr!r} is not a Python expression ({exc.msg})") from None
+        from tapemagic.tapecell import TapeError, TapeOptions, tape_cell
+
+        namespace = self.shell.user_ns
+        at = _parse_at(args.at)
+        wrt = _names(args.wrt, "--wrt") or _default_wrt(expr, namespace, at)
+        options = TapeOptions(
+            watch=wrt,
+            order=args.order,
+            jacobian=args.jacobian,
+            check=args.check,
+            plot=args.plot,
+            device=args.device,
+            overrides=at,
+        )
+        try:
+            result = tape_cell(expr, namespace, options)
+        except TapeError as exc:
+            raise UsageError(str(exc)) from None
+        except Exception as exc:  # the expression itself failed
+            raise UsageError(
+                f"%grad: evaluating {expr!r} raised {type(exc).__name__}: {exc}"
+            ) from None
+        self._store(result, None)
+        if not args.quiet:
+            display(result)
+        return _grad_value(result, args)
+
+    def _store(self, result, as_name: str | None) -> None:
+        self.shell.user_ns["_tape"] = result
+        if as_name:
+            self.shell.user_ns[as_name] = result
+
+
+_OPTION_START = re.compile(
+    r"(?:^|\s)(?=(?:--(?:wrt|at|order|check|plot|jacobian|device|quiet)\b|-[oq]\b))"
+)
+
+
+def _split_grad_line(line: str) -> tuple[str, str]:
+    match = _OPTION_START.search(line)
+    if match is None:
+        return line, ""
+    return line[: match.start()], line[match.end() :]
+
+
+def _parse_at(text: str | None) -> dict[str, Any]:
+    """`x=4.0,y=1` -> float32 tensors; numbers, lists of numbers and names of arrays."""
+    if not text:
+        return {}
+    import tensorflow as tf
+
+    values = {}
+    for part in _split_top_level(text):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier() or not value.strip():
+            raise UsageError(f"--at expects NAME=NUMBER[,NAME=NUMBER...], got {part.strip()!r}")
+        try:
+            literal = ast.literal_eval(value.strip())
+            values[name] = tf.constant(literal, dtype=tf.float32)
+        except (ValueError, SyntaxError, TypeError):
+            raise UsageError(
+                f"--at {name}={value.strip()}: not a number or list of numbers; "
+                f"write e.g. --at {name}=4.0"
+            ) from None
+    return values
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets, so --at w=[1,2],b=0 works."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "[(" and 1 or (ch in "])" and -1 or 0)
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p for p in parts if p.strip()]
+
+
+def _default_wrt(expr: str, namespace: dict, at: dict[str, Any]) -> list[str]:
+    import numpy as np
+
+    from tapemagic.cellcode import analyse
+    from tapemagic.recording import is_float_tensor
+
+    reads = analyse(expr).reads
+    wrt = [
+        n
+        for n in reads
+        if n in at
+        or is_float_tensor(namespace.get(n))
+        or isinstance(namespace.get(n), (float, np.floating))
+        or (isinstance(namespace.get(n), np.ndarray) and namespace[n].dtype.kind == "f")
+    ]
+    if not wrt:
+        raise UsageError(
+            f"%grad: {expr!r} reads no float value to differentiate with respect to; "
+            "name one with --wrt x or set it with --at x=4.0"
+        )
+    return wrt
+
+
+def _grad_value(result, args) -> Any:
+    target = result.targets[0] if result.targets else None
+    kind = "jacobian" if args.jacobian else "gradient"
+    values = []
+    for source in result.sources:
+        d = result.find(target, source, 1 if args.jacobian else args.order, kind)
+        if d is None and kind == "jacobian":  # a scalar target: its Jacobian is its gradient
+            d = result.find(target, source, 1)
+        values.append(None if d is None else d.value)
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _executor(shell, raw_cell: str):
+    """Run the raw cell through IPython with the rewriter as an AST transformer."""
+
+    def execute(rewriter) -> bool:
+        outer = shell.displayhook.exec_result
+        shell.ast_transformers.append(rewriter)
+        try:
+            inner = shell.run_cell(raw_cell, store_history=False)
+        finally:
+            if rewriter in shell.ast_transformers:
+                shell.ast_transformers.remove(rewriter)
+            shell.displayhook.exec_result = outer
+        if inner.success:
+            return True
+        if outer is not None:  # the notebook marks the cell failed, as a plain cell's
+            outer.error_in_exec = inner.error_in_exec or inner.error_before_exec
+        return False
+
+    return execute
