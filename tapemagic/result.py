@@ -68,7 +68,7 @@ class Derivative:
         top = f"Σ{self.target}" if self.summed else self.target
         if self.order == 1:
             return f"∂{top}/∂{self.source}"
-        sup = _SUPERSCRIPT[self.order]
+        sup = _SUPERSCRIPT.get(self.order, f"^{self.order}")
         return f"∂{sup}{top}/∂{self.source}{sup}"
 
 
@@ -96,9 +96,10 @@ class TapeResult:
 
     def find(self, target: str, source: Any, order: int = 1, kind: str = "gradient"):
         """The `Derivative` for this pair, computing it on demand where the tapes allow."""
-        for d in self.derivatives:
-            if (d.target, d.source, d.order, d.kind) == (target, source, order, kind):
-                return d
+        if isinstance(source, str):  # objects (a Variable) are resolved by the lookup
+            for d in self.derivatives:
+                if (d.target, d.source, d.order, d.kind) == (target, source, order, kind):
+                    return d
         if self._lookup is not None:
             return self._lookup(target, source, order, kind)
         return None
