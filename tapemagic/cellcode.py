@@ -156,6 +156,8 @@ class _Analyser:
         self.conditions: dict[str, int] = {}
         self.tapes: list[TapeBlock] = []
         self.gradient_calls: list[tuple[str, ast.Call]] = []
+        self.watch_calls: list[tuple[str, ast.Call]] = []
+        self.no_auto_watch: set[str] = set()  # tapes made with watch_accessed_variables=False
 
     def run(self, tree: ast.Module) -> CellInfo:
         self._body(tree.body, set())
@@ -210,6 +212,13 @@ class _Analyser:
                 names = _target_names(item.optional_vars) if item.optional_vars else []
                 if names and _is_tape_ctor(item.context_expr):
                     self.tapes.append(TapeBlock(names[0], node.lineno, node.end_lineno or 0))
+                    if any(
+                        k.arg == "watch_accessed_variables"
+                        and isinstance(k.value, ast.Constant)
+                        and k.value.value is False
+                        for k in item.context_expr.keywords
+                    ):
+                        self.no_auto_watch.add(names[0])
                 if names:
                     self._record(node, names, reads, item.context_expr, conds)
             self._body(node.body, conds)
@@ -242,7 +251,7 @@ class _Analyser:
     def _record(self, node, names, reads, value, conds) -> None:
         findings = self._find(value) if value is not None else []
         text = ast.get_source_segment(self.source, node) or ""
-        st = Statement(node.lineno, names, set(reads) | set(conds), findings, set(conds), text)
+        st = Statement(node.lineno, names, set(reads), findings, set(conds), text)
         self.statements.append(st)
         self._bind(names, node.lineno)
 
@@ -277,6 +286,8 @@ class _Analyser:
                 found.append(Finding(kind, getattr(node, "lineno", 0), text))
             if _is_method_call(node, "gradient"):
                 self.gradient_calls.append((node.func.value.id, node))
+            if _is_method_call(node, "watch"):
+                self.watch_calls.append((node.func.value.id, node))
         return found
 
     def _classify(self, node: ast.AST) -> str | None:
@@ -309,11 +320,14 @@ class _Analyser:
             return "leave"
         if attr in _STATE_METHODS:
             return "state"
+        if attr == "watch":
+            return None
         if attr == "sign":
             return "sign"
         if attr in _NONDIFF:
             return "nondiff"
-        if attr == "cast" and any(_mentions_int_dtype(a) for a in [*node.args, *node.keywords]):
+        dtype = node.args[1:2] + [k.value for k in node.keywords if k.arg == "dtype"]
+        if attr == "cast" and any(_mentions_int_dtype(a) for a in dtype):
             return "cast_int"
         if attr == "where":
             return "where"
@@ -321,9 +335,32 @@ class _Analyser:
             return "singular"
         return None
 
-    # -- the cell's own tapes: causes 4, 13 and 15 -----------------------------------
-    def _lints(self) -> list[Lint]:
+    # -- the cell's own tapes: causes 4, 10, 13 and 15 --------------------------------
+    def _watch_lints(self) -> list[Lint]:
+        """Cause 10: with watch_accessed_variables=False only what is watched is recorded, and
+        a layer's weight list is empty until its first call."""
         lints = []
+        for tape_name, call in self.watch_calls:
+            arg = call.args[0] if call.args else None
+            if tape_name not in self.no_auto_watch or not isinstance(arg, ast.Attribute):
+                continue
+            if arg.attr in _WEIGHT_LISTS:
+                text = ast.get_source_segment(self.source, call) or ""
+                lints.append(
+                    Lint(
+                        10,
+                        call.lineno,
+                        f"line {call.lineno}: {text} on a tape with "
+                        f"watch_accessed_variables=False: a layer's {arg.attr} is empty until "
+                        f"its first call builds it, so this watches nothing on a new layer and "
+                        f"its gradients are None; call the layer once before the tape, or "
+                        f"leave watch_accessed_variables on",
+                    )
+                )
+        return lints
+
+    def _lints(self) -> list[Lint]:
+        lints = self._watch_lints()
         blocks = {t.name: t for t in self.tapes}
         for tape_name, call in self.gradient_calls:
             block = blocks.get(tape_name)
@@ -369,6 +406,9 @@ class _Analyser:
                         )
                     )
         return lints
+
+
+_WEIGHT_LISTS = {"trainable_variables", "trainable_weights", "variables", "weights"}
 
 
 def _target_names(node: ast.AST | None) -> list[str]:

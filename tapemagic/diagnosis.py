@@ -61,9 +61,6 @@ def _why_none(target: str, source: str, ctx: Context, error: Exception | None) -
             f"to {target}, so TF cannot differentiate it: use a differentiable equivalent, "
             f"or give it one with tf.custom_gradient"
         )
-    if error is not None:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return f"TF could not take this gradient: {type(error).__name__}: {first}"
     if isinstance(src, (tf.Tensor, tf.Variable)) and not (
         src.dtype.is_floating or src.dtype.is_complex
     ):
@@ -83,6 +80,9 @@ def _why_none(target: str, source: str, ctx: Context, error: Exception | None) -
             f"computation in tf ops (tf.square, tf.reduce_sum...) instead of NumPy, float() "
             f"or .numpy()"
         )
+    if error is not None:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"TF could not take this gradient: {type(error).__name__}: {first}"
     info = ctx.info
     if info is not None and target not in info.binds and target in ctx.namespace:
         return (
@@ -127,7 +127,10 @@ def _why_from_code(target: str, source: str, ctx: Context) -> str:
         return _finding_message(f, cause, source, target, f" in {fname}()")
     if not path:
         line = info.conditions.get(source)
-        if line is not None and any(source in st.conditions for st in info.statements):
+        upstream = info.depends_on(target) | {target}
+        if line is not None and any(
+            source in st.conditions and set(st.binds) & upstream for st in info.statements
+        ):
             return (
                 f"{source} is used only in control flow (line {line}: {info.line(line)}): "
                 f"a condition picks which code runs but carries no gradient, so {target} does "

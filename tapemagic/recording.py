@@ -73,8 +73,9 @@ class Recorder:
 
     def _add_source(self, name: str, value: Any) -> None:
         self.sources[name] = value
-        for tape in self.tapes:
-            tape.watch(value)
+        if is_float_tensor(value):  # TF only warns for others, and records nothing
+            for tape in self.tapes:
+                tape.watch(value)
 
     def bind(self, lineno: int, names: tuple[str, ...], values: tuple[Any, ...]) -> tuple:
         """Hook called by the rewritten cell after each binding statement."""

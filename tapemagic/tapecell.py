@@ -238,6 +238,20 @@ def _collect_targets(info: CellInfo, namespace: dict, opts: TapeOptions, recorde
         and name not in recorder.sources
         and id(namespace[name]) not in source_ids
     }
+    # Values that should have been targets but are not float tensors get a row too, so
+    # their None is explained: NumPy or Python numbers computed from a source (they left
+    # TensorFlow), and integer results when the sources themselves are integers.
+    all_int = all(not is_float_tensor(v) for v in recorder.sources.values())
+    for name in info.binds:
+        value = namespace.get(name)
+        if name in targets or name in recorder.sources or value is None:
+            continue
+        left_tf = isinstance(value, (np.ndarray, np.generic, float)) and (
+            np.asarray(value).dtype.kind == "f"
+        )
+        int_result = all_int and isinstance(value, tf.Tensor) and value.dtype.is_integer
+        if (left_tf or int_result) and info.depends_on(name) & set(recorder.sources):
+            targets[name] = value
     if not targets and info.has_last_expr:
         last = ast.parse(info.source).body[-1]
         label = ast.get_source_segment(info.source, last) or "_"

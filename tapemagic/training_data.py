@@ -1,0 +1,148 @@
+"""Training data as the compiled loop wants it: in-memory tensors or a `tf.data.Dataset`.
+
+In-memory arrays are the fast path: the compiled loop slices batches itself, with no
+input pipeline per step (REFERENCE.md section 6: about 2.5x Keras `fit` on the MLP).
+A Dataset is iterated as given, one step per element, whole epochs at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclass
+class ArrayData:
+    """Inputs and targets held as tensors (possibly nested) with `n` samples."""
+
+    x: Any
+    y: Any
+    n: int
+
+    def take(self, start: int, stop: int) -> ArrayData:
+        """Samples [start, stop), eagerly (for probes and splits)."""
+        x, y = tf.nest.map_structure(lambda t: t[start:stop], (self.x, self.y))
+        return ArrayData(x, y, stop - start)
+
+    def to_device(self, device: str) -> ArrayData:
+        """A copy living on `device`, so batches are sliced where the variables are."""
+        with tf.device(device):
+            x, y = tf.nest.map_structure(tf.identity, (self.x, self.y))
+        return ArrayData(x, y, self.n)
+
+
+@dataclass
+class DatasetData:
+    """A Dataset yielding (x, y) batches; `steps` is its length when TensorFlow knows it."""
+
+    ds: tf.data.Dataset
+    steps: int | None
+
+    def first(self) -> tuple[Any, Any]:
+        """The first (x, y) element, for the construction-time probe."""
+        for x, y in self.ds.take(1):
+            return x, y
+        raise ValueError("data: the Dataset is empty; it must yield at least one (x, y) batch")
+
+
+def _to_tensor(value: Any, dtype: tf.DType, what: str) -> tf.Tensor:
+    if isinstance(value, tf.data.Dataset):
+        raise ValueError(f"data: {what} is a Dataset; pass the Dataset itself as data=")
+    try:
+        tensor = tf.convert_to_tensor(np.asarray(value) if isinstance(value, list) else value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"data: {what} ({type(value).__name__}) cannot become a tensor: pass a NumPy "
+            "array, a list of numbers or a tf.Tensor"
+        ) from err
+    if tensor.dtype.is_floating and tensor.dtype != dtype:
+        tensor = tf.cast(tensor, dtype)
+    if tensor.shape.rank == 0:
+        raise ValueError(
+            f"data: {what} is a scalar; it needs one row per sample (a 1-D or N-D array)"
+        )
+    return tensor
+
+
+def prepare(data: Any, dtype: tf.DType, name: str = "data") -> ArrayData | DatasetData:
+    """Check and convert `(X, Y)` or a Dataset; float arrays take the variables' dtype."""
+    if data is None:
+        raise ValueError(f"{name}: missing; pass {name}=(X, Y) or a tf.data.Dataset of (x, y)")
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2):
+            raise ValueError(
+                f"{name}: the Dataset must yield (x, y) pairs; map it, e.g. "
+                "ds.map(lambda row: (row['x'], row['y']))"
+            )
+        steps = int(data.cardinality())
+        if steps == tf.data.INFINITE_CARDINALITY:
+            raise ValueError(
+                f"{name}: the Dataset repeats forever, so an epoch never ends; drop .repeat() "
+                "or add .take(steps_per_epoch)"
+            )
+        return DatasetData(data, steps if steps >= 0 else None)
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise ValueError(
+            f"{name}: expected a pair (X, Y) or a tf.data.Dataset, got {type(data).__name__}"
+            + (f" of length {len(data)}" if isinstance(data, tuple | list) else "")
+        )
+    x = tf.nest.map_structure(lambda v: _to_tensor(v, dtype, "X"), data[0])
+    y = tf.nest.map_structure(lambda v: _to_tensor(v, dtype, "Y"), data[1])
+    sizes = {int(t.shape[0]) for t in tf.nest.flatten((x, y))}
+    if len(sizes) != 1:
+        xs = [int(t.shape[0]) for t in tf.nest.flatten(x)]
+        ys = [int(t.shape[0]) for t in tf.nest.flatten(y)]
+        raise ValueError(
+            f"{name}: X has {_plural(xs)} but Y has {_plural(ys)}; they need the same "
+            "first dimension (one row per sample)"
+        )
+    n = sizes.pop()
+    if n == 0:
+        raise ValueError(f"{name}: X and Y are empty")
+    return ArrayData(x, y, n)
+
+
+def _plural(sizes: list[int]) -> str:
+    return f"{sizes[0]} samples" if len(set(sizes)) == 1 else f"samples {sizes}"
+
+
+def split(data: ArrayData | DatasetData, fraction: float) -> tuple[ArrayData, ArrayData]:
+    """Keras's `validation_split`: the last `fraction` of the samples, before shuffling."""
+    if not isinstance(data, ArrayData):
+        raise ValueError(
+            "validation_split needs in-memory (X, Y); with a Dataset pass validation_data="
+        )
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_split must be between 0 and 1 (exclusive), got {fraction}")
+    n_val = int(round(data.n * fraction))
+    if n_val < 1 or n_val >= data.n:
+        raise ValueError(
+            f"validation_split={fraction} of {data.n} samples leaves "
+            f"{data.n - n_val} to train on and {n_val} to validate; choose another fraction"
+        )
+    cut = data.n - n_val
+    return data.take(0, cut), data.take(cut, data.n)
+
+
+def batch_count(n: int, batch_size: int | None) -> int:
+    """Steps per epoch; the last batch may be smaller (as in Keras)."""
+    return 1 if batch_size is None else -(-n // batch_size)
+
+
+def check_batch_size(batch_size: Any, data: ArrayData | DatasetData) -> int | None:
+    """A positive int, or None for the whole data in one step (the seed's full batch)."""
+    if batch_size is None:
+        return None
+    if isinstance(data, DatasetData):
+        raise ValueError(
+            "batch_size applies to in-memory (X, Y); batch the Dataset itself with ds.batch(n)"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return min(int(batch_size), data.n)

@@ -1,0 +1,176 @@
+"""Turning the trainer's arguments into TensorFlow objects, with one-line errors.
+
+Names become optimizers, losses and metrics here; devices are checked against the ones
+TensorFlow sees, so a GPU that is not there is a clear ValueError and not a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
+MOMENTUM = 0.9  # what "momentum" means as an optimizer name
+
+
+def raw(v: Any) -> tf.Variable:
+    """The tf.Variable under a Keras 3 variable (or the variable itself)."""
+    return v.value if isinstance(v, keras.Variable) else v
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto', 'CPU', 'GPU', 'GPU:1', '/device:GPU:0'... -> '/CPU:0'-style name that exists."""
+    devices = [d.name for d in tf.config.list_logical_devices()]
+    short = [d.replace("/device:", "/") for d in devices]
+    if device is None or str(device).lower() == "auto":
+        gpus = [d for d in short if "/GPU:" in d]
+        return gpus[0] if gpus else "/CPU:0"
+    text = str(device).strip().replace("/device:", "/").lstrip("/").upper()
+    if text in ("CPU", "GPU"):
+        text += ":0"
+    name = "/" + text
+    if name not in short:
+        raise ValueError(
+            f"device={device!r} is not available; TensorFlow sees: {', '.join(short)}. "
+            "Use device='auto' or one of those"
+        )
+    return name
+
+
+def make_optimizer(spec: Any, learning_rate: float | None) -> keras.optimizers.Optimizer:
+    """An optimizer from a name (sgd, momentum, adam, rmsprop, adagrad) or an object."""
+    if isinstance(spec, keras.optimizers.Optimizer):
+        if learning_rate is not None:
+            spec.learning_rate = learning_rate
+        return spec
+    if not isinstance(spec, str):
+        raise ValueError(
+            f"optimizer must be a name ({', '.join(OPTIMIZERS)}) or a keras.optimizers."
+            f"Optimizer, got {type(spec).__name__}"
+        )
+    name = spec.lower()
+    kwargs = {} if learning_rate is None else {"learning_rate": learning_rate}
+    if name == "momentum":
+        return keras.optimizers.SGD(momentum=MOMENTUM, **kwargs)
+    try:
+        opt = keras.optimizers.get(name)
+    except ValueError:
+        opt = None
+    if not isinstance(opt, keras.optimizers.Optimizer):
+        raise ValueError(
+            f"unknown optimizer {spec!r}: use one of {', '.join(OPTIMIZERS)}, or pass an "
+            "optimizer object such as keras.optimizers.Adam(0.01)"
+        )
+    return type(opt)(**kwargs)
+
+
+def optimizer_state(opt: keras.optimizers.Optimizer) -> list:
+    """Its variables except the learning rate (a setting the user controls, not state)."""
+    lr = getattr(opt, "_learning_rate", None)
+    lr = raw(lr) if isinstance(lr, keras.Variable | tf.Variable) else None
+    return [v for v in opt.variables if raw(v) is not lr]
+
+
+def resolve_loss(spec: Any) -> Callable:
+    """A callable (y_true, y_pred) -> scalar, from a callable or a Keras loss name."""
+    if spec is None:
+        raise ValueError(
+            "loss is missing: pass loss=fn(y_true, y_pred) or a Keras loss name such as 'mse'"
+        )
+    if isinstance(spec, str):
+        try:
+            fn = keras.losses.get(spec)
+        except ValueError:
+            fn = None
+        if fn is None:
+            raise ValueError(
+                f"unknown loss {spec!r}: use a Keras loss name ('mse', 'mae', "
+                "'binary_crossentropy', ...) or pass a function fn(y_true, y_pred)"
+            )
+        return fn
+    if not callable(spec):
+        raise ValueError(f"loss must be callable or a Keras loss name, got {type(spec).__name__}")
+    return spec
+
+
+def scalar_loss(value: Any) -> tf.Tensor:
+    """Losses that return one value per sample are averaged, as Keras does."""
+    value = tf.convert_to_tensor(value)
+    if value.shape.rank != 0:
+        value = tf.reduce_mean(value)
+    return value
+
+
+def _one_metric(spec: Any) -> keras.metrics.Metric:
+    if isinstance(spec, keras.metrics.Metric):
+        try:
+            return type(spec).from_config(spec.get_config())
+        except Exception:  # custom metrics without a round-tripping config
+            import copy
+
+            return copy.deepcopy(spec)
+    if isinstance(spec, str):
+        try:
+            metric = keras.metrics.get(spec)
+        except ValueError:
+            metric = None
+        if isinstance(metric, keras.metrics.Metric):
+            return metric
+        if callable(metric):
+            return keras.metrics.MeanMetricWrapper(metric, name=spec)
+        raise ValueError(
+            f"unknown metric {spec!r}: use a Keras metric name ('mae', 'mse', 'accuracy', ...), "
+            "a keras.metrics.Metric or a function fn(y_true, y_pred)"
+        )
+    if callable(spec):
+        return keras.metrics.MeanMetricWrapper(spec, name=getattr(spec, "__name__", "metric"))
+    raise ValueError(f"metrics: cannot use {spec!r}; pass names, Metric objects or functions")
+
+
+def resolve_metrics(
+    specs: Sequence[Any] | None, device: str
+) -> tuple[list[keras.metrics.Metric], list[keras.metrics.Metric], list[str]]:
+    """Fresh Metric objects for training and for validation, and their names."""
+    if specs is None:
+        return [], [], []
+    if isinstance(specs, str) or not isinstance(specs, Sequence):
+        specs = [specs]
+    with tf.device(device):
+        train = [_one_metric(s) for s in specs]
+        val = [_one_metric(s) for s in specs]
+    names = [s if isinstance(s, str) else m.name for s, m in zip(specs, train, strict=True)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"metrics: names repeat ({', '.join(names)}); give each a distinct name")
+    return train, val, names
+
+
+def variable_names(variables: Sequence[Any], given: Sequence[str] | None = None) -> list[str]:
+    """Readable, distinct names: given ones, Keras paths, or tf names without ':0'."""
+    names = list(given) if given is not None else []
+    if not names:
+        for v in variables:
+            name = getattr(v, "path", None) or v.name
+            names.append(name[:-2] if name.endswith(":0") else name)
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(name if count == 0 else f"{name}_{count}")
+    return out
+
+
+def scalar_names(variables: Sequence[Any], names: Sequence[str]) -> list[str]:
+    """One name per scalar entry: 'a' for a scalar, 'kernel[0,1]' inside a tensor."""
+    out = []
+    for v, name in zip(variables, names, strict=True):
+        shape = tuple(int(d) for d in v.shape)
+        if not shape:
+            out.append(name)
+        else:
+            out.extend(f"{name}[{','.join(map(str, i))}]" for i in np.ndindex(*shape))
+    return out
