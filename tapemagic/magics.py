@@ -180,7 +180,7 @@ def _split_grad_line(line: str) -> tuple[str, str]:
 
 
 def _parse_at(text: str | None) -> dict[str, Any]:
-    """`x=4.0,y=1` -> float32 tensors; numbers, lists of numbers and names of arrays."""
+    """`x=4.0,y=1` -> float32 tensors; numbers or (nested) lists of numbers."""
     if not text:
         return {}
     import tensorflow as tf

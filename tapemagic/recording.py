@@ -59,6 +59,7 @@ class Recorder:
     sources: dict[str, Any] = field(default_factory=dict)
     bound: dict[str, tuple[int, Any]] = field(default_factory=dict)  # name -> (line, last value)
     last_value: Any = None
+    targets_seen: dict[str, Any] = field(default_factory=dict)
     tapes: list[tf.GradientTape] = field(default_factory=list)
     _stack: contextlib.ExitStack | None = None
 
@@ -106,6 +107,7 @@ class Recorder:
         """Close the tapes innermost first, taking each order's derivatives in between."""
         assert self._stack is not None, "start() was not called"
         plan = self.plan
+        self.targets_seen = dict(targets)
         pairs = [(t, s) for t in targets for s in self.sources]
         current: dict[tuple[str, str], Any] = {p: targets[p[0]] for p in pairs}
         results: list[Derivative] = []
@@ -147,7 +149,8 @@ class Recorder:
     def _derivative(self, pair, order, value, prev, errors) -> Derivative:
         target, source = pair
         # A tape differentiates the sum of a non-scalar target: say so wherever shown.
-        d = Derivative(target, source, order=order, value=value, summed=size_of(prev) > 1)
+        summed = size_of(self.targets_seen[target]) > 1
+        d = Derivative(target, source, order=order, value=value, summed=summed)
         if pair in errors:
             d.status, d.error = NONE, errors[pair]
         elif value is None:

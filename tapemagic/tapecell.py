@@ -203,7 +203,8 @@ def _as_source(name: str, value: Any, explicit: bool) -> Any:
     if isinstance(value, (float, np.floating)):
         return tf.constant(value, dtype=tf.float32 if isinstance(value, float) else None)
     if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-        return tf.constant(value)
+        # float64, NumPy's default, would not mix with float32 tensors: use TF's default.
+        return tf.constant(value, tf.float32 if value.dtype == np.float64 else None)
     if isinstance(value, np.ndarray):
         raise TapeError(
             f"{name} is a NumPy {value.dtype} array: tapes differentiate floats only; "
@@ -331,6 +332,14 @@ def _notes(info: CellInfo, namespace: dict, recorder: Recorder, targets: dict) -
                 f"{name} has trainable=False: tapemagic watched it, but a plain GradientTape "
                 f"would not (its gradient would be None) and optimizers skip it"
             )
+    vectors = [n for n, v in recorder.sources.items() if size_of(v) > 1]
+    if recorder.plan.order > 1 and vectors:
+        notes.append(
+            f"order 2 and up with respect to {', '.join(vectors)} (not scalars): each order is "
+            f"the gradient of the sum of the previous one's elements, as nested tapes give "
+            f"(the elementwise derivative for elementwise functions, Hessian row sums in "
+            f"general); use --hessian for the full matrix"
+        )
     if not recorder.sources:
         notes.append(_no_sources_note(info, namespace, targets))
     elif not targets:

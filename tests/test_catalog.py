@@ -562,15 +562,8 @@ def test_two_sources_grad(ip, case: TwoSources, point):
 
 
 # -- the `summed` flag: set exactly when the target has more than one element ----------
-SUMMED_BUG = (
-    "summed at order >= 2 follows the size of the order-1 derivative (the source's "
-    "shape) instead of the target's: recording.Recorder._derivative uses size_of(prev)"
-)
-
-
-def summed_param(name, cell, order, expected, bug=False):
-    marks = [pytest.mark.xfail(reason=SUMMED_BUG, strict=True)] if bug else []
-    return pytest.param(cell, order, expected, marks=marks, id=f"{name}-order{order}")
+def summed_param(name, cell, order, expected):
+    return pytest.param(cell, order, expected, id=f"{name}-order{order}")
 
 
 SUMMED = [
@@ -586,10 +579,9 @@ SUMMED = [
         "x = tf.constant([0.5, 2.0])\nout = tf.reduce_sum(x**3)",
         2,
         False,
-        bug=True,
     ),
     summed_param("vector_of_scalar", "x = tf.constant(2.0)\nout = c * x**2", 1, True),
-    summed_param("vector_of_scalar", "x = tf.constant(2.0)\nout = c * x**2", 2, True, bug=True),
+    summed_param("vector_of_scalar", "x = tf.constant(2.0)\nout = c * x**2", 2, True),
 ]
 
 
