@@ -1,0 +1,341 @@
+"""Benchmark of `%%tape` against the same hand-written GradientTape code.
+
+Run it as a script (it is not a pytest test and pytest does not collect it):
+
+    .venv/bin/python tests/bench_tape.py [--quick] [--profile]
+
+It measures, in one IPython InteractiveShell and one run, the targets of the issue:
+
+1. `%%tape -q` adds at most 2 ms per cell over the hand-written tape (first and second
+   order, both sides through `run_cell`, so IPython's own per-cell cost is on both);
+2. at most 10% on a chain of eight 512x512 matmuls;
+3. rendering a 1000x1000 gradient takes at most 50 ms, in under 50 KB of HTML.
+
+The two sides of a comparison run interleaved (ABBA) so that the noise of a shared
+machine falls on both; figures are medians after a warm-up. It prints a table and a
+PASS/FAIL summary and always exits 0: it is a report, not a gate. `--profile` adds a
+cProfile of the `%%tape` cells, restricted to where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MS = 1e3
+OVERHEAD_MS = 2.0  # target 1: at most 2 ms per cell
+RATIO_MAX = 1.10  # target 2: at most 10% slower
+RENDER_MS = 50.0  # target 3: rendering at most 50 ms
+HTML_BYTES = 50_000  # ... in under 50 KB of HTML
+
+WS = ",".join(f"W{i}" for i in range(1, 9))
+CHAIN = "h = x\nfor W in Ws:\n    h = tf.tanh(h @ W)\nloss = tf.reduce_sum(h)"
+
+# (label, %%tape cell, the same computation written by hand)
+SMALL_CASES = [
+    (
+        "1st order  y = x**2",
+        "%%tape -q\ny = x ** 2",
+        "with tf.GradientTape() as t:\n    t.watch(x)\n    y = x ** 2\ndy_dx = t.gradient(y, x)",
+    ),
+    (
+        "2nd order  -o 2",
+        "%%tape -q -o 2\ny = x ** 2",
+        "with tf.GradientTape() as t:\n"
+        "    t.watch(x)\n"
+        "    with tf.GradientTape() as t2:\n"
+        "        t2.watch(x)\n"
+        "        y = x ** 2\n"
+        "    dy_dx = t2.gradient(y, x)\n"
+        "d2y_dx2 = t.gradient(dy_dx, x)",
+    ),
+]
+MATMUL_CASES = [
+    (
+        "matmul -t loss -w W1..W8",
+        f"%%tape -q -t loss -w {WS}\n{CHAIN}",
+        "with tf.GradientTape() as t:\n"
+        + "".join(f"    {line}\n" for line in CHAIN.splitlines())
+        + "grads = t.gradient(loss, Ws)",
+    ),
+    (
+        "matmul defaults",
+        f"%%tape -q\n{CHAIN}",
+        # What the defaults differentiate: targets h and loss, sources x and W1..W8.
+        "with tf.GradientTape(persistent=True) as t:\n"
+        "    t.watch(x)\n"
+        + "".join(f"    {line}\n" for line in CHAIN.splitlines())
+        + "grads = t.gradient(loss, [x, *Ws])\n"
+        "grads_h = t.gradient(h, [x, *Ws])\n"
+        "del t",
+    ),
+]
+SETUP = """\
+import numpy as np
+import tensorflow as tf
+x = tf.constant(3.0)
+"""
+MATMUL_SETUP = """\
+_g = tf.random.Generator.from_seed(0)
+x = _g.normal((512, 512))
+Ws = [tf.Variable(_g.normal((512, 512)) / 512 ** 0.5, name=f"W{i}") for i in range(1, 9)]
+W1, W2, W3, W4, W5, W6, W7, W8 = Ws
+"""
+RENDER_SETUP = "W = tf.Variable(tf.random.normal((1000, 1000), seed=0))"
+RENDER_CELL = "%%tape -q\ny = tf.reduce_sum(W * W)"
+
+
+@dataclass
+class Pair:
+    label: str
+    hand: list[float]  # seconds per cell
+    tape: list[float]
+
+    @property
+    def hand_ms(self) -> float:
+        return statistics.median(self.hand) * MS
+
+    @property
+    def tape_ms(self) -> float:
+        return statistics.median(self.tape) * MS
+
+    @property
+    def overhead_ms(self) -> float:
+        return self.tape_ms - self.hand_ms
+
+    @property
+    def ratio(self) -> float:
+        return self.tape_ms / self.hand_ms
+
+    @property
+    def paired_iqr_ms(self) -> tuple[float, float]:
+        """Spread of tape - hand over adjacent runs: how much to trust the overhead."""
+        diffs = sorted((t - h) * MS for t, h in zip(self.tape, self.hand, strict=True))
+        q = statistics.quantiles(diffs, n=4)
+        return q[0], q[2]
+
+
+def make_shell():
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.enabled = False  # no sqlite writes, and none in ~/.ipython
+    ip = InteractiveShell.instance(config=config)
+    ip.run_line_magic("load_ext", "tapemagic")
+    run(ip, SETUP)
+    return ip
+
+
+def run(ip, cell: str) -> None:
+    result = ip.run_cell(cell)
+    if not result.success:
+        error = result.error_in_exec or result.error_before_exec
+        sys.exit(f"bench_tape: this cell failed ({error!r}):\n{cell}")
+
+
+def time_cell(ip, cell: str) -> float:
+    start = time.perf_counter()
+    ip.run_cell(cell)
+    return time.perf_counter() - start
+
+
+def interleaved(ip, label: str, tape: str, hand: str, reps: int, warmup: int) -> Pair:
+    """ABBA: each side runs first half of the time, so drift and order cancel out."""
+    run(ip, tape)
+    run(ip, hand)
+    for _ in range(warmup):
+        time_cell(ip, tape)
+        time_cell(ip, hand)
+    gc.collect()
+    pair = Pair(label, [], [])
+    for i in range(reps):
+        if i % 2:
+            pair.hand.append(time_cell(ip, hand))
+            pair.tape.append(time_cell(ip, tape))
+        else:
+            pair.tape.append(time_cell(ip, tape))
+            pair.hand.append(time_cell(ip, hand))
+    return pair
+
+
+def check_same(ip, pairs: list[tuple[str, str, int, str]]) -> str:
+    """The two sides must compute the same gradients, or the comparison means nothing."""
+    import numpy as np
+
+    result = ip.user_ns["_tape"]
+    worst = 0.0
+    for target, source, order, expr in pairs:
+        mine = np.asarray(result.gradient(target, source, order))
+        theirs = np.asarray(eval(expr, ip.user_ns))
+        if mine.shape != theirs.shape or not np.allclose(mine, theirs, rtol=1e-4, atol=1e-5):
+            return f"MISMATCH {target}/{source} vs {expr}"
+        scale = max(float(np.abs(theirs).max()), 1e-30)
+        worst = max(worst, float(np.abs(mine - theirs).max()) / scale)
+    return f"same gradients (max rel. diff {worst:.1e})"
+
+
+def time_call(fn: Callable[[], object], reps: int) -> tuple[float, list[float]]:
+    """(first call, later calls) in ms."""
+    start = time.perf_counter()
+    fn()
+    first = (time.perf_counter() - start) * MS
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * MS)
+    return first, times
+
+
+def profile(ip, cell: str, runs: int, title: str, top: int = 22) -> None:
+    """Cumulative time of tapemagic's functions and of tape.gradient, per cell.
+
+    cProfile inflates small Python calls several times over: read it for where the
+    time goes and how often things are called, not for absolute figures."""
+    for _ in range(2):
+        run(ip, cell)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(runs):
+        run(ip, cell)
+    profiler.disable()
+    stats = pstats.Stats(profiler, stream=io.StringIO()).stats
+    rows = []
+    for (path, line, func), (_cc, ncalls, _tt, cum, _callers) in stats.items():
+        interesting = "tapemagic" in path or func in ("gradient", "run_cell", "mat_mul")
+        if interesting and cum / runs * MS >= 0.02:
+            where = f"{os.path.basename(path)}:{line}({func})"
+            rows.append((cum / runs * MS, ncalls / runs, where))
+    print(f"\nprofile of {title!r}: ms per cell (cumulative), calls per cell, {runs} cells")
+    for cum, ncalls, where in sorted(rows, reverse=True)[:top]:
+        print(f"  {cum:9.3f} ms  {ncalls:7.1f}x  {where}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (~20 s)")
+    parser.add_argument("--profile", action="store_true", help="also cProfile the %%tape cells")
+    args = parser.parse_args()
+    reps_small, warm_small = (150, 20) if args.quick else (800, 60)
+    reps_mm, warm_mm = (6, 2) if args.quick else (20, 3)
+    reps_render = 10 if args.quick else 40
+
+    t_start = time.perf_counter()
+    ip = make_shell()
+    import IPython
+    import tensorflow as tf
+
+    print(
+        f"tapemagic benchmark: Python {platform.python_version()}, TF {tf.__version__}, "
+        f"IPython {IPython.__version__}, {os.cpu_count()} CPUs"
+        f"{', quick' if args.quick else ''}"
+    )
+
+    # -- 1. per-cell overhead ----------------------------------------------------------
+    small = [interleaved(ip, *case, reps_small, warm_small) for case in SMALL_CASES]
+    run(ip, SMALL_CASES[0][1])
+    run(ip, SMALL_CASES[0][2])
+    checks = [check_same(ip, [("y", "x", 1, "dy_dx")])]
+    run(ip, SMALL_CASES[1][1])
+    run(ip, SMALL_CASES[1][2])
+    checks.append(check_same(ip, [("y", "x", 1, "dy_dx"), ("y", "x", 2, "d2y_dx2")]))
+
+    # -- 2. matmul chain ---------------------------------------------------------------
+    run(ip, MATMUL_SETUP)
+    matmul = [interleaved(ip, *case, reps_mm, warm_mm) for case in MATMUL_CASES]
+    run(ip, MATMUL_CASES[0][1])
+    run(ip, MATMUL_CASES[0][2])
+    checks.append(check_same(ip, [("loss", f"W{i}", 1, f"grads[{i - 1}]") for i in range(1, 9)]))
+    run(ip, MATMUL_CASES[1][1])
+    run(ip, MATMUL_CASES[1][2])
+    defaults = ip.user_ns["_tape"]
+    n_default = len(defaults.derivatives)
+    default_sources = ",".join(defaults.sources)
+
+    print(f"\n{'case':<26}{'hand ms':>10}{'%%tape ms':>11}{'overhead':>11}{'ratio':>8}")
+    print(f"{'':<26}{'median':>10}{'median':>11}{'ms':>11}{'':>8}  paired Δ p25..p75 ms, n")
+    for p in small + matmul:
+        lo, hi = p.paired_iqr_ms
+        print(
+            f"{p.label:<26}{p.hand_ms:>10.3f}{p.tape_ms:>11.3f}{p.overhead_ms:>11.3f}"
+            f"{p.ratio:>8.2f}  {lo:+.3f}..{hi:+.3f}, {len(p.tape)}"
+        )
+    print(f"checks: {'; '.join(checks)}")
+    print(
+        f"matmul defaults: targets {','.join(defaults.targets)}, sources {default_sources} "
+        f"({n_default} derivatives)"
+    )
+
+    # -- 3. rendering a 1000x1000 gradient ---------------------------------------------
+    from tapemagic import render
+
+    run(ip, RENDER_SETUP)
+    run(ip, RENDER_CELL)
+    result = ip.user_ns["_tape"]
+    html = render.to_html(result)
+    html_bytes = len(html.encode())
+    renders = {
+        "render.to_html": lambda: render.to_html(result),
+        "_repr_html_": result._repr_html_,
+        "_repr_markdown_": result._repr_markdown_,
+        "render.to_text (repr)": lambda: render.to_text(result),
+        "display formatter, all": lambda: ip.display_formatter.format(result),
+    }
+    gc.collect()
+    timed = {name: time_call(fn, reps_render) for name, fn in renders.items()}
+    print(f"\n{'render, 1000x1000 gradient':<26}{'first ms':>10}{'median ms':>11}{'max ms':>9}")
+    for name, (first, times) in timed.items():
+        print(f"{name:<26}{first:>10.2f}{statistics.median(times):>11.2f}{max(times):>9.2f}")
+    print(f"HTML size: {html_bytes} bytes = {html_bytes / 1000:.1f} KB")
+
+    if args.profile:
+        profile(ip, SMALL_CASES[0][1], 200, SMALL_CASES[0][1])
+        profile(ip, MATMUL_CASES[0][1], 5, MATMUL_CASES[0][1].splitlines()[0])
+        profile(ip, MATMUL_CASES[0][2], 5, "the same, hand-written", top=4)
+
+    # -- summary -----------------------------------------------------------------------
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    html_ms = statistics.median(timed["render.to_html"][1])
+    display_ms = statistics.median(timed["display formatter, all"][1])
+    rows = [
+        (f"%%tape overhead, 1st order <= {OVERHEAD_MS:g} ms", f"{small[0].overhead_ms:.3f} ms"),
+        (f"%%tape overhead, 2nd order <= {OVERHEAD_MS:g} ms", f"{small[1].overhead_ms:.3f} ms"),
+        (f"matmul chain, -w W1..W8 <= {RATIO_MAX:.2f}x", f"{matmul[0].ratio:.2f}x"),
+        (f"matmul chain, defaults <= {RATIO_MAX:.2f}x", f"{matmul[1].ratio:.2f}x"),
+        (f"render.to_html 1000x1000 <= {RENDER_MS:g} ms", f"{html_ms:.2f} ms"),
+        (f"display, all formats <= {RENDER_MS:g} ms", f"{display_ms:.2f} ms"),
+        (f"HTML size < {HTML_BYTES / 1000:g} KB", f"{html_bytes / 1000:.1f} KB"),
+    ]
+    oks = [
+        small[0].overhead_ms <= OVERHEAD_MS,
+        small[1].overhead_ms <= OVERHEAD_MS,
+        matmul[0].ratio <= RATIO_MAX,
+        matmul[1].ratio <= RATIO_MAX,
+        html_ms <= RENDER_MS,
+        display_ms <= RENDER_MS,
+        html_bytes < HTML_BYTES,
+    ]
+    print("\nsummary")
+    for (target, figure), ok in zip(rows, oks, strict=True):
+        print(f"  {target:<38}{figure:>12}  {verdict(ok)}")
+    print(f"total {time.perf_counter() - t_start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
