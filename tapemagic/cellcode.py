@@ -11,7 +11,7 @@ Two jobs:
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
+import functools
 from dataclasses import dataclass, field
 
 BIND_HOOK = "__tapemagic_bind__"
@@ -129,26 +129,28 @@ class CellInfo:
         return sorted(on_path, key=lambda s: s.lineno)
 
 
-def analyse(source: str, is_module: Callable[[str], bool] | None = None) -> CellInfo:
+@functools.lru_cache(maxsize=256)  # a cell is often re-run unchanged: analyse it once
+def analyse(source: str, numeric_modules: frozenset[str] = frozenset()) -> CellInfo:
     """Analyse cell code (plain Python, after IPython's own transforms).
 
-    `is_module(name)` tells whether a namespace name is a non-TensorFlow numeric module
-    (for `import numpy as anything`); the usual aliases are known without it.
+    `numeric_modules` names the namespace's non-TensorFlow numeric modules (for
+    `import numpy as anything`); the usual aliases are known without it. The result is
+    shared between calls: treat it as read-only.
     """
     tree = ast.parse(source)
-    return _Analyser(source, is_module or (lambda _n: False)).run(tree)
+    return _Analyser(source, numeric_modules).run(tree)
 
 
 def findings_in(source: str) -> list[Finding]:
     """Every culprit anywhere in a piece of code (used to look inside called functions)."""
-    analyser = _Analyser(source, lambda _n: False)
+    analyser = _Analyser(source)
     return [f for node in ast.parse(source).body for f in analyser._find(node)]
 
 
 class _Analyser:
-    def __init__(self, source: str, is_module: Callable[[str], bool]):
+    def __init__(self, source: str, numeric_modules: frozenset[str] = frozenset()):
         self.source = source
-        self.is_module = is_module
+        self.numeric_modules = numeric_modules
         self.reads: list[str] = []
         self.binds: list[str] = []
         self.bind_lines: dict[str, list[int]] = {}
@@ -314,7 +316,7 @@ class _Analyser:
             return None
         attr = func.attr
         root = _root_name(func)
-        if root in _LEAVE_MODULES or (root and self.is_module(root)):
+        if root in _LEAVE_MODULES or root in self.numeric_modules:
             return "leave"
         if attr in _LEAVE_METHODS:
             return "leave"

@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from tapemagic.result import NONE, NONFINITE, STRUCTURAL, VALUE, ZERO, Derivative
@@ -28,7 +29,10 @@ def is_tensor_like(value: Any) -> bool:
 
 
 def size_of(value: Any) -> int:
-    return int(tf.size(value)) if is_tensor_like(value) else 1
+    if not is_tensor_like(value):
+        return 1
+    n = value.shape.num_elements()
+    return int(tf.size(value)) if n is None else n
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Recorder:
     bound: dict[str, tuple[int, Any]] = field(default_factory=dict)  # name -> (line, last value)
     last_value: Any = None
     targets_seen: dict[str, Any] = field(default_factory=dict)
+    created: set[int] = field(default_factory=set)  # ids of Variables made during the run
     tapes: list[tf.GradientTape] = field(default_factory=list)
     _stack: contextlib.ExitStack | None = None
 
@@ -67,10 +72,17 @@ class Recorder:
         self._stack = contextlib.ExitStack()
         if self.device:
             self._stack.enter_context(tf.device(self.device))
+        self._stack.enter_context(tf.variable_creator_scope(self._creator))
         for _ in range(self.plan.levels):
             self.tapes.append(self._stack.enter_context(tf.GradientTape(persistent=True)))
         for name, value in sources.items():
             self._add_source(name, value)
+
+    def _creator(self, next_creator, **kwargs):
+        """Note the Variables the cell creates: those, not any it binds, are sources."""
+        var = next_creator(**kwargs)
+        self.created.add(id(var))
+        return var
 
     def _add_source(self, name: str, value: Any) -> None:
         self.sources[name] = value
@@ -87,7 +99,7 @@ class Recorder:
             if self.watch is not None:
                 wanted = name in self.watch
             else:
-                wanted = isinstance(value, tf.Variable)
+                wanted = isinstance(value, tf.Variable) and id(value) in self.created
             if wanted and is_tensor_like(value):
                 self._add_source(name, value)
         return values
@@ -117,20 +129,19 @@ class Recorder:
             for order in range(1, plan.order + 1):
                 tape = self.tapes[-order]
                 tape.__exit__(None, None, None)
-                nxt = {}
+                nxt = (
+                    self._first_order(tape, targets, errors)
+                    if order == 1
+                    else {p: self._gradient(tape, current[p], p, errors) for p in current}
+                )
                 for pair in pairs:
-                    prev = current.get(pair)
-                    if prev is None:
+                    if pair not in nxt:
                         continue
-                    try:
-                        nxt[pair] = dense(tape.gradient(prev, self.sources[pair[1]]))
-                    except Exception as exc:  # LookupError: no gradient registered, etc.
-                        errors[pair] = exc
-                        nxt[pair] = None
+                    prev = current[pair]
                     results.append(self._derivative(pair, order, nxt[pair], prev, errors))
                     if order == 1:
                         gradients[pair] = nxt[pair]
-                current = nxt
+                current = {p: v for p, v in nxt.items() if v is not None}
             if plan.hessian:
                 results += self._hessians(targets, gradients)
         finally:
@@ -138,6 +149,28 @@ class Recorder:
         if plan.jacobian:
             results += self._jacobians(targets)
         return results
+
+    def _first_order(self, tape, targets, errors) -> dict:
+        """One backward pass per target for all sources at once (a pass per pair would
+        repeat the whole backward computation); per pair only when that pass fails."""
+        names = list(self.sources)
+        out = {}
+        for target, value in targets.items():
+            try:
+                grads = tape.gradient(value, [self.sources[s] for s in names])
+            except Exception:  # find which source's path holds the culprit
+                for s in names:
+                    out[(target, s)] = self._gradient(tape, value, (target, s), errors)
+                continue
+            out.update({(target, s): dense(g) for s, g in zip(names, grads, strict=True)})
+        return out
+
+    def _gradient(self, tape, value, pair, errors):
+        try:
+            return dense(tape.gradient(value, self.sources[pair[1]]))
+        except Exception as exc:  # LookupError: no gradient registered, etc.
+            errors[pair] = exc
+            return None
 
     def tapes_closed(self) -> None:
         # Tapes already exited by finish() are closed again harmlessly by the stack.
@@ -207,8 +240,11 @@ def dense(value: Any) -> Any:
 
 def classify(value: Any) -> str:
     """Which of the outcomes a computed (non-None) derivative is."""
-    if value.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(value))):
+    # One pass answers both questions: the sum of squares is 0 only for zeros, and is
+    # finite unless some element is not (or it overflows: then look closer). On the CPU
+    # .numpy() shares the tensor's memory, and np.vdot is the fastest pass there is.
+    flat = np.asarray(value).ravel()
+    total = abs(np.vdot(flat, flat)) if flat.dtype.kind in "fc" else np.count_nonzero(flat)
+    if not np.isfinite(total) and not np.isfinite(flat).all():
         return NONFINITE
-    if not bool(tf.reduce_any(tf.not_equal(value, 0))):
-        return ZERO
-    return VALUE
+    return VALUE if total != 0 else ZERO

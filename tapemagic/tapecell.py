@@ -9,6 +9,7 @@ behave as in a plain cell).
 from __future__ import annotations
 
 import ast
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +77,7 @@ def tape_cell(
     if not 1 <= opts.order <= MAX_ORDER:
         raise TapeError(f"--order must be 1 to {MAX_ORDER}, not {opts.order}")
     try:
-        info: CellInfo | None = cellcode.analyse(code, _module_test(namespace))
+        info: CellInfo | None = cellcode.analyse(code, _numeric_modules(namespace))
     except SyntaxError:
         if execute is None:
             raise
@@ -139,16 +140,14 @@ def resolve_device(device: str | None) -> str | None:
     return spec
 
 
-def _module_test(namespace: dict) -> Callable[[str], bool]:
-    def is_numeric_module(name: str) -> bool:
-        mod = getattr(namespace.get(name), "__name__", "")
-        return type(namespace.get(name)).__name__ == "module" and mod.split(".")[0] in (
-            "numpy",
-            "math",
-            "scipy",
-        )
-
-    return is_numeric_module
+def _numeric_modules(namespace: dict) -> frozenset[str]:
+    """Names bound to NumPy, math or SciPy modules: calls through them leave TensorFlow."""
+    return frozenset(
+        name
+        for name, value in namespace.items()
+        if isinstance(value, types.ModuleType)
+        and value.__name__.split(".")[0] in ("numpy", "math", "scipy")
+    )
 
 
 def _resolve_sources(info: CellInfo, namespace: dict, opts: TapeOptions):
@@ -308,7 +307,10 @@ def _build_result(info, namespace, opts, recorder, targets, derivatives, watched
 
 
 def _snapshot(value: Any) -> Any:
-    return tf.identity(value) if isinstance(value, tf.Variable) else value
+    """The value a Variable had when recorded (it may change later). Only small ones are
+    copied: a large source is shown by its shape, and copying it would cost time."""
+    small = isinstance(value, tf.Variable) and size_of(value) <= 1000
+    return tf.identity(value) if small else value
 
 
 def _notes(info: CellInfo, namespace: dict, recorder: Recorder, targets: dict) -> list[str]:
