@@ -54,10 +54,16 @@ def _draw(xs, ys, x0, y0, slope, source, target, order) -> bytes:
     ax.plot(xs, y0 + slope * (xs - x0), "--", color="C1", label=f"tangent, slope {slope:.4g}")
     ax.plot([x0], [y0], "o", color="C1")
     if order > 1:
-        d1 = np.gradient(ys, xs)
+        d1 = np.gradient(ys, xs, edge_order=2)
         ax.plot(xs, d1, ":", color="C2", label=f"∂{target}/∂{source}")
         if order >= 2:
-            ax.plot(xs, np.gradient(d1, xs), ":", color="C3", label=f"∂²{target}/∂{source}²")
+            ax.plot(
+                xs,
+                np.gradient(d1, xs, edge_order=2),
+                ":",
+                color="C3",
+                label=f"∂²{target}/∂{source}²",
+            )
     ax.set_xlabel(source)
     ax.axvline(x0, color="grey", lw=0.5)
     ax.legend(fontsize=8, loc="best")

@@ -226,10 +226,10 @@ def _header_text(result: TapeResult, name: Callable[[str], str] = str) -> str:
     def s(k: int) -> str:
         return "" if k == 1 else "s"
 
-    return (
-        f"{n} derivative{s(n)} of target{s(len(targets))} {', '.join(map(name, targets))} "
-        f"w.r.t. source{s(len(sources))} {', '.join(map(name, sources))}"
-    )
+    def listed(kind: str, names: list[str]) -> str:
+        return f"{kind}{s(len(names))} {', '.join(map(name, names))}" if names else f"no {kind}s"
+
+    return f"{n} derivative{s(n)} of {listed('target', targets)} w.r.t. {listed('source', sources)}"
 
 
 # -- HTML ---------------------------------------------------------------------------------
