@@ -268,15 +268,16 @@ class _Analyser:
 
     def _read(self, expr: ast.AST) -> set[str]:
         """Names an expression reads; the first read of an unbound name is a namespace read."""
-        names = set()
-        for node in ast.walk(expr):
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-                names.add(node.id)
-                if node.id not in self.binds and node.id not in self.reads:
-                    self.reads.append(node.id)
-            if isinstance(node, (ast.Lambda, ast.ListComp, ast.GeneratorExp)):
-                pass  # their inner names count as reads too: close enough for dataflow
-        return names
+        loads = [
+            node
+            for node in ast.walk(expr)  # names inside lambdas and comprehensions count too
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+        ]
+        loads.sort(key=lambda n: (n.lineno, n.col_offset))  # in the order they are written
+        for node in loads:
+            if node.id not in self.binds and node.id not in self.reads:
+                self.reads.append(node.id)
+        return {node.id for node in loads}
 
     # -- what matters to a gradient -------------------------------------------------
     def _find(self, expr: ast.AST) -> list[Finding]:

@@ -202,6 +202,8 @@ class Recorder:
         """Hessian of each scalar target w.r.t. each vector source, from the order-2 tape."""
         out = []
         tape = self.tapes[-2]
+        if self.plan.order < 2:  # the order loop left it recording: stop it, as there
+            tape.__exit__(None, None, None)
         for (target, source), grad in gradients.items():
             src = self.sources[source]
             if size_of(targets[target]) != 1 or grad is None:

@@ -65,7 +65,8 @@ class Derivative:
             return f"J({self.target}; {self.source})"
         if self.kind == "hessian":
             return f"H({self.target}; {self.source})"
-        top = f"Σ{self.target}" if self.summed else self.target
+        target = self.target if self.target.isidentifier() else f"({self.target})"
+        top = f"Σ{target}" if self.summed else target
         if self.order == 1:
             return f"∂{top}/∂{self.source}"
         sup = _SUPERSCRIPT.get(self.order, f"^{self.order}")

@@ -1,0 +1,124 @@
+"""The demo notebooks, executed top to bottom in a real ipykernel of this environment.
+
+Each notebook runs once per session (a fresh kernel); the tests then read its outputs
+as a user would see them: the numbers, the derivative tables, the diagnoses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def execute(name: str) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
+    client.execute()
+    return nb
+
+
+def output_of(nb, source_start: str, mime: str = "text/plain") -> str:
+    """Everything the first code cell starting with `source_start` showed, as one string."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.startswith(source_start):
+            parts = []
+            for out in cell.outputs:
+                if out.output_type == "stream" and out.name == "stdout":
+                    parts.append(out.text)
+                elif "data" in out:
+                    parts.append(out.data.get(mime, ""))
+            return "\n".join(parts)
+    raise AssertionError(f"no cell starts with {source_start!r}")
+
+
+@pytest.fixture(scope="module")
+def basics():
+    return execute("01_tape_basics.ipynb")
+
+
+def test_basics_first_and_second_derivative(basics):
+    html = output_of(basics, "%%tape\ny = x ** 2", "text/html")
+    assert "∂y/∂x" in html and "8.0" in html and "x = 4.0" in html
+    assert "numpy=8.0" in output_of(basics, '_tape.gradient("y", "x")')
+    second = output_of(basics, "%%tape -o 2")
+    assert "∂²y/∂x²" in second and "2.0" in second
+    assert "numpy=2.0" in output_of(basics, '_tape.gradient("y", "x", order=2)')
+
+
+def test_basics_persistent_tape_sgd_step(basics):
+    assert "0.116900004 0.023920001" in output_of(basics, "learning_rate = 0.001")
+
+
+def test_basics_grad_returns_a_value(basics):
+    assert "tf.Tensor(8.0" in output_of(basics, "g = %grad")
+
+
+def test_basics_jacobian_hessian_check_plot(basics):
+    assert "J(y; w)" in output_of(basics, "%%tape --jacobian")
+    assert "H(f; w)" in output_of(basics, "%%tape --hessian")
+    assert "check ok" in output_of(basics, "%%tape --check")
+    assert "data:image/png;base64," in output_of(basics, "%%tape --plot", "text/html")
+
+
+def test_basics_diagnoses(basics):
+    assert "no tape watches a constant" in output_of(basics, "%%tape\nx0 = ")
+    assert "n is an integer Variable (int32)" in output_of(basics, "%%tape\ny = n * n")
+    assert "np.square(x.numpy()) leaves TensorFlow" in output_of(
+        basics, 'print(_tape.why("y", "x"))'
+    )
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path
+
+
+AUTOLOAD = [
+    "import sys\nprint('tensorflow imported:', 'tensorflow' in sys.modules)",
+    "g = %grad x**2 --at x=4 -q\nprint(float(g), 'tensorflow imported:', 'tensorflow' in sys.modules)",
+    "%load_ext tapemagic",
+    "x = tf = None\nimport tensorflow as tf\nx = tf.constant(3.0)",
+    "%%tape -q\ny = x ** 2",
+    "print(float(_tape.gradient('y', 'x')))",
+]
+
+
+def run_cells(cells: list[str], env: dict[str, str] | None = None) -> list[str]:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True)
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        client.execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return [
+        "".join(o.get("text", "") + o.get("ename", "") + o.get("evalue", "") for o in c.outputs)
+        for c in nb.cells
+    ]
+
+
+def test_autoload_in_a_fresh_kernel_imports_nothing_until_first_use():
+    assert Path(sys.prefix, "etc/ipython/startup/tapemagic_autoload.py").exists()
+    outs = run_cells(AUTOLOAD)
+    assert "tensorflow imported: False" in outs[0]
+    assert "8.0 tensorflow imported: True" in outs[1]
+    assert "Error" not in outs[2]  # %load_ext still works beside it
+    assert "6.0" in outs[5]
+
+
+def test_autoload_can_be_turned_off():
+    outs = run_cells(AUTOLOAD[:2], env={"TAPEMAGIC_AUTOLOAD": "0"})
+    assert "tensorflow imported: False" in outs[0]
+    assert "UsageError" in outs[1] and "grad" in outs[1]
