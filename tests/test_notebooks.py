@@ -85,7 +85,8 @@ def test_notebooks_are_committed_without_outputs():
 
 AUTOLOAD = [
     "import sys\nprint('tensorflow imported:', 'tensorflow' in sys.modules)",
-    "g = %grad x**2 --at x=4 -q\nprint(float(g), 'tensorflow imported:', 'tensorflow' in sys.modules)",
+    "g = %grad x**2 --at x=4 -q\n"
+    "print(float(g), 'tensorflow imported:', 'tensorflow' in sys.modules)",
     "%load_ext tapemagic",
     "x = tf = None\nimport tensorflow as tf\nx = tf.constant(3.0)",
     "%%tape -q\ny = x ** 2",
