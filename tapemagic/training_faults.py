@@ -23,9 +23,10 @@ class Fault:
 
 def fault_message(
     epoch: int,
-    batch: int,
+    batch: int | None,
     loss: float,
     variables: list[str],
+    weights: list[str],
     learning_rate: float | None,
     restored: str | None,
     kind: str,
@@ -34,9 +35,12 @@ def fault_message(
     what = f"loss is {loss:g}" if not math.isfinite(loss) else "loss is finite"
     if variables:
         what += f"; non-finite gradient for {', '.join(variables)}"
-    elif kind != "step" and math.isfinite(loss):
+    if weights:
+        what += f"; its update made {', '.join(weights)} non-finite"
+    elif not variables and kind != "step" and math.isfinite(loss):
         what += "; the gradient norm overflowed"
-    text = f"Training paused at epoch {epoch}, batch {batch}: {what}."
+    where = f"epoch {epoch}" if batch is None else f"epoch {epoch}, batch {batch}"
+    text = f"Training paused at {where}: {what}."
     if restored:
         text += f" Weights restored to the last finite step ({restored})."
     else:
@@ -45,3 +49,33 @@ def fault_message(
     if learning_rate is not None:
         hint += f" (now {learning_rate:g})"
     return text + hint + ", or look for log/sqrt/division of values that reach 0."
+
+
+def replay_to_fault(engine, plan: tuple, res, partial_before: dict) -> tuple[int, int, dict]:
+    """Restore the faulty call's snapshot and replay it up to the step before the fault.
+
+    Replay is deterministic (same compiled function, same start state, stateless shuffle),
+    so this lands on the last finite step without keeping a copy of every step's weights.
+    Returns the position there: (epoch, batch, partial sums of that epoch).
+    """
+    e0, _, b0, _ = plan
+    engine.restore_snapshot()
+    off, bad = res.touched - 1, res.end_batch - 1
+    nb = engine.steps_per_epoch
+    empty = {"loss": 0.0, "gn": 0.0, "steps": 0.0, "seconds": 0.0}
+    if nb is None:  # a Dataset replays whole epochs only
+        bad = 0
+    if off == 0 and bad <= b0:
+        return e0, b0, dict(partial_before)
+    if bad == 0:
+        engine(e0, off, b0, nb)
+        return e0 + off, 0, empty
+    rep = engine(e0, off + 1, b0, bad)
+    extra = partial_before if off == 0 else empty
+    partial = {
+        "loss": float(rep.loss_sum[-1]) + extra["loss"],
+        "gn": (0.0 if rep.gn_sum is None else float(rep.gn_sum[-1])) + extra["gn"],
+        "steps": float(rep.steps[-1]) + extra["steps"],
+        "seconds": extra["seconds"],
+    }
+    return e0 + off, bad, partial

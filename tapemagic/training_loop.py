@@ -2,13 +2,17 @@
 
 A call covers whole epochs (`n_epochs` of them, for tiny epochs) or a span of batches
 inside one epoch (for big ones), so each call lasts about as long as the trainer asks and
-its controls act between calls. Per-epoch sums come back in TensorArrays, so records stay
-exact however many epochs one call runs. Each call first copies the state to snapshot
-variables: an error mid-call rolls back to the call's start, and a fault can be replayed.
+its controls act between calls. Each epoch writes one row of numbers (loss, gradient
+summary, parameters, metrics) to a TensorArray, so records stay exact however many epochs
+one call runs. Each call first copies the state to snapshot variables: an error mid-call
+rolls back to the call's start, and a fault can be replayed up to the step before it.
 
-The NaN check is per step but cheap: `is_finite(loss + grad_norm)`, two ops. The bad
-update is applied (a conditional would slow the tiny seed loop by about 20%); the
-trainer restores the snapshot and replays up to the step before the fault instead.
+Two loops, because ops per epoch are what limit tiny epochs (the seed's regression runs
+about 10 us an epoch; every extra op costs several percent):
+- full-batch arrays ("fast"): one step per epoch; the row is one `tf.stack`; there is no
+  in-graph NaN test: the host scans the rows and replays up to the first bad one;
+- batches or a Dataset: a while loop over batches that stops at the first non-finite loss
+  or gradient (cheap there, next to a real step).
 """
 
 from __future__ import annotations
@@ -25,35 +29,37 @@ import tensorflow as tf
 from tapemagic.training_data import ArrayData, DatasetData, batch_count
 from tapemagic.training_setup import raw
 
-# step(x, y) -> (loss: f32 scalar, per-variable squared grad norms: f32 vector or None,
-#                y_pred or None); it applies the update itself.
-TrainStep = Callable[[Any, Any], tuple[tf.Tensor, tf.Tensor | None, Any]]
-# evaluate(x, y) -> (loss: f32 scalar, y_pred or None), no update.
+# step(x, y) -> (loss: f32 scalar, per-variable gradient summaries or None, y_pred or None);
+# it applies the update. A summary is the gradient itself for a scalar variable when all
+# are scalars (`grads_are_values`), else the sum of its squared entries.
+TrainStep = Callable[[Any, Any], tuple[tf.Tensor, list | None, Any]]
+# evaluate(x, y) -> (loss: f32 scalar, y_pred), no update.
 EvalStep = Callable[[Any, Any], tuple[tf.Tensor, Any]]
 
 
 @dataclass
 class ChunkResult:
-    """What one call did, as NumPy. Arrays have one row per epoch touched."""
+    """What one call did, as NumPy; per-epoch arrays have one entry per epoch touched."""
 
-    touched: int  # epochs the call worked on; the last may be partial or faulty
+    touched: int  # epochs worked on; the last may be partial (span) or faulty
     loss_sum: np.ndarray
     gn_sum: np.ndarray | None
     steps: np.ndarray
-    ok: bool  # False: the step before `end_batch` had a non-finite loss or gradient
-    end_batch: int  # position after the last step, in the last touched epoch
-    complete: np.ndarray  # per touched epoch: did it finish (all batches, all finite)
+    complete: np.ndarray  # per touched epoch: all its batches done, all finite
+    ok: bool  # False: the step before `end_batch` (last touched epoch) went non-finite
+    end_batch: int  # position after the last step counted, in the last touched epoch
     val_loss: np.ndarray | None = None
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     params: np.ndarray | None = None
     batch_losses: np.ndarray | None = None
-    last_sq: np.ndarray | None = None  # per-variable squared gradient norm, last step
+    last_sq: np.ndarray | None = None  # per-variable squared gradient norm at the fault
+    bad_params: np.ndarray | None = None  # per scalar parameter: non-finite after the fault
     seconds: float = 0.0
     traced: bool = False
 
 
 class CompiledLoop:
-    """Holds the compiled chunk function and the snapshot for one configuration."""
+    """The compiled chunk function and snapshot for one configuration."""
 
     def __init__(
         self,
@@ -71,6 +77,7 @@ class CompiledLoop:
         val_metrics: Sequence[keras.metrics.Metric],
         metric_names: Sequence[str],
         n_grad_vars: int,
+        grads_are_values: bool,
         collect_batches: bool,
         device: str,
     ):
@@ -79,14 +86,21 @@ class CompiledLoop:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, int(seed)
         self.state = [raw(v) for v in state]
         self.record_vars = list(record_vars)
+        self.n_params = sum(int(np.prod(v.shape)) for v in self.record_vars)
         self.train_metrics, self.val_metrics = list(train_metrics), list(val_metrics)
         self.metric_names = list(metric_names)  # training metrics, then "val_" ones
-        self.n_grad_vars, self.collect_batches = n_grad_vars, collect_batches
-        self.device = device
+        self.n_grad_vars, self.grads_are_values = n_grad_vars, grads_are_values
+        self.collect_batches, self.device = collect_batches, device
         if isinstance(data, ArrayData):
             self.steps_per_epoch: int | None = batch_count(data.n, batch_size)
         else:
             self.steps_per_epoch = data.steps
+        self.fast = isinstance(data, ArrayData) and self.steps_per_epoch == 1
+        head = ["loss", *(f"g{i}" for i in range(n_grad_vars))] if self.fast else []
+        head = head or ["loss", "gn", "steps", "complete"]
+        tail = ["val_loss"] if val is not None else []
+        tail += [f"m:{n}" for n in self.metric_names] + [f"p{j}" for j in range(self.n_params)]
+        self.columns = {name: i for i, name in enumerate(head + tail)}
         with tf.device(device):
             self.snapshot = [
                 tf.Variable(v.read_value(), trainable=False, name="snapshot") for v in self.state
@@ -100,7 +114,7 @@ class CompiledLoop:
     ) -> ChunkResult:
         """Run epochs epoch0.. (the first from batch b0, the last up to batch b1)."""
         nb = self.steps_per_epoch
-        b1 = (nb if nb is not None else 0) if b1 is None else b1
+        b1 = (nb or 0) if b1 is None else b1
         traces = self._fn.experimental_get_tracing_count()
         arrays = self.data if isinstance(self.data, ArrayData) else None
         vals = self.val if isinstance(self.val, ArrayData) else None
@@ -117,24 +131,56 @@ class CompiledLoop:
                 tf.constant(b1, tf.int32),
             )
             out = {k: v.numpy() for k, v in out.items()}
-        seconds = time.perf_counter() - start
-        touched = int(out["touched"])
-        return ChunkResult(
-            touched=touched,
-            loss_sum=out["loss_sum"][:touched].astype(np.float64),
-            gn_sum=out["gn_sum"][:touched].astype(np.float64) if "gn_sum" in out else None,
-            steps=out["steps"][:touched],
-            ok=bool(out["ok"]),
-            end_batch=int(out["end_batch"]),
-            complete=out["complete"][:touched],
-            val_loss=out["val_loss"][:touched].astype(np.float64) if "val_loss" in out else None,
-            metrics={k[2:]: out[k][:touched].astype(np.float64) for k in out if k.startswith("m:")},
-            params=out["params"][:touched].astype(np.float64) if "params" in out else None,
-            batch_losses=out.get("batch_losses"),
-            last_sq=out.get("last_sq"),
-            seconds=seconds,
-            traced=self._fn.experimental_get_tracing_count() != traces,
-        )
+        res = self._decode(out)
+        res.seconds = time.perf_counter() - start
+        res.traced = self._fn.experimental_get_tracing_count() != traces
+        return res
+
+    def _col(self, rows: np.ndarray, prefix: str, count: int) -> np.ndarray:
+        first = self.columns.get(f"{prefix}0")
+        return rows[:, first : first + count].astype(np.float64) if count else rows[:, :0]
+
+    def _decode(self, out: dict) -> ChunkResult:
+        rows, c = out["rows"], self.columns
+        params = self._col(rows, "p", self.n_params) if self.n_params else None
+        if self.fast:  # find the first non-finite epoch here, not in the graph
+            g = self._col(rows, "g", self.n_grad_vars)
+            sq = g * g if self.grads_are_values else g
+            checked = np.concatenate([rows[:, :1], g] + ([params] if params is not None else []), 1)
+            finite = np.isfinite(checked).all(axis=1)
+            touched = len(rows) if finite.all() else int(np.argmin(finite)) + 1
+            res = ChunkResult(
+                touched=touched,
+                loss_sum=rows[:touched, 0].astype(np.float64),
+                gn_sum=np.sqrt(sq[:touched].sum(axis=1)) if self.n_grad_vars else None,
+                steps=np.ones(touched),
+                complete=finite[:touched],
+                ok=bool(finite.all()),
+                end_batch=1,
+                last_sq=sq[touched - 1] if self.n_grad_vars else None,
+                batch_losses=rows[:touched, 0] if self.collect_batches else None,
+            )
+            if params is not None and not res.ok:
+                res.bad_params = ~np.isfinite(params[touched - 1])
+        else:
+            touched = len(rows)
+            res = ChunkResult(
+                touched=touched,
+                loss_sum=rows[:, c["loss"]].astype(np.float64),
+                gn_sum=rows[:, c["gn"]].astype(np.float64) if self.n_grad_vars else None,
+                steps=rows[:, c["steps"]].astype(np.float64),
+                complete=rows[:, c["complete"]] > 0.5,
+                ok=bool(out["ok"]),
+                end_batch=int(out["end_batch"]),
+                last_sq=out["last_sq"] if self.n_grad_vars else None,
+                batch_losses=out.get("batch_losses"),
+            )
+        n = res.touched
+        res.params = None if params is None else params[:n]
+        if "val_loss" in c:
+            res.val_loss = rows[:n, c["val_loss"]].astype(np.float64)
+        res.metrics = {k: rows[:n, c[f"m:{k}"]].astype(np.float64) for k in self.metric_names}
+        return res
 
     def restore_snapshot(self) -> None:
         """Put the state back as it was when the last call started."""
@@ -142,31 +188,42 @@ class CompiledLoop:
             for v, s in zip(self.state, self.snapshot, strict=True):
                 v.assign(s)
 
-    def reset_metrics(self) -> None:
-        """Start a fresh epoch's metric accumulation (after a rollback or reset)."""
-        for m in self.train_metrics + self.val_metrics:
-            m.reset_state()
-
     # -- compiled side ---------------------------------------------------------------
 
-    def _batch(self, x, y, perm, b):
-        """Batch b: a slice, or a gather through this epoch's permutation."""
-        bs, n = self.batch_size, self.data.n
-        lo = b * bs
-        hi = tf.minimum(lo + bs, n)
-        if perm is None:
-            return tf.nest.map_structure(lambda t: t[lo:hi], (x, y))
-        idx = perm[lo:hi]
-        return tf.nest.map_structure(lambda t: tf.gather(t, idx), (x, y))
+    @staticmethod
+    def _row(parts: Sequence[Any]) -> tf.Tensor:
+        """One float32 vector from scalars and vectors (a single stack when all scalar)."""
+        parts = [tf.cast(p, tf.float32) for p in parts]
+        if all(p.shape.rank == 0 for p in parts):
+            return tf.stack(parts)
+        return tf.concat([tf.reshape(p, [-1]) for p in parts], 0)
 
-    def _step(self, x, y):
-        loss, sq, pred = self.train_step(x, y)
-        for m in self.train_metrics:
-            m.update_state(y, pred)
-        if sq is None:
-            return loss, None, None, tf.math.is_finite(loss)
-        gn = tf.sqrt(tf.reduce_sum(sq))
-        return loss, sq, gn, tf.math.is_finite(loss + gn)
+    def _params(self) -> list:
+        return [v.read_value() if hasattr(v, "read_value") else v for v in self.record_vars]
+
+    def _chunk(self, x, y, xv, yv, epoch0, n_epochs, b0, b1):
+        for s, v in zip(self.snapshot, self.state, strict=True):
+            s.assign(v)
+        if self.fast:
+            return self._chunk_fast(x, y, xv, yv, n_epochs)
+        return self._chunk_batches(x, y, xv, yv, epoch0, n_epochs, b0, b1)
+
+    def _chunk_fast(self, x, y, xv, yv, n_epochs):
+        width = len(self.columns)
+        rows = tf.TensorArray(tf.float32, size=n_epochs, element_shape=[width])
+
+        def body(e, rows):
+            loss, grads, pred = self.train_step(x, y)
+            for m in self.train_metrics:
+                m.update_state(y, pred)
+            parts = [loss, *(grads or [])]
+            if self.val is not None or self.metric_names:
+                vloss, results = self._epoch_end(xv, yv)
+                parts += ([vloss] if self.val is not None else []) + results
+            return e + 1, rows.write(e, self._row(parts + self._params()))
+
+        _, rows = tf.while_loop(lambda e, rows: e < n_epochs, body, (tf.constant(0), rows))
+        return {"rows": rows.stack()}
 
     def _loop_batches(self, body, cond, state, it=None):
         """A tf.while_loop over batches; `it` threads a Dataset iterator's next element."""
@@ -179,53 +236,49 @@ class CompiledLoop:
         )
         return out[:-1]
 
+    def _batch(self, x, y, perm, b):
+        """Batch b: a slice, or a gather through this epoch's permutation."""
+        lo = b * self.batch_size
+        hi = tf.minimum(lo + self.batch_size, self.data.n)
+        if perm is None:
+            return tf.nest.map_structure(lambda t: t[lo:hi], (x, y))
+        idx = perm[lo:hi]
+        return tf.nest.map_structure(lambda t: tf.gather(t, idx), (x, y))
+
     def _epoch(self, x, y, epoch, start, stop, last_sq, batch_ta):
-        """Batches [start, stop) of one epoch: sums, steps done, finiteness."""
-        collect = self.collect_batches
+        """Batches [start, stop) of one epoch, stopping at the first non-finite step."""
+        collect, values = self.collect_batches, self.grads_are_values
+        perm = None
 
         def body(b, ok, total, gsum, last_sq, bta, elem=None):
             xb, yb = elem if elem is not None else self._batch(x, y, perm, b)
-            loss, sq, gn, ok = self._step(xb, yb)
+            loss, grads, pred = self.train_step(xb, yb)
+            for m in self.train_metrics:
+                m.update_state(yb, pred)
             if collect:
                 bta = bta.write(b - start, loss)
-            if gn is not None:
-                gsum, last_sq = gsum + gn, sq
+            ok = tf.math.is_finite(loss)
+            if grads is not None:
+                sq = tf.stack(grads)
+                sq = sq * sq if values else sq
+                gn = tf.sqrt(tf.reduce_sum(sq))
+                gsum, last_sq, ok = gsum + gn, sq, tf.math.is_finite(loss + gn)
             return b + 1, ok, total + loss, gsum, last_sq, bta
 
         zero = tf.constant(0.0)
+        state = (start, tf.constant(True), zero, zero, last_sq, batch_ta)
         if isinstance(self.data, DatasetData):
-            perm = None
-            state = (start, tf.constant(True), zero, zero, last_sq, batch_ta)
             return self._loop_batches(body, lambda b, ok, *_: ok, state, iter(self.data.ds))
-        if self.steps_per_epoch == 1:  # full batch, as in the seed: no loop, no shuffle
-            perm = None
-            return body(start, tf.constant(True), zero, zero, last_sq, batch_ta, (x, y))
-        perm = None
         if self.shuffle:
             seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
             perm = tf.random.experimental.stateless_shuffle(tf.range(self.data.n), seed)
-        state = (start, tf.constant(True), zero, zero, last_sq, batch_ta)
         return self._loop_batches(body, lambda b, ok, *_: (b < stop) & ok, state)
 
-    def _chunk(self, x, y, xv, yv, epoch0, n_epochs, b0, b1):
-        for s, v in zip(self.snapshot, self.state, strict=True):
-            s.assign(v)
+    def _chunk_batches(self, x, y, xv, yv, epoch0, n_epochs, b0, b1):
         nb = self.steps_per_epoch
+        rows = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
 
-        def ta(dtype=tf.float32):
-            return tf.TensorArray(dtype, size=0, dynamic_size=True)
-
-        tas = {
-            "loss_sum": ta(),
-            "gn_sum": ta(),
-            "steps": ta(tf.int32),
-            "complete": ta(tf.bool),
-            "val_loss": ta(),
-            "params": ta(),
-            "metrics": tuple(ta() for _ in self.metric_names),
-        }
-
-        def body(e, ok, end_batch, last_sq, batch_ta, tas):
+        def body(e, ok, end_batch, last_sq, batch_ta, rows):
             start = tf.where(e == 0, b0, 0)
             stop = tf.where(e == n_epochs - 1, b1, nb or 0)
             epoch = epoch0 + tf.cast(e, tf.int64)
@@ -233,55 +286,46 @@ class CompiledLoop:
                 x, y, epoch, start, stop, last_sq, batch_ta
             )
             complete = ok & (b == nb) if nb is not None else ok
-            tas = dict(tas)
-            tas["loss_sum"] = tas["loss_sum"].write(e, total)
-            tas["gn_sum"] = tas["gn_sum"].write(e, gsum)
-            tas["steps"] = tas["steps"].write(e, b - start)
-            tas["complete"] = tas["complete"].write(e, complete)
-            if self.record_vars:
-                flat = [tf.cast(tf.reshape(v, [-1]), tf.float32) for v in self.record_vars]
-                tas["params"] = tas["params"].write(e, tf.concat(flat, 0))
-            if self.metric_names or self.val is not None:
-                vloss, results = self._finish_epoch(complete, xv, yv)
-                tas["val_loss"] = tas["val_loss"].write(e, vloss)
-                tas["metrics"] = tuple(
-                    t.write(e, r) for t, r in zip(tas["metrics"], results, strict=True)
-                )
-            return e + 1, ok, b, last_sq, batch_ta, tas
+            parts = [total, gsum, tf.cast(b - start, tf.float32), tf.cast(complete, tf.float32)]
+            if self.val is not None or self.metric_names:
+                values = tf.cond(complete, lambda: self._epoch_end_flat(xv, yv), self._skipped)
+                parts += values
+            return e + 1, ok, b, last_sq, batch_ta, rows.write(e, self._row(parts + self._params()))
 
         state = (
             tf.constant(0),
             tf.constant(True),
             tf.constant(0),
             tf.zeros([self.n_grad_vars]),
-            ta(),
-            tas,
+            tf.TensorArray(tf.float32, size=0, dynamic_size=True),
+            rows,
         )
-        e, ok, end_batch, last_sq, batch_ta, tas = tf.while_loop(
+        _, ok, end_batch, last_sq, batch_ta, rows = tf.while_loop(
             lambda e, ok, *_: (e < n_epochs) & ok, body, state
         )
-        out = {
-            "touched": e,
-            "ok": ok,
-            "end_batch": end_batch,
-            "loss_sum": tas["loss_sum"].stack(),
-            "steps": tas["steps"].stack(),
-            "complete": tas["complete"].stack(),
-        }
-        if self.n_grad_vars:
-            out["gn_sum"] = tas["gn_sum"].stack()
-            out["last_sq"] = last_sq
-        if self.record_vars:
-            out["params"] = tas["params"].stack()
-        if self.val is not None:
-            out["val_loss"] = tas["val_loss"].stack()
-        for name, t in zip(self.metric_names, tas["metrics"], strict=True):
-            out["m:" + name] = t.stack()
+        out = {"rows": rows.stack(), "ok": ok, "end_batch": end_batch, "last_sq": last_sq}
         if self.collect_batches:
             out["batch_losses"] = batch_ta.stack()
         return out
 
     # -- end of epoch: metrics and validation ----------------------------------------
+
+    def _epoch_end(self, xv, yv) -> tuple[tf.Tensor | None, list[tf.Tensor]]:
+        """Training metric results (then reset), validation loss and metrics."""
+        results = self._results(self.train_metrics)
+        vloss = None
+        if self.val is not None:
+            vloss, val_results = self._validate(xv, yv)
+            results += val_results
+        return vloss, results
+
+    def _epoch_end_flat(self, xv, yv) -> list[tf.Tensor]:
+        vloss, results = self._epoch_end(xv, yv)
+        return ([vloss] if vloss is not None else []) + results
+
+    def _skipped(self) -> list[tf.Tensor]:
+        n = len(self.metric_names) + (1 if self.val is not None else 0)
+        return [tf.constant(np.nan, tf.float32)] * n
 
     @staticmethod
     def _results(metrics) -> list[tf.Tensor]:
@@ -294,7 +338,7 @@ class CompiledLoop:
         """Mean validation loss over its batches (no update), and validation metrics."""
 
         def body(b, total, elem=None):
-            xb, yb = elem if elem is not None else self._batch_plain(xv, yv, b)
+            xb, yb = elem if elem is not None else self._val_batch(xv, yv, b)
             loss, pred = self.eval_step(xb, yb)
             for m in self.val_metrics:
                 m.update_state(yb, pred)
@@ -312,24 +356,6 @@ class CompiledLoop:
         vloss = total / tf.maximum(tf.cast(count, tf.float32), 1.0)
         return vloss, self._results(self.val_metrics)
 
-    def _batch_plain(self, x, y, b):
+    def _val_batch(self, x, y, b):
         lo = b * self.batch_size
         return tf.nest.map_structure(lambda t: t[lo : lo + self.batch_size], (x, y))
-
-    def _finish_epoch(self, complete, xv, yv):
-        """At a completed epoch: metric results (then reset) and validation."""
-        n_out = len(self.metric_names)
-
-        def finish():
-            results = self._results(self.train_metrics)
-            vloss = tf.constant(np.nan, tf.float32)
-            if self.val is not None:
-                vloss, val_results = self._validate(xv, yv)
-                results += val_results
-            return [vloss, *results]
-
-        def skip():
-            return [tf.constant(np.nan, tf.float32)] * (1 + n_out)
-
-        values = tf.cond(complete, finish, skip)
-        return values[0], values[1:]

@@ -63,6 +63,7 @@ def resolve(model: Any, params: Any, predict: Any, step: Any) -> Style:
             params = [params]
         else:
             params = list(params)
+        names = names or _names_in(predict or step, params)
         _check_params(params, names)
         names = variable_names(params, names)
         forward = None if predict is None else (lambda x, training: predict(x))
@@ -73,6 +74,25 @@ def resolve(model: Any, params: Any, predict: Any, step: Any) -> Style:
         kind = "step" if step is not None else "model"
         return Style(kind, [], [], [], forward, step, model)
     return Style("step", [], [], [], None, step)
+
+
+def _names_in(fn: Any, params: Sequence[Any]) -> list[str] | None:
+    """The names `fn` uses for the params (closure or globals), as the user wrote them."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    scope = {}
+    for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            scope[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    for name in code.co_names:
+        if name in fn.__globals__:
+            scope.setdefault(name, fn.__globals__[name])
+    by_id = {id(v): k for k, v in scope.items()}
+    found = [by_id.get(id(p)) for p in params]
+    return found if all(found) and len(set(found)) == len(found) else None
 
 
 def _check_params(params: Sequence[Any], names: Sequence[str] | None) -> None:
@@ -249,6 +269,7 @@ def make_steps(
         return train_step, eval_step
 
     trainable, names, model = style.trainable, style.names, style.model
+    values = all_scalar(trainable)
 
     def train_step(x, y):
         with tf.GradientTape() as tape:
@@ -261,22 +282,25 @@ def make_steps(
         if not pairs:
             raise ValueError(no_gradient_message(names, style.kind))
         optimizer.apply_gradients(pairs)
-        return tf.cast(loss, tf.float32), squared_norms(grads), pred
+        return tf.cast(loss, tf.float32), gradient_summaries(grads, values), pred
 
     return train_step, eval_step
 
 
-def squared_norms(grads: Sequence[Any]) -> tf.Tensor:
-    """Per-variable sum of squared gradient entries (0 where there is no gradient)."""
-    present = [g for g in grads if g is not None]
-    if len(present) == len(grads) and all(g.shape.rank == 0 for g in present):
-        return tf.square(tf.cast(tf.stack(present), tf.float32))  # scalars: 2 ops in all
+def all_scalar(variables: Sequence[Any]) -> bool:
+    """Models made of scalars (the seed's a and b) report raw gradients: fewer ops."""
+    return all(len(v.shape) == 0 for v in variables)
+
+
+def gradient_summaries(grads: Sequence[Any], values: bool) -> list[tf.Tensor]:
+    """Per variable: the gradient itself (`values`, all scalar) or its squared norm."""
     out = []
     for g in grads:
         if g is None:
             out.append(tf.constant(0.0))
-            continue
-        if isinstance(g, tf.IndexedSlices):
-            g = g.values
-        out.append(tf.cast(2.0 * tf.nn.l2_loss(g), tf.float32))
-    return tf.stack(out)
+        elif values:
+            out.append(tf.cast(g, tf.float32))
+        else:
+            g = g.values if isinstance(g, tf.IndexedSlices) else g
+            out.append(tf.cast(2.0 * tf.nn.l2_loss(g), tf.float32))
+    return out
