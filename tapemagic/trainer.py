@@ -470,7 +470,7 @@ class Trainer:
             bad = [name for name, sq in pairs if not np.isfinite(sq)]
         if res.bad_params is not None:
             pairs = zip(self._param_names, res.bad_params, strict=True)
-            weights = [name for name, b in pairs if b]
+            weights = [name for name, b in pairs if b and name not in bad]
         loss = float(res.loss_sum[-1]) if len(res.loss_sum) else float("nan")
         self._last_fault = (plan, res, partial_before)
         restored = None

@@ -52,7 +52,7 @@ def _to_tensor(value: Any, dtype: tf.DType, what: str) -> tf.Tensor:
     if isinstance(value, tf.data.Dataset):
         raise ValueError(f"data: {what} is a Dataset; pass the Dataset itself as data=")
     try:
-        tensor = tf.convert_to_tensor(np.asarray(value) if isinstance(value, list) else value)
+        tensor = tf.convert_to_tensor(value)
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"data: {what} ({type(value).__name__}) cannot become a tensor: pass a NumPy "
@@ -90,8 +90,8 @@ def prepare(data: Any, dtype: tf.DType, name: str = "data") -> ArrayData | Datas
             f"{name}: expected a pair (X, Y) or a tf.data.Dataset, got {type(data).__name__}"
             + (f" of length {len(data)}" if isinstance(data, tuple | list) else "")
         )
-    x = tf.nest.map_structure(lambda v: _to_tensor(v, dtype, "X"), data[0])
-    y = tf.nest.map_structure(lambda v: _to_tensor(v, dtype, "Y"), data[1])
+    x = tf.nest.map_structure(lambda v: _to_tensor(v, dtype, "X"), _arrays(data[0]))
+    y = tf.nest.map_structure(lambda v: _to_tensor(v, dtype, "Y"), _arrays(data[1]))
     sizes = {int(t.shape[0]) for t in tf.nest.flatten((x, y))}
     if len(sizes) != 1:
         xs = [int(t.shape[0]) for t in tf.nest.flatten(x)]
@@ -104,6 +104,28 @@ def prepare(data: Any, dtype: tf.DType, name: str = "data") -> ArrayData | Datas
     if n == 0:
         raise ValueError(f"{name}: X and Y are empty")
     return ArrayData(x, y, n)
+
+
+def _arrays(value: Any) -> Any:
+    """Lists (and tuples) of numbers are arrays; a tuple or dict of arrays is a structure."""
+    if isinstance(value, dict):
+        return {k: _arrays(v) for k, v in value.items()}
+    if isinstance(value, tuple) and value and not _is_numeric(value[0]):
+        return tuple(_arrays(v) for v in value)
+    if isinstance(value, list | tuple):
+        try:
+            return np.asarray(value)
+        except ValueError as err:
+            raise ValueError(
+                "data: a list in X or Y is ragged; every row needs the same length"
+            ) from err
+    return value
+
+
+def _is_numeric(value: Any) -> bool:
+    return isinstance(value, int | float | np.number | list) or (
+        isinstance(value, tuple) and bool(value) and _is_numeric(value[0])
+    )
 
 
 def _plural(sizes: list[int]) -> str:

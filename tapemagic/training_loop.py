@@ -335,26 +335,32 @@ class CompiledLoop:
         return out
 
     def _validate(self, xv, yv):
-        """Mean validation loss over its batches (no update), and validation metrics."""
+        """Validation loss (no update) and validation metrics."""
 
-        def body(b, total, elem=None):
+        def body(b, total, count, elem=None):
             xb, yb = elem if elem is not None else self._val_batch(xv, yv, b)
             loss, pred = self.eval_step(xb, yb)
             for m in self.val_metrics:
                 m.update_state(yb, pred)
-            return b + 1, total + loss
+            size = tf.cast(tf.shape(tf.nest.flatten(yb)[0])[0], tf.float32)
+            return b + 1, total + loss * size, count + size
 
-        state = (tf.constant(0), tf.constant(0.0))
+        state = (tf.constant(0), tf.constant(0.0), tf.constant(0.0))
         if isinstance(self.val, DatasetData):
-            count, total = self._loop_batches(body, lambda b, t: True, state, iter(self.val.ds))
+            _, total, count = self._loop_batches(
+                body, lambda *_: tf.constant(True), state, iter(self.val.ds)
+            )
         else:
             nvb = batch_count(self.val.n, self.batch_size)
-            if nvb == 1:
-                count, total = body(0, tf.constant(0.0), (xv, yv))
+            if nvb == 1:  # one batch: its loss as it is (exact, also for sum losses)
+                loss, pred = self.eval_step(xv, yv)
+                for m in self.val_metrics:
+                    m.update_state(yv, pred)
+                total, count = loss, tf.constant(1.0)
             else:
-                count, total = tf.while_loop(lambda b, t: b < nvb, body, state)
-        vloss = total / tf.maximum(tf.cast(count, tf.float32), 1.0)
-        return vloss, self._results(self.val_metrics)
+                _, total, count = tf.while_loop(lambda b, *_: b < nvb, body, state)
+        # weighted by batch size, as Keras evaluates: the mean over samples for mean losses
+        return total / tf.maximum(count, 1.0), self._results(self.val_metrics)
 
     def _val_batch(self, x, y, b):
         lo = b * self.batch_size
