@@ -23,6 +23,7 @@ class CheckpointStore:
 
     def __init__(self, directory: str, max_to_keep: int = 3):
         self.directory = str(directory)
+        self.max_to_keep = max_to_keep
         self._meta = tf.Variable("", dtype=tf.string, trainable=False, name="tapemagic_meta")
         self._variables: dict[str, Any] = {}
         self._manager: tf.train.CheckpointManager | None = None
@@ -31,7 +32,7 @@ class CheckpointStore:
         """Use these variables from now on (again after the optimizer changes)."""
         self._variables = {k: raw(v) for k, v in variables.items()}
         ckpt = tf.train.Checkpoint(meta=self._meta, **self._variables)
-        self._manager = tf.train.CheckpointManager(ckpt, self.directory, max_to_keep=3)
+        self._manager = tf.train.CheckpointManager(ckpt, self.directory, self.max_to_keep)
 
     @property
     def latest(self) -> str | None:
@@ -81,3 +82,11 @@ class CheckpointStore:
             if not name.startswith(skip):
                 var.assign(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
         return meta
+
+    def resume(self, optimizer_name: str | None) -> dict | None:
+        """Restore the newest checkpoint, optimizer slots only if it is the same optimizer."""
+        meta = self.read_meta()
+        if meta is None:
+            return None
+        same = meta.get("optimizer") == optimizer_name
+        return self.restore(skip=() if same else ("o",))

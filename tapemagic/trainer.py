@@ -21,10 +21,17 @@ import tensorflow as tf
 
 from tapemagic.checkpoints import CheckpointStore
 from tapemagic.history import EpochRecord, History
+from tapemagic.training_build import build_parts, check_options, make_loop
 from tapemagic.training_callbacks import CallbackModel, Callbacks
 from tapemagic.training_control import Controls
-from tapemagic.training_data import ArrayData, check_batch_size, prepare, split
-from tapemagic.training_faults import Fault, TrainingFault, fault_message, replay_to_fault
+from tapemagic.training_data import ArrayData, check_batch_size
+from tapemagic.training_faults import (
+    Fault,
+    TrainingFault,
+    fault_message,
+    locate_fault,
+    replay_to_fault,
+)
 from tapemagic.training_loop import ChunkResult, CompiledLoop
 from tapemagic.training_run import Pacer, Position, epoch_columns
 from tapemagic.training_setup import (
@@ -32,17 +39,9 @@ from tapemagic.training_setup import (
     optimizer_state,
     raw,
     resolve_device,
-    resolve_loss,
-    resolve_metrics,
     scalar_names,
 )
 from tapemagic.training_style import (
-    all_scalar,
-    build_model,
-    discover_step,
-    dtype_of,
-    make_steps,
-    probe,
     resolve,
 )
 
@@ -82,24 +81,32 @@ class Trainer:
         checkpoint_every: int | None = None,
         on_nonfinite: str = "restore",
     ):
-        if on_nonfinite not in ("restore", "keep"):
-            raise ValueError(f"on_nonfinite must be 'restore' or 'keep', got {on_nonfinite!r}")
-        if checkpoint_every is not None and (
-            isinstance(checkpoint_every, bool)
-            or not isinstance(checkpoint_every, int)
-            or checkpoint_every < 1
-        ):
-            raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+        check_options(on_nonfinite, checkpoint_every)
         self.device = resolve_device(device)
         self._controls = Controls()
         self._style = resolve(model, params, predict, step)
-        x1, y1 = self._setup_data(data, validation_data, validation_split, batch_size)
-        self._setup_model(model, loss, optimizer, learning_rate, metrics, x1, y1)
+        parts = build_parts(
+            self._style,
+            self.device,
+            model=model,
+            loss=loss,
+            data=data,
+            validation_data=validation_data,
+            validation_split=validation_split,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            learning_rate=learning_rate,
+            metrics=metrics,
+        )
+        self._parts = parts  # its optimizer and batch_size change between runs
+        self._batch_size_next = parts.batch_size
+        if self._style.kind == "step" and learning_rate is not None:
+            self.learning_rate = learning_rate
         style = self._style
         small = sum(int(np.prod(v.shape)) for v in style.trainable) <= MAX_RECORDED_PARAMS
         self._record_vars = list(style.trainable) if small else []
         self._param_names = scalar_names(style.trainable, style.names) if small else []
-        self.history = History(self._metric_names, self._param_names)
+        self.history = History(self._parts.metric_names, self._param_names)
         self.seed = int(seed) if seed is not None else random.randrange(2**31)
         self.shuffle = bool(shuffle)
         self._on_nonfinite = on_nonfinite
@@ -111,7 +118,7 @@ class Trainer:
         self.error: BaseException | None = None
         self.fault: Fault | None = None
         self.messages: deque[str] = deque(maxlen=100)
-        proxy = CallbackModel(lambda: self._optimizer, style.weights, style.model)
+        proxy = CallbackModel(lambda: self._parts.optimizer, style.weights, style.model)
         self._callbacks = Callbacks(callbacks, proxy)
         self._ckpt_every = checkpoint_every
         self._store = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
@@ -120,66 +127,13 @@ class Trainer:
             self._store.bind(self._checkpoint_variables())
             self._resume(learning_rate)
 
-    def _setup_data(self, data, validation_data, validation_split, batch_size) -> tuple:
-        """Check and place the data; two samples (or one batch) for probing the model."""
-        dtype = dtype_of(self._style)
-        data = prepare(data, dtype)
-        if validation_data is not None and validation_split is not None:
-            raise ValueError("pass validation_data= or validation_split=, not both")
-        val = None
-        if validation_split is not None:
-            data, val = split(data, validation_split)
-        elif validation_data is not None:
-            val = prepare(validation_data, dtype, "validation_data")
-        self._data = data.to_device(self.device) if isinstance(data, ArrayData) else data
-        self._val = val.to_device(self.device) if isinstance(val, ArrayData) else val
-        self._batch_size = self._batch_size_next = check_batch_size(batch_size, data)
-        if isinstance(data, ArrayData):
-            sample = data.take(0, min(2, data.n))
-            return sample.x, sample.y
-        return data.first()
-
-    def _setup_model(self, model, loss, optimizer, learning_rate, metrics, x1, y1) -> None:
-        """Loss, optimizer, metrics; build the model and probe one forward pass."""
-        style = self._style
-        if model is not None and loss is None and style.kind == "model":
-            loss = getattr(model, "loss", None)  # a compiled model brings its loss
-        needs_loss = style.kind != "step" or self._val is not None or bool(metrics)
-        if style.kind == "step" and needs_loss and style.forward is None:
-            raise ValueError(
-                "validation and metrics with step= need predictions: also pass model= or "
-                "params= with predict=, and loss="
-            )
-        self._loss = resolve_loss(loss) if needs_loss else None
-        with tf.device(self.device):
-            build_model(style, x1)
-            if style.kind == "step":
-                if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
-                    raise ValueError(
-                        "with step=, optimizer= can only be the optimizer your step uses"
-                    )
-                discover_step(style, x1, y1)
-                self._optimizer = optimizer
-            else:
-                if optimizer is None:
-                    optimizer = getattr(model, "optimizer", None) or "sgd"
-                self._optimizer = make_optimizer(optimizer, learning_rate)
-                self._optimizer.build(style.trainable)
-                probe(style, self._loss, x1, y1, user_loss=not isinstance(loss, str))
-            m_train, m_val, names = resolve_metrics(metrics, self.device)
-        if style.kind == "step" and learning_rate is not None:
-            self.learning_rate = learning_rate
-        has_val = self._val is not None
-        self._metrics = (m_train, m_val if has_val else [])
-        self._metric_names = names + ([f"val_{n}" for n in names] if has_val else [])
-
     # -- state -----------------------------------------------------------------------
 
     def _opt_state(self) -> list:
-        return optimizer_state(self._optimizer) if self._style.kind != "step" else []
+        return optimizer_state(self._parts.optimizer) if self._style.kind != "step" else []
 
     def _metric_vars(self) -> list:
-        return [v for m in self._metrics[0] + self._metrics[1] for v in m.variables]
+        return [v for m in self._parts.train_metrics + self._parts.val_metrics for v in m.variables]
 
     def _state(self) -> list:
         """Everything a rollback, a reset or a checkpoint must restore."""
@@ -193,23 +147,14 @@ class Trainer:
 
     def _loop(self) -> CompiledLoop:
         if self._engine is None:
-            train_step, eval_step = make_steps(self._style, self._loss, self._optimizer)
-            self._engine = CompiledLoop(
-                train_step=train_step,
-                eval_step=eval_step,
-                data=self._data,
-                val=self._val,
-                batch_size=self._batch_size,
-                shuffle=self.shuffle,
-                seed=self.seed,
+            self._engine = make_loop(
+                self._style,
+                self._parts,
                 state=self._state(),
                 record_vars=self._record_vars,
-                train_metrics=self._metrics[0],
-                val_metrics=self._metrics[1],
-                metric_names=self._metric_names,
-                n_grad_vars=len(self._style.trainable) if self._style.kind != "step" else 0,
-                grads_are_values=all_scalar(self._style.trainable),
-                collect_batches=self._callbacks.per_batch,
+                shuffle=self.shuffle,
+                seed=self.seed,
+                per_batch=self._callbacks.per_batch,
                 device=self.device,
             )
         return self._engine
@@ -229,7 +174,7 @@ class Trainer:
     @property
     def samples_per_epoch(self) -> int | None:
         """Training samples per epoch (None for a Dataset)."""
-        return self._data.n if isinstance(self._data, ArrayData) else None
+        return self._parts.data.n if isinstance(self._parts.data, ArrayData) else None
 
     @property
     def variables(self) -> list:
@@ -247,7 +192,7 @@ class Trainer:
     @property
     def optimizer(self) -> Any:
         """The optimizer; set a name or an object between runs (its state starts fresh)."""
-        return self._optimizer
+        return self._parts.optimizer
 
     @optimizer.setter
     def optimizer(self, spec: Any) -> None:
@@ -259,10 +204,11 @@ class Trainer:
             opt = make_optimizer(spec, lr)
             opt.build(self._style.trainable)
         n_weights, n_opt = len(self._style.weights), len(self._opt_state())
-        self._optimizer = opt
+        self._parts.optimizer = opt
         fresh = [raw(v).numpy() for v in self._opt_state()]
         self._initial = self._initial[:n_weights] + fresh + self._initial[n_weights + n_opt :]
         self._engine = self._last_fault = None
+        self._pacer = Pacer()
         if self._store:
             self._store.bind(self._checkpoint_variables())
 
@@ -274,7 +220,7 @@ class Trainer:
     @batch_size.setter
     def batch_size(self, value: int | None) -> None:
         self._require_idle("change the batch size")
-        self._batch_size_next = check_batch_size(value, self._data)
+        self._batch_size_next = check_batch_size(value, self._parts.data)
 
     @property
     def learning_rate(self) -> float | None:
@@ -288,12 +234,12 @@ class Trainer:
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"learning_rate must be a positive number, got {value}")
         sched = keras.optimizers.schedules.LearningRateSchedule
-        if isinstance(getattr(self._optimizer, "_learning_rate", None), sched):
+        if isinstance(getattr(self._parts.optimizer, "_learning_rate", None), sched):
             raise TypeError(
                 "this optimizer's learning rate is a schedule, which cannot be set; pass a "
                 "fixed learning_rate (or an optimizer name) to change it during training"
             )
-        if self._optimizer is None and self._style.lr_variable is None:
+        if self._parts.optimizer is None and self._style.lr_variable is None:
             raise ValueError(
                 "this step= trainer cannot find your optimizer's learning rate; pass "
                 "optimizer=<the optimizer your step uses>"
@@ -301,15 +247,15 @@ class Trainer:
         self._controls.set_learning_rate(value, self._set_lr)
 
     def _current_lr(self) -> float | None:
-        if self._optimizer is not None:
-            return float(self._optimizer.learning_rate.numpy())
+        if self._parts.optimizer is not None:
+            return float(self._parts.optimizer.learning_rate.numpy())
         if self._style.lr_variable is not None:
             return float(self._style.lr_variable.numpy())
         return None
 
     def _set_lr(self, value: float) -> None:
-        if self._optimizer is not None:
-            self._optimizer.learning_rate = value
+        if self._parts.optimizer is not None:
+            self._parts.optimizer.learning_rate = value
         else:
             self._style.lr_variable.assign(value)
 
@@ -400,8 +346,9 @@ class Trainer:
             if not self._controls.wait_turn(pos.epoch, self._set_lr):
                 self._say(f"stopped at epoch {pos.epoch}")
                 break
-            if pos.batch == 0 and self._batch_size_next != self._batch_size:
-                self._batch_size, self._engine = self._batch_size_next, None
+            if pos.batch == 0 and self._batch_size_next != self._parts.batch_size:
+                self._parts.batch_size, self._engine = self._batch_size_next, None
+                self._pacer = Pacer()  # step times change with the batch size
             engine = self._loop()
             plan = self._pacer.plan(pos, engine.steps_per_epoch, self._limit(), cbs.per_epoch)
             if pos.batch == 0 and cbs:
@@ -435,16 +382,7 @@ class Trainer:
         """Record what the call completed; then listeners, callbacks, checkpoints."""
         first = self._pos.epoch
         n, cols = epoch_columns(res, self._pos, plan[2], self._param_names)
-        self.history.extend(
-            cols["epochs"],
-            cols["loss"],
-            val_loss=cols["val_loss"],
-            learning_rate=lr,
-            grad_norm=cols["grad_norm"],
-            seconds=cols["seconds"],
-            metrics=cols["metrics"],
-            params=cols["params"],
-        )
+        self.history.extend(**cols, learning_rate=lr)
         self._pacer.measured(res)
         cbs = self._callbacks
         if cbs.per_batch and res.batch_losses is not None:
@@ -462,16 +400,9 @@ class Trainer:
     # -- faults ----------------------------------------------------------------------
 
     def _handle_fault(self, res: ChunkResult, plan: tuple, partial_before: dict, lr) -> None:
-        epoch = plan[0] + res.touched - 1
-        batch = res.end_batch - 1
-        bad, weights = [], []
-        if res.last_sq is not None:
-            pairs = zip(self._style.names, res.last_sq, strict=True)
-            bad = [name for name, sq in pairs if not np.isfinite(sq)]
-        if res.bad_params is not None:
-            pairs = zip(self._param_names, res.bad_params, strict=True)
-            weights = [name for name, b in pairs if b and name not in bad]
-        loss = float(res.loss_sum[-1]) if len(res.loss_sum) else float("nan")
+        epoch, batch, loss, bad, weights = locate_fault(
+            res, plan, self._style.names, self._param_names
+        )
         self._last_fault = (plan, res, partial_before)
         restored = None
         if self._on_nonfinite == "restore":
@@ -524,8 +455,8 @@ class Trainer:
         meta = {
             **self._pos.to_json(),
             "seed": self.seed,
-            "batch_size": self._batch_size,
-            "optimizer": type(self._optimizer).__name__ if self._optimizer else None,
+            "batch_size": self._parts.batch_size,
+            "optimizer": type(self._parts.optimizer).__name__ if self._parts.optimizer else None,
             "learning_rate": self._current_lr(),
             "history": self.history.to_json(),
         }
@@ -534,26 +465,25 @@ class Trainer:
         return path
 
     def _resume(self, learning_rate: float | None) -> None:
-        meta = self._store.read_meta()
+        opt_name = type(self._parts.optimizer).__name__ if self._parts.optimizer else None
+        meta = self._store.resume(opt_name)
         if meta is None:
             return
-        saved_opt = meta.get("optimizer")
-        same_opt = saved_opt == (type(self._optimizer).__name__ if self._optimizer else None)
-        self._store.restore(skip=() if same_opt else ("o",))
         self.history = History.from_json(meta["history"])
         self._pos.set(int(meta["epoch"]), int(meta["batch"]), meta["partial"])
         self.seed = int(meta["seed"])
-        if self._pos.batch and meta.get("batch_size") != self._batch_size:
-            self._batch_size = self._batch_size_next = meta.get("batch_size")
+        if self._pos.batch and meta.get("batch_size") != self._parts.batch_size:
+            self._parts.batch_size = self._batch_size_next = meta.get("batch_size")
+        same_opt = meta.get("optimizer") == opt_name
         if learning_rate is None and same_opt and meta.get("learning_rate"):
             self._set_lr(float(meta["learning_rate"]))
         self._saved_at = (self._pos.epoch, self._pos.batch)
-        note = "" if same_opt else f" (optimizer state not restored: it was {saved_opt})"
+        note = "" if same_opt else f" (optimizer state not restored: it was {meta['optimizer']})"
         self._say(f"resumed from {self._store.latest} at epoch {self._pos.epoch}{note}")
 
     def __repr__(self) -> str:
         state = "running" if self.running else "idle"
-        opt = type(self._optimizer).__name__ if self._optimizer else "own step"
+        opt = type(self._parts.optimizer).__name__ if self._parts.optimizer else "own step"
         return (
             f"Trainer({self._style.kind}, {opt}, lr={self.learning_rate}, epoch {self.epoch}, "
             f"{state}, device {self.device})"

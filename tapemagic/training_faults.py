@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 class TrainingFault(RuntimeWarning):
     """Warned when a NaN or Inf loss or gradient pauses training."""
@@ -49,6 +51,22 @@ def fault_message(
     if learning_rate is not None:
         hint += f" (now {learning_rate:g})"
     return text + hint + ", or look for log/sqrt/division of values that reach 0."
+
+
+def locate_fault(
+    res, plan: tuple, names: list[str], param_names: list[str]
+) -> tuple[int, int, float, list[str], list[str]]:
+    """Epoch, batch and loss of the bad step; variables with a non-finite gradient; and
+    parameters its update made non-finite (when the history records parameters)."""
+    epoch, batch = plan[0] + res.touched - 1, res.end_batch - 1
+    bad, weights = [], []
+    if res.last_sq is not None:
+        bad = [n for n, sq in zip(names, res.last_sq, strict=True) if not np.isfinite(sq)]
+    if res.bad_params is not None:
+        pairs = zip(param_names, res.bad_params, strict=True)
+        weights = [n for n, b in pairs if b and n not in bad]
+    loss = float(res.loss_sum[-1]) if len(res.loss_sum) else float("nan")
+    return epoch, batch, loss, bad, weights
 
 
 def replay_to_fault(engine, plan: tuple, res, partial_before: dict) -> tuple[int, int, dict]:

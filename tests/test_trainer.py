@@ -521,3 +521,85 @@ def test_bad_model_arguments_get_one_line_errors():
 def test_broadcasting_shapes_warn():
     with pytest.warns(UserWarning, match=r"broadcast to \(2, 2\)"):
         Trainer(model=dense_model(), loss=sum_sq, data=(column(X), Y))
+
+
+# -- more settings between and within runs -----------------------------------------------
+
+
+def test_optimizer_and_batch_size_change_between_runs():
+    trainer, _, _ = seed_trainer(learning_rate=0.002)
+    trainer.run(2)
+    trainer.optimizer = "momentum"
+    trainer.batch_size = 3
+    assert trainer.learning_rate == pytest.approx(0.002)  # kept across the change
+    trainer.run(2)
+    assert type(trainer.optimizer).__name__ == "SGD" and trainer.optimizer.momentum == 0.9
+    assert int(trainer.optimizer.iterations.numpy()) == 6  # 2 epochs of 3 batches
+    assert len(trainer.history) == 4
+    trainer.step()  # idle: one epoch, blocking
+    assert trainer.epoch == 5
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        trainer.optimizer = "nope"
+
+
+class StopAtBatch(keras.callbacks.Callback):
+    """Asks the trainer to stop from a batch hook (replayed after each compiled call)."""
+
+    def __init__(self, ref: list, batch: int):
+        super().__init__()
+        self.ref, self.batch = ref, batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            self.ref[0].request_stop()
+
+
+def test_stop_mid_epoch_checkpoint_and_resume(tmp_path):
+    """A stop inside a big epoch keeps its partial sums; a new trainer finishes it exactly."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 1)).astype("float32")
+    y = (3 * x + 1).astype("float32")
+
+    def make(directory=None, callbacks=None):
+        trainer = Trainer(
+            model=dense_model(),
+            loss="mse",
+            data=(x, y),
+            batch_size=4,
+            optimizer="adam",
+            learning_rate=0.01,
+            seed=5,
+            checkpoint_dir=directory,
+            callbacks=callbacks,
+        )
+        trainer._pacer.seconds = 0.0  # one step per call: every call is a span of an epoch
+        return trainer
+
+    ref = make()
+    ref.run(2)
+    holder: list = []
+    first = make(str(tmp_path), [StopAtBatch(holder, batch=5)])
+    holder.append(first)
+    first.run(2)
+    assert first.epoch == 0 and len(first.history) == 0  # stopped inside epoch 0
+    resumed = make(str(tmp_path))
+    assert resumed._pos.batch == 6  # six steps of epoch 0 were done and saved
+    resumed.run(2)
+    np.testing.assert_allclose(resumed.history["loss"], ref.history["loss"], rtol=1e-6)
+
+
+def test_terminate_on_nan_callback_and_datasets_for_validation():
+    ds = tf.data.Dataset.from_tensor_slices((column(X), column(Y))).batch(3)
+    trainer = Trainer(
+        model=dense_model(),
+        loss="mse",
+        data=ds,
+        validation_data=ds.take(1),
+        metrics=["mae"],
+        learning_rate=5.0,
+        callbacks=[keras.callbacks.TerminateOnNaN()],
+    )
+    with pytest.warns(TrainingFault):
+        trainer.run(200)
+    assert trainer.fault is not None and np.isfinite(trainer.history["val_loss"]).all()
+    assert len(trainer.history) == trainer.fault.epoch
