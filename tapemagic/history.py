@@ -117,8 +117,10 @@ class History:
     def __iter__(self) -> Iterator[EpochRecord]:
         return iter([self[i] for i in range(len(self))])
 
-    def __getitem__(self, key: int | str) -> EpochRecord | list:
-        """An int gives that epoch's record; a str gives a copy of that column."""
+    def __getitem__(self, key: int | str | slice) -> EpochRecord | list:
+        """An int gives that epoch's record, a slice a list of them, a str a column copy."""
+        if isinstance(key, slice):
+            return [self[i] for i in range(len(self))[key]]
         with self._lock:
             if isinstance(key, str):
                 cols = self._all_columns()

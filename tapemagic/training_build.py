@@ -6,6 +6,7 @@ check here raises a one-line ValueError that names the argument and the fix.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 from tapemagic.training_data import ArrayData, DatasetData, check_batch_size, prepare, split
 from tapemagic.training_loop import CompiledLoop
-from tapemagic.training_setup import make_optimizer, resolve_loss, resolve_metrics
+from tapemagic.training_setup import make_optimizer, misplaced, resolve_loss, resolve_metrics
 from tapemagic.training_style import (
     Style,
     all_scalar,
@@ -91,6 +92,7 @@ def build_parts(
             "params= with predict=, and loss="
         )
     loss_fn = resolve_loss(loss) if needs_loss else None
+    pred = None
     with tf.device(device):
         build_model(style, x1)
         if style.kind == "step":
@@ -102,8 +104,18 @@ def build_parts(
                 optimizer = getattr(model, "optimizer", None) or "sgd"
             optimizer = make_optimizer(optimizer, learning_rate)
             optimizer.build(style.trainable)
-            probe(style, loss_fn, x1, y1, user_loss=not isinstance(loss, str))
-        m_train, m_val, names = resolve_metrics(metrics, device)
+            pred = probe(style, loss_fn, x1, y1, user_loss=not isinstance(loss, str))
+        if pred is None and metrics and style.forward is not None:
+            pred = style.forward(x1, False)
+        m_train, m_val, names = resolve_metrics(metrics, device, _shape(y1), _shape(pred))
+    away = misplaced(style.trainable, style.names, device)
+    if away:
+        warnings.warn(
+            f"{', '.join(away[:3])} {'is' if len(away) == 1 else 'are'} not on {device}: "
+            f"TensorFlow copies {'it' if len(away) == 1 else 'them'} every step; create the "
+            f"variables under `with tf.device('{device}'):` or pass device= to match",
+            stacklevel=3,
+        )
     has_val = val is not None
     return Parts(
         data=data.to_device(device) if isinstance(data, ArrayData) else data,
@@ -148,3 +160,9 @@ def make_loop(
         collect_batches=per_batch,
         device=device,
     )
+
+
+def _shape(t: Any) -> tuple | None:
+    """The shape of a single tensor (None for structures: no accuracy guessing then)."""
+    leaves = tf.nest.flatten(t) if t is not None else []
+    return tuple(leaves[0].shape) if len(leaves) == 1 else None

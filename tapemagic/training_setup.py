@@ -24,8 +24,7 @@ def raw(v: Any) -> tf.Variable:
 
 def resolve_device(device: str | None) -> str:
     """'auto', 'CPU', 'GPU', 'GPU:1', '/device:GPU:0'... -> '/CPU:0'-style name that exists."""
-    devices = [d.name for d in tf.config.list_logical_devices()]
-    short = [d.replace("/device:", "/") for d in devices]
+    short = devices()
     if device is None or str(device).lower() == "auto":
         gpus = [d for d in short if "/GPU:" in d]
         return gpus[0] if gpus else "/CPU:0"
@@ -39,6 +38,23 @@ def resolve_device(device: str | None) -> str:
             "Use device='auto' or one of those"
         )
     return name
+
+
+def devices() -> list[str]:
+    """The devices TensorFlow sees, as device= accepts them ('/CPU:0', '/GPU:0', ...)."""
+    return [d.name.replace("/device:", "/") for d in tf.config.list_logical_devices()]
+
+
+def misplaced(variables: Sequence[Any], names: Sequence[str], device: str) -> list[str]:
+    """'name (on /GPU:0)' for each variable that lives elsewhere than `device`."""
+    out = []
+    for v, name in zip(variables, names, strict=True):
+        where = raw(v).device
+        if "device:" in where:
+            where = "/" + where.split("device:")[-1]
+            if where != device:
+                out.append(f"{name} (on {where})")
+    return out
 
 
 def make_optimizer(spec: Any, learning_rate: float | None) -> keras.optimizers.Optimizer:
@@ -105,7 +121,18 @@ def scalar_loss(value: Any) -> tf.Tensor:
     return value
 
 
-def _one_metric(spec: Any) -> keras.metrics.Metric:
+def _accuracy(y_shape: tuple | None, pred_shape: tuple | None) -> keras.metrics.Metric:
+    """'accuracy' as Keras `fit` reads it: binary, sparse or categorical by the shapes."""
+    if pred_shape is None or len(pred_shape) < 2 or pred_shape[-1] == 1:
+        return keras.metrics.BinaryAccuracy(name="accuracy")
+    if y_shape is not None and (len(y_shape) < len(pred_shape) or y_shape[-1] == 1):
+        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    return keras.metrics.CategoricalAccuracy(name="accuracy")
+
+
+def _one_metric(spec: Any, shapes: tuple) -> keras.metrics.Metric:
+    if spec in ("accuracy", "acc"):
+        return _accuracy(*shapes)
     if isinstance(spec, keras.metrics.Metric):
         try:
             return type(spec).from_config(spec.get_config())
@@ -132,16 +159,23 @@ def _one_metric(spec: Any) -> keras.metrics.Metric:
 
 
 def resolve_metrics(
-    specs: Sequence[Any] | None, device: str
+    specs: Sequence[Any] | None,
+    device: str,
+    y_shape: tuple | None = None,
+    pred_shape: tuple | None = None,
 ) -> tuple[list[keras.metrics.Metric], list[keras.metrics.Metric], list[str]]:
-    """Fresh Metric objects for training and for validation, and their names."""
+    """Fresh Metric objects for training and for validation, and their names.
+
+    The shapes of targets and predictions pick which accuracy 'accuracy' means.
+    """
     if specs is None:
         return [], [], []
     if isinstance(specs, str) or not isinstance(specs, Sequence):
         specs = [specs]
     with tf.device(device):
-        train = [_one_metric(s) for s in specs]
-        val = [_one_metric(s) for s in specs]
+        shapes = (y_shape, pred_shape)
+        train = [_one_metric(s, shapes) for s in specs]
+        val = [_one_metric(s, shapes) for s in specs]
     names = [s if isinstance(s, str) else m.name for s, m in zip(specs, train, strict=True)]
     if len(set(names)) != len(names):
         raise ValueError(f"metrics: names repeat ({', '.join(names)}); give each a distinct name")

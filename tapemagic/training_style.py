@@ -165,8 +165,10 @@ def no_gradient_message(names: Sequence[str], kind: str) -> str:
     return f"no gradient reaches any of {', '.join(names)} from the loss: {where}"
 
 
-def probe(style: Style, loss_fn: Callable, x: Any, y: Any, user_loss: bool) -> None:
-    """One eager forward pass and gradient, for clear errors before compiling."""
+def probe(style: Style, loss_fn: Callable, x: Any, y: Any, user_loss: bool) -> Any:
+    """One eager forward pass and gradient, for clear errors before compiling.
+
+    Returns the predictions (their shape tells metrics what 'accuracy' means)."""
     what = "predict" if style.kind == "params" else "the model"
     with tf.GradientTape() as tape:
         try:
@@ -194,6 +196,7 @@ def probe(style: Style, loss_fn: Callable, x: Any, y: Any, user_loss: bool) -> N
             "these variables, so training leaves them as they are",
             stacklevel=3,
         )
+    return pred
 
 
 def _shape(t: Any) -> Any:

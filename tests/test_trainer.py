@@ -176,6 +176,22 @@ def test_validation_data_with_batches_and_a_keras_model():
     assert set(history.last.metrics) == {"mae", "val_mae"}
 
 
+def test_accuracy_means_what_fit_means():
+    labels = (np.array(X) > 4).astype("float32")[:, None]
+    model = keras.Sequential([keras.layers.Dense(1, activation="sigmoid")])
+    trainer = Trainer(
+        model=model,
+        loss="binary_crossentropy",
+        data=(column(X), labels),
+        optimizer="adam",
+        learning_rate=0.1,
+        metrics=["accuracy"],
+    )
+    assert type(trainer._parts.train_metrics[0]).__name__ == "BinaryAccuracy"
+    history = trainer.run(60)
+    assert history["accuracy"][-1] >= 0.8 and history[-3:][0].epoch == 57
+
+
 # -- learning rate, listeners, callbacks -------------------------------------------------
 
 
