@@ -41,9 +41,7 @@ from tapemagic.training_setup import (
     resolve_device,
     scalar_names,
 )
-from tapemagic.training_style import (
-    resolve,
-)
+from tapemagic.training_style import resolve
 
 MAX_RECORDED_PARAMS = 20  # models this small get their parameter values in the history
 
@@ -53,9 +51,23 @@ __all__ = ["Fault", "Trainer", "TrainingFault"]
 class Trainer:
     """Gradient descent you can watch and steer: `run`, `step`, `pause`, `reset`...
 
-    Styles: `Trainer(params=[a, b], predict=lambda X: a * X + b, loss=..., data=(X, Y))`,
-    `Trainer(model=keras_model, loss=..., data=...)`, or `Trainer(step=train_step,
-    data=...)` where `train_step(x, y)` updates the weights itself and returns the loss.
+    What to train, one of the seed's three styles:
+    `params=[a, b]` (or `{"a": a, "b": b}`) with `predict=lambda X: a * X + b`;
+    `model=keras_model`; or `step=train_step`, a function (x, y) -> loss that takes its
+    own tape and updates the weights (pass `model=`/`predict=` too for validation).
+
+    `loss`: a function (y_true, y_pred) or a Keras loss name. `data`: (X, Y) as arrays,
+    lists or tensors, or a `tf.data.Dataset` of (x, y) batches. `validation_data` or
+    `validation_split` (the last fraction, as in Keras). `optimizer`: sgd, momentum,
+    adam, rmsprop, adagrad or a Keras optimizer. `batch_size=None` trains on all the data
+    each step, as the seed does. `shuffle` and `seed` make batch order reproducible.
+    `device`: 'auto', 'CPU', 'GPU', '/GPU:1'. `callbacks`: Keras callbacks (they see a
+    model with `stop_training` and `optimizer`; with any callback each compiled call
+    runs one epoch, so what they change applies from the very next epoch).
+    `checkpoint_dir`: save there when a run ends and every `checkpoint_every` epochs; a
+    new Trainer on the same directory resumes. `on_nonfinite`: 'restore' (go back to the
+    last finite step when a loss or gradient turns NaN/Inf) or 'keep' (leave the weights
+    for inspection; `restore_last_finite()` later).
     """
 
     def __init__(
@@ -350,7 +362,9 @@ class Trainer:
                 self._parts.batch_size, self._engine = self._batch_size_next, None
                 self._pacer = Pacer()  # step times change with the batch size
             engine = self._loop()
-            plan = self._pacer.plan(pos, engine.steps_per_epoch, self._limit(), cbs.per_epoch)
+            plan = self._pacer.plan(
+                pos, engine.steps_per_epoch, self._limit(), cbs.per_epoch, engine.spans_ok
+            )
             if pos.batch == 0 and cbs:
                 cbs.call("on_epoch_begin", pos.epoch, {})
             lr, partial_before = self._current_lr(), dict(pos.partial)

@@ -81,7 +81,7 @@ def replay_to_fault(engine, plan: tuple, res, partial_before: dict) -> tuple[int
     off, bad = res.touched - 1, res.end_batch - 1
     nb = engine.steps_per_epoch
     empty = {"loss": 0.0, "gn": 0.0, "steps": 0.0, "seconds": 0.0}
-    if nb is None:  # a Dataset replays whole epochs only
+    if not engine.spans_ok:  # a Dataset restarts each call: replay whole epochs only
         bad = 0
     if off == 0 and bad <= b0:
         return e0, b0, dict(partial_before)

@@ -96,6 +96,8 @@ class CompiledLoop:
         else:
             self.steps_per_epoch = data.steps
         self.fast = isinstance(data, ArrayData) and self.steps_per_epoch == 1
+        # a call can start inside an epoch only with arrays: a Dataset restarts each call
+        self.spans_ok = isinstance(data, ArrayData)
         head = ["loss", *(f"g{i}" for i in range(n_grad_vars))] if self.fast else []
         head = head or ["loss", "gn", "steps", "complete"]
         tail = ["val_loss"] if val is not None else []
@@ -245,12 +247,17 @@ class CompiledLoop:
         idx = perm[lo:hi]
         return tf.nest.map_structure(lambda t: tf.gather(t, idx), (x, y))
 
-    def _epoch(self, x, y, epoch, start, stop, last_sq, batch_ta):
-        """Batches [start, stop) of one epoch, stopping at the first non-finite step."""
+    def _epoch(self, x, y, epoch, start, stop, last_sq, batch_ta, it=None):
+        """Batches [start, stop) of one epoch, stopping at the first non-finite step.
+
+        `it` iterates a Dataset of known length, repeated: one iterator per call, not
+        per epoch (making one costs about a millisecond)."""
         collect, values = self.collect_batches, self.grads_are_values
         perm = None
 
         def body(b, ok, total, gsum, last_sq, bta, elem=None):
+            if it is not None:
+                elem = it.get_next()
             xb, yb = elem if elem is not None else self._batch(x, y, perm, b)
             loss, grads, pred = self.train_step(xb, yb)
             for m in self.train_metrics:
@@ -267,9 +274,9 @@ class CompiledLoop:
 
         zero = tf.constant(0.0)
         state = (start, tf.constant(True), zero, zero, last_sq, batch_ta)
-        if isinstance(self.data, DatasetData):
+        if isinstance(self.data, DatasetData) and it is None:
             return self._loop_batches(body, lambda b, ok, *_: ok, state, iter(self.data.ds))
-        if self.shuffle:
+        if self.shuffle and it is None:
             seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
             perm = tf.random.experimental.stateless_shuffle(tf.range(self.data.n), seed)
         return self._loop_batches(body, lambda b, ok, *_: (b < stop) & ok, state)
@@ -277,13 +284,16 @@ class CompiledLoop:
     def _chunk_batches(self, x, y, xv, yv, epoch0, n_epochs, b0, b1):
         nb = self.steps_per_epoch
         rows = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
+        it = None
+        if isinstance(self.data, DatasetData) and nb is not None:
+            it = iter(self.data.ds.repeat())
 
         def body(e, ok, end_batch, last_sq, batch_ta, rows):
             start = tf.where(e == 0, b0, 0)
             stop = tf.where(e == n_epochs - 1, b1, nb or 0)
             epoch = epoch0 + tf.cast(e, tf.int64)
             b, ok, total, gsum, last_sq, batch_ta = self._epoch(
-                x, y, epoch, start, stop, last_sq, batch_ta
+                x, y, epoch, start, stop, last_sq, batch_ta, it
             )
             complete = ok & (b == nb) if nb is not None else ok
             parts = [total, gsum, tf.cast(b - start, tf.float32), tf.cast(complete, tf.float32)]

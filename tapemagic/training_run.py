@@ -50,16 +50,24 @@ class Pacer:
     max_steps: int = 1
     epoch_steps: int = 1  # steps of the last epoch seen (for Datasets of unknown length)
 
-    def plan(self, pos: Position, steps_per_epoch: int | None, limit: int, one_epoch: bool) -> Plan:
-        """Epochs [pos.epoch, limit) remain; `one_epoch` when callbacks need each epoch."""
+    def plan(
+        self,
+        pos: Position,
+        steps_per_epoch: int | None,
+        limit: int,
+        one_epoch: bool,
+        spans_ok: bool = True,
+    ) -> Plan:
+        """Epochs [pos.epoch, limit) remain; `one_epoch` when callbacks need each epoch;
+        `spans_ok` False (a Dataset) plans whole epochs only."""
         nb, e, b = steps_per_epoch, pos.epoch, pos.batch
         remaining = max(limit - e, 1)
         budget = 1
         if self.per_step is not None:
             budget = max(1, min(int(self.seconds / self.per_step), GROWTH * self.max_steps))
-        if nb is None:  # a Dataset: whole epochs only
-            k = 1 if self.per_step is None else max(1, budget // max(self.epoch_steps, 1))
-            return e, 1 if one_epoch else min(k, remaining), 0, None
+        if nb is None or not spans_ok:  # whole epochs only
+            k = 1 if self.per_step is None else max(1, budget // max(nb or self.epoch_steps, 1))
+            return e, 1 if one_epoch else min(k, remaining), 0, nb
         if b > 0 or budget < nb:  # a span of batches inside one epoch
             return e, 1, b, min(nb, b + budget)
         return e, 1 if one_epoch else min(budget // nb, remaining), 0, nb
