@@ -395,8 +395,11 @@ class Trainer:
     def _commit(self, res: ChunkResult, plan: tuple, lr: float | None) -> None:
         """Record what the call completed; then listeners, callbacks, checkpoints."""
         first = self._pos.epoch
-        n, cols = epoch_columns(res, self._pos, plan[2], self._param_names)
+        cols, after = epoch_columns(res, self._pos, plan[2], self._param_names)
         self.history.extend(**cols, learning_rate=lr)
+        if after is not None:
+            self._pos.set(*after)
+        n = len(cols["epochs"])
         self._pacer.measured(res)
         cbs = self._callbacks
         if cbs.per_batch and res.batch_losses is not None:

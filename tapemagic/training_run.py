@@ -84,12 +84,13 @@ class Pacer:
 
 def epoch_columns(
     res: ChunkResult, pos: Position, b0: int, param_names: list[str]
-) -> tuple[int, dict]:
-    """The epochs a call completed, as History.extend keyword columns; moves `pos` on.
+) -> tuple[dict, tuple | None]:
+    """The epochs a call completed, as History.extend keyword columns, and where the next
+    call starts: (epoch, batch, partial), or None to leave `pos` as it is.
 
     A call that began mid-epoch (b0 > 0) adds the partial sums carried in `pos`. A call
-    that ends mid-epoch leaves its sums in `pos.partial`. After a fault `pos` keeps the
-    completed epochs only; the fault handler decides the rest.
+    that ends mid-epoch carries its sums on. After a fault only the completed epochs
+    count; the fault handler decides the rest.
     """
     steps = res.steps.astype(np.float64)
     seconds = steps * (res.seconds / max(steps.sum(), 1.0))
@@ -115,6 +116,7 @@ def epoch_columns(
         if res.params is None
         else {name: res.params[:n, j] for j, name in enumerate(param_names)},
     }
+    after = None
     if res.ok and n < res.touched:  # stopped inside an epoch: carry its sums
         partial = {
             "loss": float(loss[-1]),
@@ -122,7 +124,7 @@ def epoch_columns(
             "steps": float(steps[-1]),
             "seconds": float(seconds[-1]),
         }
-        pos.set(first + n, res.end_batch, partial)
+        after = (first + n, res.end_batch, partial)
     elif res.ok or n:
-        pos.set(first + n)
-    return n, columns
+        after = (first + n, 0, None)
+    return columns, after
