@@ -35,6 +35,7 @@ from tapemagic.training_faults import (
 from tapemagic.training_loop import ChunkResult, CompiledLoop
 from tapemagic.training_run import Pacer, Position, epoch_columns
 from tapemagic.training_setup import (
+    devices,
     make_optimizer,
     optimizer_state,
     raw,
@@ -198,6 +199,11 @@ class Trainer:
         flat = [np.ravel(raw(v).numpy()) for v in self._record_vars]
         values = np.concatenate(flat) if flat else []
         return {n: float(x) for n, x in zip(self._param_names, values, strict=True)}
+
+    @staticmethod
+    def available_devices() -> list[str]:
+        """What `device=` accepts here: 'auto' and these ('/CPU:0', '/GPU:0', ...)."""
+        return devices()
 
     # -- settings --------------------------------------------------------------------
 

@@ -105,9 +105,10 @@ def _check_params(params: Sequence[Any], names: Sequence[str] | None) -> None:
                 f"{label} is a {type(p).__name__}, not a tf.Variable; make it "
                 "tf.Variable(initial_value) so it can be trained"
             )
-        if not p.dtype.is_floating:
+        dtype = tf.as_dtype(p.dtype)
+        if not dtype.is_floating:
             raise ValueError(
-                f"{label} is a {p.dtype.name} Variable; gradients exist only for float "
+                f"{label} is a {dtype.name} Variable; gradients exist only for float "
                 f"Variables: create it as tf.Variable({_float_hint(p)})"
             )
         if not p.trainable:
@@ -124,7 +125,7 @@ def _float_hint(p: Any) -> str:
 def dtype_of(style: Style) -> tf.DType:
     """The float dtype data should take: the trained variables', else Keras's floatx."""
     for v in style.trainable:
-        if v.dtype.is_floating:
+        if tf.as_dtype(v.dtype).is_floating:
             return tf.as_dtype(v.dtype)
     if style.model is not None:
         policy = getattr(style.model, "dtype_policy", None)
