@@ -1,6 +1,7 @@
 """tapemagic: TensorFlow GradientTape magics and a live training panel for IPython/Jupyter.
 
-`%load_ext tapemagic` registers `%%tape` and `%grad`. Importing the package prints
+`%load_ext tapemagic` registers `%%tape`, `%grad` and `%train`; `tapemagic.Trainer` and
+`tapemagic.TrainingPanel` train from scripts and notebooks. Importing the package prints
 nothing and imports no TensorFlow: the heavy modules load on first use.
 """
 
@@ -8,7 +9,28 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["load_ipython_extension", "unload_ipython_extension"]
+__all__ = [
+    "History",
+    "Trainer",
+    "TrainingPanel",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+# Loaded on first access, so that `import tapemagic` imports no TensorFlow.
+_LAZY = {
+    "Trainer": "tapemagic.trainer",
+    "History": "tapemagic.history",
+    "TrainingPanel": "tapemagic.panel",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tapemagic' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython) -> None:

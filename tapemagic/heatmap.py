@@ -70,7 +70,7 @@ def colorize(a: np.ndarray) -> tuple[np.ndarray, float]:
     return rgb, vmax
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
+def encode_png(rgb: np.ndarray, level: int = 6) -> bytes:
     """The smallest valid PNG for 8-bit RGB pixels: no filters, one IDAT chunk."""
     h, w, _ = rgb.shape
     raw = np.zeros((h, 1 + 3 * w), dtype=np.uint8)  # column 0: filter type 0 (none)
@@ -84,7 +84,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
         + chunk(b"IEND", b"")
     )
 

@@ -1,0 +1,450 @@
+"""`TrainingPanel`: a `Trainer` bound to core ipywidgets, with a live loss plot.
+
+Training runs in a worker thread, so the kernel's main thread stays free to deliver
+button clicks (REFERENCE.md section 3, point 5); buttons only set the trainer's
+thread-safe controls. A second thread refreshes the view at most ten times a second
+whatever the epoch rate: progress, parameters, messages, and the plot, a PNG in an
+`ipywidgets.Image` replaced in place (no `clear_output`, no flicker, no frontend
+extension). Where no widget can show (terminal IPython, scripts) it prints one line
+per epoch instead.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from typing import Any
+
+import ipywidgets as w
+
+from tapemagic.lossplot import LossPlot
+from tapemagic.trainer import Trainer
+
+OPTIMIZERS = ["sgd", "momentum", "adam", "rmsprop", "adagrad"]
+BATCH_SIZES = [None, 1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
+REFRESH_S = 0.1  # at most ten view refreshes a second
+MAX_LINES_PER_TICK = 20  # text mode: beyond this, a tick prints a summary line
+
+
+class TrainingPanel:
+    """Train, watch and steer gradient descent: Train, Pause/Resume, Step, Stop, Reset.
+
+    `TrainingPanel(trainer)` wraps a `Trainer`; `TrainingPanel(**kwargs)` makes one from
+    the `Trainer` arguments. `epochs` is how many epochs Train runs. `view` is "widget",
+    "text" (one printed line per epoch) or "auto" (widgets inside a Jupyter kernel).
+    """
+
+    def __init__(
+        self, trainer: Trainer | None = None, *, epochs: int = 100, view: str = "auto", **kwargs
+    ):
+        if trainer is not None and kwargs:
+            raise TypeError(
+                "give either a Trainer or the Trainer's arguments, not both: "
+                f"{', '.join(sorted(kwargs))}"
+            )
+        if view not in ("auto", "widget", "text"):
+            raise ValueError(f"view must be 'auto', 'widget' or 'text', not {view!r}")
+        self.trainer = trainer if trainer is not None else Trainer(**kwargs)
+        self._kwargs = kwargs  # to remake the trainer on another device
+        self.view = _default_view() if view == "auto" else view
+        self._plot = LossPlot()
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
+        self._pending: dict[str, Any] = {}  # settings that wait for the run to end
+        self._hold = False  # pause (or a step) was asked for this run
+        self._run_start: tuple[float, int] | None = None
+        self._rate = 0.0  # epochs per second, smoothed
+        self._last_plot = (0.0, -1, None)  # time, history length, view settings drawn
+        self._plot_interval = REFRESH_S
+        self._printed = 0
+        self.error: BaseException | None = None
+        self._build(epochs)
+        self.refresh(force_plot=True)
+
+    # -- widgets ---------------------------------------------------------------------
+
+    def _build(self, epochs: int) -> None:
+        t = self.trainer
+        button = w.Button
+        self.train_button = button(description="Train", icon="play", button_style="success")
+        self.pause_button = button(description="Pause", icon="pause")
+        self.step_button = button(description="Step", icon="step-forward", tooltip="one epoch")
+        self.stop_button = button(description="Stop", icon="stop", button_style="danger")
+        self.reset_button = button(description="Reset", icon="undo", tooltip="first weights")
+        self.epochs = w.BoundedIntText(value=epochs, min=1, max=10**8, description="epochs")
+        lr = t.learning_rate
+        self.learning_rate = w.FloatLogSlider(
+            value=lr or 1e-3, base=10, min=-6, max=1, step=0.1, description="learning rate",
+            readout_format=".2g", disabled=lr is None, continuous_update=False,
+        )  # fmt: skip
+        opt = _optimizer_name(t.optimizer)
+        self.optimizer = w.Dropdown(
+            options=OPTIMIZERS if opt in OPTIMIZERS else [*OPTIMIZERS, opt],
+            value=opt, description="optimizer", disabled=t.optimizer is None,
+        )  # fmt: skip
+        sizes = BATCH_SIZES if t.batch_size in BATCH_SIZES else [*BATCH_SIZES, t.batch_size]
+        self.batch_size = w.Dropdown(
+            options=[("all" if s is None else str(s), s) for s in sizes],
+            value=t.batch_size, description="batch size",
+        )  # fmt: skip
+        devices = ["auto", *Trainer.available_devices()]
+        self.device = w.Dropdown(options=devices, value=t.device, description="device")
+        self.log_scale = w.Checkbox(value=False, description="log scale", indent=False)
+        self.smoothing = w.FloatSlider(
+            value=0.0, min=0.0, max=0.99, step=0.01, description="smoothing",
+            continuous_update=False,
+        )  # fmt: skip
+        self.plot = w.Image(format="png", layout=w.Layout(width="480px"))
+        self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="320px"))
+        self.status = w.HTML()
+        self.params = w.HTML()
+        self.messages = w.HTML()
+        self.train_button.on_click(lambda _: self.train())
+        self.pause_button.on_click(lambda _: self.toggle_pause())
+        self.step_button.on_click(lambda _: self.step())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.reset_button.on_click(lambda _: self.reset())
+        self.learning_rate.observe(self._on_lr, "value")
+        self.optimizer.observe(lambda ch: self._setting("optimizer", ch.new), "value")
+        self.batch_size.observe(lambda ch: self._setting("batch_size", ch.new), "value")
+        self.device.observe(self._on_device, "value")
+        for box in (self.log_scale, self.smoothing):
+            box.observe(lambda _: self.refresh(force_plot=True), "value")
+        buttons = [self.train_button, self.pause_button, self.step_button, self.stop_button]
+        self.widget = w.VBox(
+            [
+                w.HBox([*buttons, self.reset_button]),
+                w.HBox([self.epochs, self.learning_rate]),
+                w.HBox([self.optimizer, self.batch_size, self.device]),
+                w.HBox([self.progress, self.status]),
+                w.HBox([self.plot, w.VBox([self.log_scale, self.smoothing, self.params])]),
+                self.messages,
+            ]
+        )
+
+    def _repr_mimebundle_(self, **kwargs):
+        if self.view == "text":
+            return {"text/plain": repr(self)}
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"TrainingPanel({self.trainer!r})"
+
+    # -- actions (what the buttons do; callable from code too) -----------------------
+
+    def train(self, epochs: int | None = None) -> None:
+        """Start `epochs` (default: the epochs box) more epochs in a worker thread."""
+        with self._lock:
+            if self.trainer.running or self._closed:
+                return
+            self._apply_pending()
+            n = int(epochs if epochs is not None else self.epochs.value)
+            self.error = None
+            self._hold = False
+            self._run_start = (time.monotonic(), self.trainer.epoch)
+            self._rate = 0.0
+            self._worker = threading.Thread(
+                target=self._work, args=(n,), name="tapemagic-train", daemon=True
+            )
+            self._worker.start()
+            self._start_ticker()
+        self.refresh()
+
+    def toggle_pause(self) -> None:
+        """Pause a run after its current call, or resume a paused one."""
+        t = self.trainer
+        if not t.running:
+            return
+        if self._hold:
+            t.resume()
+        else:
+            t.pause()
+        self._hold = not self._hold
+        self.refresh()
+
+    def step(self) -> None:
+        """One epoch: during a run, hold after one more; when idle, train one."""
+        if self.trainer.running:
+            self.trainer.step()
+            self._hold = True
+            self._wake.set()
+        else:
+            self.train(1)
+
+    def stop(self) -> None:
+        """End the run between steps (never mid-update)."""
+        self.trainer.request_stop()
+        self._wake.set()
+
+    def reset(self) -> None:
+        """Stop, then restore the weights and optimizer state the trainer started with."""
+        self.stop()
+        self.wait(timeout=30)
+        self.trainer.reset()
+        self._printed = 0
+        self.error = None
+        self.refresh(force_plot=True)
+
+    def run(self, epochs: int | None = None) -> Any:
+        """Train and block until done (for scripts); returns the history."""
+        self.train(epochs)
+        self.wait()
+        return self.trainer.history
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current run has ended; False if `timeout` passed first."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+            if worker.is_alive():
+                return False
+        ticker = self._ticker
+        if ticker is not None:
+            ticker.join(timeout)
+        return True
+
+    def close(self) -> None:
+        """Stop training, end both threads and close the widgets."""
+        self._closed = True
+        self.stop()
+        self.wait(timeout=30)
+        self._wake.set()
+        for child in _all_widgets(self.widget):
+            child.close()
+
+    # -- the worker and the view refresher -------------------------------------------
+
+    def _work(self, epochs: int) -> None:
+        try:
+            self.trainer.run(epochs)
+        except BaseException as err:  # shown in the panel; the trainer's state is consistent
+            self.error = err
+        finally:
+            self._wake.set()
+
+    def _start_ticker(self) -> None:
+        if self._ticker is not None and self._ticker.is_alive():
+            return
+        self._ticker = threading.Thread(target=self._tick, name="tapemagic-view", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while True:
+            self._wake.wait(REFRESH_S)
+            self._wake.clear()
+            worker = self._worker
+            done = worker is None or not worker.is_alive()
+            self.refresh(force_plot=done)
+            if done or self._closed:
+                return
+
+    # -- settings ----------------------------------------------------------------------
+
+    def _on_lr(self, change) -> None:
+        try:
+            self.trainer.learning_rate = change.new  # applies mid-run, from the next call
+        except (ValueError, TypeError) as err:
+            self._say(str(err))
+
+    def _setting(self, name: str, value: Any) -> None:
+        if self.trainer.running:
+            self._pending[name] = value
+            self._say(f"{name.replace('_', ' ')} {value!r} applies when this run ends")
+        else:
+            self._pending[name] = value
+            self._apply_pending()
+        self.refresh()
+
+    def _apply_pending(self) -> None:
+        for name in ("optimizer", "batch_size"):
+            if name not in self._pending:
+                continue
+            value = self._pending.pop(name)
+            try:
+                setattr(self.trainer, name, value)
+                if name == "optimizer" and self.learning_rate.value:
+                    self.trainer.learning_rate = self.learning_rate.value
+            except (ValueError, TypeError, RuntimeError) as err:
+                self._say(str(err))
+
+    def _on_device(self, change) -> None:
+        t = self.trainer
+        wanted = change.new
+        if wanted == t.device or (wanted == "auto" and not self._kwargs):
+            return
+        if t.running or len(t.history) or not self._kwargs:
+            reason = (
+                "this panel wraps a Trainer you made: make it with device=..."
+                if not self._kwargs
+                else "the device is chosen before training starts: press Reset first"
+            )
+            self._say(reason)
+            self.device.unobserve(self._on_device, "value")
+            self.device.value = t.device
+            self.device.observe(self._on_device, "value")
+            return
+        try:
+            self.trainer = Trainer(**{**self._kwargs, "device": wanted})
+        except (ValueError, RuntimeError) as err:
+            self._say(str(err))
+        self.refresh(force_plot=True)
+
+    def _say(self, text: str) -> None:
+        self.trainer.messages.append(text)
+        self.messages.value = _messages_html(list(self.trainer.messages)[-4:], self.error)
+
+    # -- the view ----------------------------------------------------------------------
+
+    def refresh(self, force_plot: bool = False) -> None:
+        """Bring every widget up to date; the plot only when due (or forced)."""
+        t = self.trainer
+        running = t.running
+        n = len(t.history)
+        paused = running and (t.paused or self._hold)
+        self.train_button.disabled = running
+        self.stop_button.disabled = not running
+        self.pause_button.disabled = not running
+        self.pause_button.description = "Resume" if paused else "Pause"
+        self.pause_button.icon = "play" if paused else "pause"
+        for box in (self.optimizer, self.batch_size, self.device):
+            box.disabled = running or (box is self.optimizer and t.optimizer is None)
+        self._update_progress(n, running, paused)
+        self.params.value = _params_html(t.param_values())
+        self.messages.value = _messages_html(list(t.messages)[-4:], self.error)
+        self._maybe_plot(n, force_plot)
+        if self.view == "text":
+            self._print_new_epochs(n)
+
+    def _update_progress(self, n: int, running: bool, paused: bool) -> None:
+        t = self.trainer
+        start_time, start_epoch = self._run_start or (time.monotonic(), n)
+        done, total = n - start_epoch, max(t.target_epoch - start_epoch, 0)
+        elapsed = time.monotonic() - start_time if self._run_start else 0.0
+        if running and elapsed > 0 and done > 0:
+            self._rate = done / elapsed
+        self.progress.max = max(total, 1)
+        self.progress.value = min(max(done, 0), self.progress.max)
+        rate = self._rate
+        per_epoch = t.samples_per_epoch
+        parts = [f"epoch {n}" + (f" ({done}/{total} this run)" if total else "")]
+        if self._run_start:
+            parts.append(f"elapsed {_duration(elapsed)}")
+        if running and rate > 0 and not paused:
+            parts.append(f"ETA {_duration(max(total - done, 0) / rate)}")
+        if rate > 0:
+            parts.append(f"{rate:,.1f} epochs/s")
+            if per_epoch:
+                parts.append(f"{rate * per_epoch:,.0f} samples/s")
+        state = "paused" if paused else "running" if running else "stopped"
+        last = t.history.last
+        loss = f" · loss {last.loss:.6g}" if last is not None else ""
+        self.status.value = html.escape(f"{state} · {' · '.join(parts)}{loss}")
+
+    def _maybe_plot(self, n: int, force: bool) -> None:
+        settings = (self.log_scale.value, self.smoothing.value)
+        last_time, last_n, last_settings = self._last_plot
+        now = time.monotonic()
+        due = now - last_time >= self._plot_interval and n != last_n
+        if not (force or due or settings != last_settings):
+            return
+        h = self.trainer.history
+        started = time.monotonic()
+        png = self._plot.render(
+            h["loss"], h["val_loss"], log_scale=settings[0], smoothing=settings[1]
+        )
+        # Drawing must not slow training: keep it under about a fifth of wall time.
+        self._plot_interval = max(REFRESH_S, 5 * (time.monotonic() - started))
+        self.plot.value = png
+        self._last_plot = (now, n, settings)
+
+    def _print_new_epochs(self, n: int) -> None:
+        if n < self._printed:
+            self._printed = 0
+        new = range(self._printed, n)
+        if len(new) > MAX_LINES_PER_TICK:
+            print(f"... {len(new) - 1} epochs ...")
+            new = range(n - 1, n)
+        for i in new:
+            print(_epoch_line(self.trainer.history[i]))
+        self._printed = n
+
+
+def _default_view() -> str:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return "text"
+    shell = get_ipython()
+    return "widget" if getattr(shell, "kernel", None) is not None else "text"
+
+
+def _optimizer_name(opt: Any) -> str:
+    if opt is None:
+        return "own step"
+    name = type(opt).__name__.lower()
+    if name == "sgd" and float(getattr(opt, "momentum", 0.0) or 0.0) > 0:
+        return "momentum"
+    return name
+
+
+def _all_widgets(root) -> list:
+    out, todo = [], [root]
+    while todo:
+        item = todo.pop()
+        out.append(item)
+        todo.extend(getattr(item, "children", ()))
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, s = divmod(seconds, 60)
+    return f"{minutes}m{s:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _params_html(values: dict[str, float]) -> str:
+    if not values:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td style='text-align:right'><code>{v:.6g}</code></td></tr>"
+        for k, v in values.items()
+    )
+    return f"<table style='font-size:90%'>{rows}</table>"
+
+
+def _messages_html(lines: list[str], error: BaseException | None) -> str:
+    items = [f"<div>{html.escape(_one_line(line))}</div>" for line in lines]
+    if error is not None:
+        text = _one_line(f"{type(error).__name__}: {error}")
+        items.append(f"<div style='color:#d62728'><b>error</b>: {html.escape(text)}</div>")
+    return "".join(items)
+
+
+def _one_line(text: str) -> str:
+    """A tf.function error carries TensorFlow's traceback ('in user code: File ...'):
+    keep the part before it and its last line, which is the user's own error."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return text.strip()
+    head = lines[0].split("in user code:")[0].rstrip(": ")
+    if head.isidentifier():  # just the exception's name: the last line names it again
+        head = ""
+    elif head.endswith(("Error", "Exception")):  # "...at epoch 0: RuntimeError"
+        head = head.rsplit(":", 1)[0]
+    return f"{head}: {lines[-1]}" if head else lines[-1]
+
+
+def _epoch_line(record) -> str:
+    parts = [f"epoch {record.epoch + 1}", f"loss {record.loss:.7g}"]
+    if record.val_loss is not None:
+        parts.append(f"val_loss {record.val_loss:.7g}")
+    parts += [f"{k} {v:.5g}" for k, v in record.metrics.items()]
+    if record.params:
+        parts += [f"{k} = {v:.7g}" for k, v in record.params.items()]
+    return "  ".join(parts)

@@ -1,0 +1,292 @@
+"""The training panel driven as a user would: buttons clicked while a run is in progress,
+the slider moved mid-run, the plot and the progress read back."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import run
+from IPython.utils.capture import capture_output
+
+from tapemagic.lossplot import LossPlot, smooth, thin
+from tapemagic.panel import TrainingPanel
+
+X = [1.0, 4.0, 6, 3, 3, 4, 5, 6, 7]
+Y = [0.25, 1.2, 0.79, 0.52, 1.6, 1.7, 1.9, 2, 2]
+SGD_LOSSES = [19.457, 8.134604, 4.186867, 2.8102624, 2.330071, 2.1624107]
+ADAM_LOSSES = [19.457, 10.991247, 5.402445, 2.563472, 2.0541918]
+WAIT = 10.0
+
+
+def sum_sq(y_true, y_pred):
+    return tf.reduce_sum(tf.square(y_true - y_pred))
+
+
+def seed_panel(**kwargs):
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    panel = TrainingPanel(
+        params=[a, b], predict=lambda x: a * x + b, loss=sum_sq,
+        data=(tf.constant(X), tf.constant(Y)), optimizer="sgd", view="widget",
+        **{"learning_rate": 0.001, **kwargs},
+    )  # fmt: skip
+    return panel, a, b
+
+
+def until(condition, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def panel():
+    made = []
+
+    def make(**kwargs):
+        p, a, b = seed_panel(**kwargs)
+        made.append(p)
+        return p, a, b
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_seed_sgd_table_through_the_panel(panel):
+    p, a, b = panel(epochs=6)
+    p.run()
+    np.testing.assert_allclose(p.trainer.history["loss"], SGD_LOSSES, rtol=1e-5)
+    np.testing.assert_allclose([a.numpy(), b.numpy()], [0.2729075, 0.05813503], rtol=1e-5)
+    assert "a" in p.params.value and "0.272907" in p.params.value
+    assert bytes(p.plot.value).startswith(b"\x89PNG")
+    assert "stopped · epoch 6" in p.status.value and "loss 2.16241" in p.status.value
+
+
+def test_seed_adam_table_through_the_panel():
+    model = keras.Sequential(
+        [keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer="zeros")]
+    )
+    p = TrainingPanel(
+        model=model, loss=sum_sq, data=(tf.constant(X)[:, None], tf.constant(Y)[:, None]),
+        optimizer="adam", learning_rate=0.07, epochs=5, view="widget",
+    )  # fmt: skip
+    try:
+        p.run()
+        np.testing.assert_allclose(p.trainer.history["loss"], ADAM_LOSSES, rtol=1e-4)
+        assert p.optimizer.value == "adam"
+    finally:
+        p.close()
+
+
+def test_every_button_while_a_run_is_in_progress(panel):
+    p, a, b = panel(epochs=10**7)
+    p.train_button.click()
+    until(lambda: p.trainer.epoch > 100)
+    assert p.train_button.disabled and not p.stop_button.disabled
+
+    p.pause_button.click()  # pause: the epoch counter stops
+    until(lambda: p.trainer.paused)
+    held = p.trainer.epoch
+    time.sleep(0.3)
+    assert p.trainer.epoch == held
+    until(lambda: p.pause_button.description == "Resume")
+
+    p.step_button.click()  # step: exactly one more epoch, then hold again
+    until(lambda: p.trainer.epoch == held + 1 and p.trainer.paused)
+    time.sleep(0.3)
+    assert p.trainer.epoch == held + 1
+
+    p.pause_button.click()  # resume: it goes on
+    until(lambda: p.trainer.epoch > held + 100)
+
+    p.stop_button.click()  # stop: the run ends, between steps
+    assert p.wait(WAIT) and not p.trainer.running
+    n = len(p.trainer.history)
+    assert n == p.trainer.epoch and np.isfinite(p.trainer.history["loss"]).all()
+    until(lambda: p.train_button.disabled is False and p.stop_button.disabled)
+
+    p.reset_button.click()  # reset: the first weights, an empty history
+    assert (a.numpy(), b.numpy()) == (0.0, 0.0) and len(p.trainer.history) == 0
+    assert "epoch 0" in p.status.value
+
+
+def test_reset_during_a_run_stops_it_first(panel):
+    p, a, b = panel(epochs=10**7)
+    p.train_button.click()
+    until(lambda: p.trainer.epoch > 10)
+    p.reset_button.click()
+    assert not p.trainer.running and (a.numpy(), b.numpy()) == (0.0, 0.0)
+
+
+def test_step_when_idle_trains_one_epoch(panel):
+    p, a, b = panel()
+    p.step_button.click()
+    p.wait(WAIT)
+    p.step_button.click()
+    p.wait(WAIT)
+    np.testing.assert_allclose(p.trainer.history["loss"], SGD_LOSSES[:2], rtol=1e-5)
+
+
+def test_learning_rate_slider_changes_the_rate_mid_run(panel):
+    p, a, b = panel(epochs=10**7)
+    p.train_button.click()
+    until(lambda: p.trainer.epoch > 50)
+    p.learning_rate.value = 0.0001
+    until(lambda: p.trainer.history.last.learning_rate == pytest.approx(0.0001))
+    p.stop_button.click()
+    p.wait(WAIT)
+    rates = p.trainer.history["learning_rate"]
+    assert rates[0] == pytest.approx(0.001) and rates[-1] == pytest.approx(0.0001)
+    switch = rates.index(rates[-1])
+    assert all(r == pytest.approx(0.001) for r in rates[:switch])  # no epoch half-changed
+
+
+def test_optimizer_and_batch_size_apply_when_stopped(panel):
+    p, a, b = panel(epochs=10**7)
+    p.train_button.click()
+    until(lambda: p.trainer.epoch > 10)
+    assert p.optimizer.disabled and p.batch_size.disabled  # set them when stopped
+    p.stop_button.click()
+    p.wait(WAIT)
+    p.optimizer.value = "adam"
+    p.batch_size.value = 8
+    assert type(p.trainer.optimizer).__name__ == "Adam" and p.trainer.batch_size == 8
+
+
+def test_device_lists_what_tensorflow_sees(panel):
+    p, a, b = panel()
+    assert "/CPU:0" in p.device.options and p.device.value == "/CPU:0"
+    p.run(2)
+    p.device.value = "auto"  # history exists: refused, with a message
+    assert p.device.value == "/CPU:0"
+    assert "press Reset first" in p.messages.value
+
+
+def test_nan_pauses_with_a_message(panel):
+    p, a, b = panel(epochs=50, learning_rate=1.0)  # diverges to Inf, then NaN
+    with pytest.warns(Warning):
+        p.run()
+    assert p.trainer.fault is not None
+    epoch = p.trainer.fault.epoch
+    assert f"Training paused at epoch {epoch}: loss is inf" in p.messages.value
+    assert "Weights restored to the last finite step" in p.messages.value
+    assert np.isfinite([a.numpy(), b.numpy()]).all()  # the last finite weights are back
+
+
+def test_exception_in_user_code_then_a_new_run(panel):
+    broken = {"now": False}
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+
+    def flaky_loss(y_true, y_pred):
+        if broken["now"]:
+            raise RuntimeError("flaky loss")
+        return sum_sq(y_true, y_pred)
+
+    p = TrainingPanel(
+        params=[a, b], predict=lambda x: a * x + b, loss=flaky_loss,
+        data=(tf.constant(X), tf.constant(Y)), optimizer="sgd", learning_rate=0.001,
+        epochs=3, view="widget",
+    )  # fmt: skip
+    try:
+        broken["now"] = True
+        p.run()
+        assert "flaky loss" in str(p.error)
+        assert "<b>error</b>: RuntimeError: flaky loss" in p.messages.value
+        assert "training_loop.py" not in p.messages.value  # not TF's traceback, one line
+        assert len(p.trainer.history) == 0 and (a.numpy(), b.numpy()) == (0.0, 0.0)
+        broken["now"] = False
+        p.run()
+        np.testing.assert_allclose(p.trainer.history["loss"], SGD_LOSSES[:3], rtol=1e-5)
+        assert p.error is None and "<b>error</b>" not in p.messages.value
+    finally:
+        p.close()
+
+
+def test_long_histories_keep_the_plot_bounded():
+    plot = LossPlot()
+    loss = np.exp(-np.linspace(0, 5, 100_000)) + 0.01 * np.random.default_rng(0).random(100_000)
+    png = plot.render(loss, [None] * 100_000, log_scale=True, smoothing=0.5)
+    assert png.startswith(b"\x89PNG") and plot.points_drawn() <= 2000
+    png = plot.render(loss, loss * 1.1, smoothing=0.5)  # two lines, each thinned
+    assert png.startswith(b"\x89PNG") and plot.points_drawn() <= 4000
+    x, y = thin(np.arange(100_000.0), loss)
+    assert len(y) <= 2000 and y.max() == loss.max() and y.min() == loss.min()
+
+
+def test_smoothing_matches_the_running_average():
+    y = np.random.default_rng(1).random(1000)
+    expected, acc, norm = [], 0.0, 0.0
+    for v in y:
+        acc, norm = 0.6 * acc + 0.4 * v, 0.6 * norm + 0.4
+        expected.append(acc / norm)
+    np.testing.assert_allclose(smooth(y, 0.6), expected, rtol=1e-12)
+
+
+def test_plot_image_changes_in_place(panel):
+    p, a, b = panel(epochs=3)
+    first = p.plot.value
+    p.run()
+    assert bytes(p.plot.value) != bytes(first) and bytes(p.plot.value).startswith(b"\x89PNG")
+    p.log_scale.value = True
+    assert bytes(p.plot.value).startswith(b"\x89PNG")
+
+
+def test_twenty_panels_leave_no_thread_running():
+    before = set(threading.enumerate())
+    for _ in range(20):
+        p, a, b = seed_panel(epochs=10**7)
+        p.train_button.click()
+        p.close()
+    time.sleep(0.2)
+    left = [t for t in threading.enumerate() if t not in before and t.name.startswith("tapemagic")]
+    assert left == []
+
+
+def test_text_view_prints_one_line_per_epoch(capsys):
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    p = TrainingPanel(
+        params=[a, b], predict=lambda x: a * x + b, loss=sum_sq,
+        data=(tf.constant(X), tf.constant(Y)), optimizer="sgd", learning_rate=0.001,
+        epochs=3, view="text",
+    )  # fmt: skip
+    p.run()
+    p.close()
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch")]
+    assert lines[0].startswith("epoch 1  loss 19.457  a = 0.1169  b = 0.02392")
+    assert len(lines) == 3
+
+
+def test_train_magic_builds_a_panel(ip):
+    run(
+        ip,
+        "X = tf.constant([[1.], [4.], [6], [3], [3], [4], [5], [6], [7]])\n"
+        "Y = tf.constant([[0.25], [1.2], [0.79], [0.52], [1.6], [1.7], [1.9], [2], [2]])\n"
+        "model = tf.keras.Sequential([tf.keras.layers.Dense(1, kernel_initializer='zeros')])\n"
+        "def loss_fn(y_true, y_pred):\n    return tf.reduce_sum(tf.square(y_true - y_pred))",
+    )
+    with capture_output():
+        run(
+            ip,
+            "%train --model model --loss loss_fn --data X,Y --optimizer adam --lr 0.07 --epochs 5",
+        )
+    p = ip.user_ns["_panel"]
+    try:
+        p.run()
+        np.testing.assert_allclose(p.trainer.history["loss"], ADAM_LOSSES, rtol=1e-4)
+    finally:
+        p.close()
+
+
+def test_train_magic_bad_input(ip):
+    with capture_output() as cap:
+        result = ip.run_cell("%train --model nope --loss mse --data X,Y")
+    assert not result.success
+    assert (
+        cap.stdout + cap.stderr
+    ).strip() == "UsageError: --model nope: no such name; define it first"
