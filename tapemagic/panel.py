@@ -441,7 +441,7 @@ def _one_line(text: str) -> str:
 
 
 def _epoch_line(record) -> str:
-    parts = [f"epoch {record.epoch + 1}", f"loss {record.loss:.7g}"]
+    parts = [f"epoch {record.epoch}", f"loss {record.loss:.7g}"]  # 0-based, as the seed
     if record.val_loss is not None:
         parts.append(f"val_loss {record.val_loss:.7g}")
     parts += [f"{k} {v:.5g}" for k, v in record.metrics.items()]

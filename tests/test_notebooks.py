@@ -77,6 +77,36 @@ def test_basics_diagnoses(basics):
     )
 
 
+@pytest.fixture(scope="module")
+def training():
+    return execute("02_training_panel.ipynb")
+
+
+def test_training_seed_sgd_table(training):
+    out = output_of(training, "history = panel.run(6)")
+    for loss in ("19.457", "8.134604", "4.186867", "2.810262", "2.330071", "2.162411"):
+        assert f"loss {loss}" in out
+    assert "epoch 5: loss 2.162411   Y = 0.2729075 X + 0.05813503" in out
+
+
+def test_training_panels_are_widgets(training):
+    for start in ("X = tf.constant", "%train", "w = tf.Variable", "rng = "):
+        mimes = [o.get("data", {}) for c in training.cells if c.source.startswith(start)
+                 for o in c.get("outputs", [])]  # fmt: skip
+        assert any("application/vnd.jupyter.widget-view+json" in m for m in mimes), start
+
+
+def test_training_adam_step_and_mlp(training):
+    assert "[19.457001, 10.991247, 5.402445, 2.563472, 2.054192]" in output_of(
+        training, "history = _panel.run(5)"
+    )
+    assert "0.22655392 0.0470237" in output_of(training, "step_panel.run(3)")
+    assert "after 4 epochs: loss" in output_of(training, "history = mlp_panel.run(4)")
+    resumed = output_of(training, "resumed = TrainingPanel(")
+    assert "resumed at epoch 4 with 4 epochs of history" in resumed and "now at epoch 5" in resumed
+    assert "device='GPU:7' is not available" in output_of(training, "try:")
+
+
 def test_notebooks_are_committed_without_outputs():
     for path in NOTEBOOKS.glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)

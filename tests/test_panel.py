@@ -258,7 +258,7 @@ def test_text_view_prints_one_line_per_epoch(capsys):
     p.run()
     p.close()
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch")]
-    assert lines[0].startswith("epoch 1  loss 19.457  a = 0.1169  b = 0.02392")
+    assert lines[0].startswith("epoch 0  loss 19.457  a = 0.1169  b = 0.02392")
     assert len(lines) == 3
 
 
