@@ -24,6 +24,7 @@ from tapemagic.trainer import Trainer
 OPTIMIZERS = ["sgd", "momentum", "adam", "rmsprop", "adagrad"]
 BATCH_SIZES = [None, 1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 REFRESH_S = 0.1  # at most ten view refreshes a second
+WIDE = {"description_width": "initial"}  # labels in full, not cut to a fixed width
 MAX_LINES_PER_TICK = 20  # text mode: beyond this, a tick prints a summary line
 
 
@@ -75,24 +76,27 @@ class TrainingPanel:
         self.step_button = button(description="Step", icon="step-forward", tooltip="one epoch")
         self.stop_button = button(description="Stop", icon="stop", button_style="danger")
         self.reset_button = button(description="Reset", icon="undo", tooltip="first weights")
-        self.epochs = w.BoundedIntText(value=epochs, min=1, max=10**8, description="epochs")
+        self.epochs = w.BoundedIntText(
+            value=epochs, min=1, max=10**8, description="epochs", style=WIDE
+        )
         lr = t.learning_rate
         self.learning_rate = w.FloatLogSlider(
             value=lr or 1e-3, base=10, min=-6, max=1, step=0.1, description="learning rate",
-            readout_format=".2g", disabled=lr is None, continuous_update=False,
+            readout_format=".2g", disabled=lr is None, continuous_update=False, style=WIDE,
         )  # fmt: skip
         opt = _optimizer_name(t.optimizer)
         self.optimizer = w.Dropdown(
             options=OPTIMIZERS if opt in OPTIMIZERS else [*OPTIMIZERS, opt],
-            value=opt, description="optimizer", disabled=t.optimizer is None,
+            value=opt, description="optimizer", disabled=t.optimizer is None, style=WIDE,
         )  # fmt: skip
         sizes = BATCH_SIZES if t.batch_size in BATCH_SIZES else [*BATCH_SIZES, t.batch_size]
+        # A Dropdown cannot hold None as a choice: 0 stands for "all" (the whole data).
         self.batch_size = w.Dropdown(
-            options=[("all" if s is None else str(s), s) for s in sizes],
-            value=t.batch_size, description="batch size",
+            options=[("all", 0) if s is None else (str(s), s) for s in sizes],
+            value=t.batch_size or 0, description="batch size", style=WIDE,
         )  # fmt: skip
         devices = ["auto", *Trainer.available_devices()]
-        self.device = w.Dropdown(options=devices, value=t.device, description="device")
+        self.device = w.Dropdown(options=devices, value=t.device, description="device", style=WIDE)
         self.log_scale = w.Checkbox(value=False, description="log scale", indent=False)
         self.smoothing = w.FloatSlider(
             value=0.0, min=0.0, max=0.99, step=0.01, description="smoothing",
@@ -110,7 +114,7 @@ class TrainingPanel:
         self.reset_button.on_click(lambda _: self.reset())
         self.learning_rate.observe(self._on_lr, "value")
         self.optimizer.observe(lambda ch: self._setting("optimizer", ch.new), "value")
-        self.batch_size.observe(lambda ch: self._setting("batch_size", ch.new), "value")
+        self.batch_size.observe(lambda ch: self._setting("batch_size", ch.new or None), "value")
         self.device.observe(self._on_device, "value")
         for box in (self.log_scale, self.smoothing):
             box.observe(lambda _: self.refresh(force_plot=True), "value")
@@ -125,6 +129,10 @@ class TrainingPanel:
                 self.messages,
             ]
         )
+        # Stable names for the page's elements, for styling and for browser tests.
+        self.widget.add_class("tapemagic-panel")
+        for name in ("epochs", "status", "plot", "progress", "params", "messages"):
+            getattr(self, name).add_class(f"tapemagic-{name}")
 
     def _repr_mimebundle_(self, **kwargs):
         if self.view == "text":

@@ -157,6 +157,9 @@ def test_optimizer_and_batch_size_apply_when_stopped(panel):
     p.optimizer.value = "adam"
     p.batch_size.value = 8
     assert type(p.trainer.optimizer).__name__ == "Adam" and p.trainer.batch_size == 8
+    assert p.batch_size.label == "8"
+    p.batch_size.value = 0  # "all": the whole data in each step
+    assert p.trainer.batch_size is None and p.batch_size.label == "all"
 
 
 def test_device_lists_what_tensorflow_sees(panel):
