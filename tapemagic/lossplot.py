@@ -113,6 +113,8 @@ class LossPlot:
             else:
                 pad = 0.05 * (hi - lo or abs(hi) or 1.0)
                 ax.set_ylim(lo - pad, hi + pad)
+        else:  # nothing to draw yet (or nothing positive on a log scale): a neutral frame
+            ax.set_ylim(*((0.1, 10.0) if log_scale else (0.0, 1.0)))
         if bool(has_val) != (ax.get_legend() is not None):
             ax.legend(loc="upper right", fontsize=8) if has_val else ax.get_legend().remove()
         # Agg's own PNG writer compresses hard; a fast zlib level gives the same picture

@@ -349,8 +349,12 @@ class TrainingPanel:
                 parts.append(f"{rate * per_epoch:,.0f} samples/s")
         state = "paused" if paused else "running" if running else "stopped"
         last = t.history.last
-        loss = f" · loss {last.loss:.6g}" if last is not None else ""
-        self.status.value = html.escape(f"{state} · {' · '.join(parts)}{loss}")
+        if last is not None:
+            parts.append(f"loss {last.loss:.6g}")
+            if last.val_loss is not None:
+                parts.append(f"val_loss {last.val_loss:.6g}")
+            parts += [f"{k} {v:.4g}" for k, v in last.metrics.items()]
+        self.status.value = html.escape(f"{state} · {' · '.join(parts)}")
 
     def _maybe_plot(self, n: int, force: bool) -> None:
         settings = (self.log_scale.value, self.smoothing.value)
@@ -361,9 +365,14 @@ class TrainingPanel:
             return
         h = self.trainer.history
         started = time.monotonic()
-        png = self._plot.render(
-            h["loss"], h["val_loss"], log_scale=settings[0], smoothing=settings[1]
-        )
+        try:
+            png = self._plot.render(
+                h["loss"], h["val_loss"], log_scale=settings[0], smoothing=settings[1]
+            )
+        except Exception as err:  # a picture must never stop training or the view
+            self._last_plot = (now, n, settings)
+            self._say(f"the plot could not be drawn: {type(err).__name__}: {err}")
+            return
         # Drawing must not slow training: keep it under about a fifth of wall time.
         self._plot_interval = max(REFRESH_S, 5 * (time.monotonic() - started))
         self.plot.value = png

@@ -222,6 +222,13 @@ def test_long_histories_keep_the_plot_bounded():
     assert len(y) <= 2000 and y.max() == loss.max() and y.min() == loss.min()
 
 
+def test_empty_and_non_positive_histories_render_on_a_log_scale():
+    plot = LossPlot()
+    assert plot.render([], [], log_scale=True).startswith(b"\x89PNG")
+    assert plot.render([0.0, -1.0], [None, None], log_scale=True).startswith(b"\x89PNG")
+    assert plot.render([float("nan"), float("inf")], [], log_scale=False).startswith(b"\x89PNG")
+
+
 def test_smoothing_matches_the_running_average():
     y = np.random.default_rng(1).random(1000)
     expected, acc, norm = [], 0.0, 0.0
