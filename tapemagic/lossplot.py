@@ -86,7 +86,7 @@ class LossPlot:
         y = np.asarray(loss, dtype=float)
         x = np.arange(1, len(y) + 1, dtype=float)
         lines = [(self.train_line, x, smooth(y, smoothing))]
-        v = np.asarray([np.nan if a is None else a for a in val_loss], dtype=float)
+        v = np.array(val_loss, dtype=float)  # None becomes NaN
         has_val = v.size and not np.all(np.isnan(v))
         if has_val:
             lines.append((self.val_line, x[: v.size], smooth(v, smoothing)))

@@ -53,6 +53,7 @@ class TrainingPanel:
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._ticker: threading.Thread | None = None
+        self._run_done = threading.Event()
         self._wake = threading.Event()
         self._closed = False
         self._pending: dict[str, Any] = {}  # settings that wait for the run to end
@@ -155,8 +156,9 @@ class TrainingPanel:
             self._hold = False
             self._run_start = (time.monotonic(), self.trainer.epoch)
             self._rate = 0.0
+            self._run_done = threading.Event()
             self._worker = threading.Thread(
-                target=self._work, args=(n,), name="tapemagic-train", daemon=True
+                target=self._work, args=(n, self._run_done), name="tapemagic-train", daemon=True
             )
             self._worker.start()
             self._start_ticker()
@@ -226,29 +228,31 @@ class TrainingPanel:
 
     # -- the worker and the view refresher -------------------------------------------
 
-    def _work(self, epochs: int) -> None:
+    def _work(self, epochs: int, done: threading.Event) -> None:
         try:
             self.trainer.run(epochs)
         except BaseException as err:  # shown in the panel; the trainer's state is consistent
             self.error = err
         finally:
+            done.set()  # before the wake-up, so the view's last refresh is the final one
             self._wake.set()
 
     def _start_ticker(self) -> None:
-        if self._ticker is not None and self._ticker.is_alive():
-            return
-        self._ticker = threading.Thread(target=self._tick, name="tapemagic-view", daemon=True)
-        self._ticker.start()
+        """Called with the lock held: one view thread, alive while a run is."""
+        if self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="tapemagic-view", daemon=True)
+            self._ticker.start()
 
     def _tick(self) -> None:
         while True:
             self._wake.wait(REFRESH_S)
             self._wake.clear()
-            worker = self._worker
-            done = worker is None or not worker.is_alive()
+            done = self._run_done.is_set()
             self.refresh(force_plot=done)
-            if done or self._closed:
-                return
+            with self._lock:  # a run started meanwhile keeps this thread going
+                if (done and self._run_done.is_set()) or self._closed:
+                    self._ticker = None
+                    return
 
     # -- settings ----------------------------------------------------------------------
 
@@ -373,8 +377,8 @@ class TrainingPanel:
             self._last_plot = (now, n, settings)
             self._say(f"the plot could not be drawn: {type(err).__name__}: {err}")
             return
-        # Drawing must not slow training: keep it under about a fifth of wall time.
-        self._plot_interval = max(REFRESH_S, 5 * (time.monotonic() - started))
+        # Drawing must not slow training: keep it under about a tenth of wall time.
+        self._plot_interval = max(REFRESH_S, 10 * (time.monotonic() - started))
         self.plot.value = png
         self._last_plot = (now, n, settings)
 
