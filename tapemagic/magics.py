@@ -1,4 +1,5 @@
-"""The IPython layer: `%%tape` and `%grad` parse their arguments and call the core.
+"""The IPython layer: `%%tape` and `%grad` parse their arguments and call the core
+(`%train` is in `train_magic.py`).
 
 Argument mistakes become one-line `UsageError`s. The cell itself runs through
 `shell.run_cell`, so its prints, displayed value, syntax errors and tracebacks look
@@ -20,7 +21,9 @@ MAGIC_NAMES = {"cell": ["tape"], "line": ["grad", "train"]}
 
 
 def register(shell) -> None:
-    shell.register_magics(TapeMagics)
+    from tapemagic.train_magic import TrainMagics
+
+    shell.register_magics(TapeMagics, TrainMagics)
 
 
 def unregister(shell) -> None:
@@ -28,10 +31,11 @@ def unregister(shell) -> None:
     for kind, names in MAGIC_NAMES.items():
         for name in names:
             magics[kind].pop(name, None)
-    shell.magics_manager.registry.pop("TapeMagics", None)
+    for name in ("TapeMagics", "TrainMagics"):
+        shell.magics_manager.registry.pop(name, None)
 
 
-def _names(text: str | None, option: str) -> list[str] | None:
+def split_names(text: str | None, option: str) -> list[str] | None:
     if text is None:
         return None
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -79,8 +83,8 @@ class TapeMagics(Magics):
         from tapemagic.tapecell import TapeError, TapeOptions, tape_cell
 
         options = TapeOptions(
-            watch=_names(args.watch, "--watch"),
-            targets=_names(args.target, "--target"),
+            watch=split_names(args.watch, "--watch"),
+            targets=split_names(args.target, "--target"),
             order=args.order,
             jacobian=args.jacobian,
             hessian=args.hessian,
@@ -138,7 +142,7 @@ class TapeMagics(Magics):
 
         namespace = self.shell.user_ns
         at = _parse_at(args.at)
-        wrt = _names(args.wrt, "--wrt") or _default_wrt(expr, namespace, at)
+        wrt = split_names(args.wrt, "--wrt") or _default_wrt(expr, namespace, at)
         options = TapeOptions(
             watch=wrt,
             order=args.order,
@@ -160,81 +164,6 @@ class TapeMagics(Magics):
         if not args.quiet:
             display(result)
         return _grad_value(result, args)
-
-    @magic_arguments()
-    @argument("--model", metavar="NAME", help="a Keras model")
-    @argument("--params", metavar="a,b", help="Variables to train (with --predict)")
-    @argument("--predict", metavar="NAME", help="forward function: predict(X) -> Y")
-    @argument("--step", metavar="NAME", help="your train_step(x, y): updates, returns the loss")
-    @argument("--loss", metavar="NAME", help="a loss function's name here, or a Keras loss name")
-    @argument("--data", metavar="X,Y", help="training data: X,Y arrays or one tf.data.Dataset")
-    @argument("--val", metavar="X,Y", help="validation data")
-    @argument("--val-split", type=float, metavar="F", help="hold out this fraction instead")
-    @argument(
-        "--optimizer", metavar="NAME", help="sgd, momentum, adam, rmsprop, adagrad, or a name"
-    )
-    @argument("--lr", type=float, metavar="RATE", help="learning rate")
-    @argument("--batch-size", type=int, metavar="N", help="samples per step (default: all)")
-    @argument("--epochs", type=int, default=100, metavar="N", help="epochs per press of Train")
-    @argument("--metrics", metavar="m1,m2", help="Keras metric names")
-    @argument("--device", metavar="D", help="auto, CPU, GPU, GPU:1")
-    @argument("--checkpoint-dir", metavar="PATH", help="save and resume here")
-    @argument("--seed", type=int, help="for reproducible shuffling")
-    @argument("--as", dest="as_name", metavar="NAME", help="also store the panel under NAME")
-    @line_magic
-    def train(self, line: str) -> None:
-        """Build a training panel from names in the namespace and show it (also in `_panel`).
-
-        %train --model model --loss loss_fn --data X,Y --optimizer adam --lr 0.07
-        %train --params a,b --predict predict --loss loss_fn --data X,Y --lr 0.001
-        """
-        args = parse_argstring(self.train, line)
-        ns = self.shell.user_ns
-
-        def one(name: str | None, option: str) -> Any:
-            if name is None:
-                return None
-            if name not in ns:
-                raise UsageError(f"{option} {name}: no such name; define it first")
-            return ns[name]
-
-        def several(text: str | None, option: str) -> Any:
-            names = _names(text, option)
-            if names is None:
-                return None
-            values = tuple(one(n, option) for n in names)
-            return values[0] if len(values) == 1 else values
-
-        loss = args.loss if args.loss is None or args.loss not in ns else ns[args.loss]
-        kwargs = dict(
-            model=one(args.model, "--model"),
-            params=[one(n, "--params") for n in _names(args.params, "--params") or []] or None,
-            predict=one(args.predict, "--predict"),
-            step=one(args.step, "--step"),
-            loss=loss,
-            data=several(args.data, "--data"),
-            validation_data=several(args.val, "--val"),
-            validation_split=args.val_split,
-            optimizer=args.optimizer,
-            learning_rate=args.lr,
-            batch_size=args.batch_size,
-            metrics=args.metrics.split(",") if args.metrics else None,
-            device=args.device or "auto",
-            checkpoint_dir=args.checkpoint_dir,
-            seed=args.seed,
-        )
-        from tapemagic.panel import TrainingPanel
-
-        try:
-            panel = TrainingPanel(
-                epochs=args.epochs, **{k: v for k, v in kwargs.items() if v is not None}
-            )
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise UsageError(f"%train: {exc}") from None
-        ns["_panel"] = panel
-        if args.as_name:
-            ns[args.as_name] = panel
-        display(panel)
 
     def _store(self, result, as_name: str | None) -> None:
         self.shell.user_ns["_tape"] = result
