@@ -94,7 +94,8 @@ def tape_cell(
         watch=set(opts.watch) if opts.watch is not None else None,
         device=device,
     )
-    saved = {name: namespace[name] for name in swaps if name in namespace}
+    # Hooks of an enclosing run (a %grad inside a %%tape cell) are put back afterwards.
+    saved = {name: namespace[name] for name in [*swaps, BIND_HOOK, LAST_HOOK] if name in namespace}
     ok = False
     try:
         namespace.update(swaps)
@@ -108,7 +109,10 @@ def tape_cell(
     finally:
         recorder.abort()
         for name in (BIND_HOOK, LAST_HOOK):
-            namespace.pop(name, None)
+            if name in saved:
+                namespace[name] = saved[name]
+            else:
+                namespace.pop(name, None)
         for name, tensor in swaps.items():  # give the user their own objects back
             if namespace.get(name) is tensor:
                 if name in saved:

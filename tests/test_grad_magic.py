@@ -43,6 +43,15 @@ def test_jacobian(ip):
     np.testing.assert_allclose(jac.numpy(), [[2.0, 0.0], [0.0, 4.0]])
 
 
+def test_grad_inside_a_tape_cell(ip):
+    run(ip, "x = tf.constant(3.0)")
+    run(ip, "%%tape -q\ny = x ** 2\ng = %grad x**3 -q\nz = y * 2.0")
+    r = ip.user_ns["_tape"]
+    assert float(ip.user_ns["g"]) == 27.0
+    assert float(r.gradient("z", "x")) == 12.0
+    assert "__tapemagic_bind__" not in ip.user_ns
+
+
 def test_renders_with_check_and_plot(ip):
     with capture_output() as cap:
         run(ip, "g = %grad tf.exp(x) --at x=0.0 --check --plot")
