@@ -150,7 +150,7 @@ def findings_in(source: str) -> list[Finding]:
 class _Analyser:
     def __init__(self, source: str, numeric_modules: frozenset[str] = frozenset()):
         self.source = source
-        self.numeric_modules = numeric_modules
+        self.numeric_modules = set(numeric_modules)
         self.reads: list[str] = []
         self.binds: list[str] = []
         self.bind_lines: dict[str, list[int]] = {}
@@ -186,6 +186,12 @@ class _Analyser:
             self._bind([node.name], node.lineno)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             self._bind([(a.asname or a.name).split(".")[0] for a in node.names], node.lineno)
+            if isinstance(node, ast.Import):  # `import numpy as npp` in the cell itself
+                self.numeric_modules |= {
+                    (a.asname or a.name).split(".")[0]
+                    for a in node.names
+                    if a.name.split(".")[0] in _LEAVE_MODULES
+                }
         elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
             value = node.value
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -317,6 +323,8 @@ class _Analyser:
             return None
         attr = func.attr
         root = _root_name(func)
+        if "random" in _dotted(func).split(".")[:-1]:  # tf.random.normal, np.random.rand
+            return "random"
         if root in _LEAVE_MODULES or root in self.numeric_modules:
             return "leave"
         if attr in _LEAVE_METHODS:
@@ -434,6 +442,17 @@ def _is_method_call(node: ast.AST, method: str) -> bool:
         and node.func.attr == method
         and isinstance(node.func.value, ast.Name)
     )
+
+
+def _dotted(node: ast.AST) -> str:
+    """`tf.random.normal` for the function of a call."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
 
 
 def _root_name(node: ast.AST) -> str | None:

@@ -26,40 +26,51 @@ MAX_COORDINATES = 8
 RANDOM_DIRECTIONS = 3
 
 
-def check_result(result: TapeResult, code: str, namespace: dict, recorder, opts) -> None:
+def check_result(result: TapeResult, code: str, namespace: dict, recorder, opts, before) -> None:
     """Attach a `Check` to every first derivative and Jacobian of `result`."""
-    rerun = Rerunner(
-        code,
-        namespace,
-        recorder.sources,
-        result.targets,
-        extra_variables=recorder.tapes[-1].watched_variables() if recorder.tapes else (),
-    )
+    rerun = Rerunner(code, namespace, recorder.sources, result.targets, before, opts.quiet)
+    random = [f for st in rerun.info.statements for f in st.findings if f.kind == "random"]
     rng = np.random.default_rng(0)
     for d in result.derivatives:
         if d.order != 1 or d.kind == "hessian" or d.status in (NONFINITE, STRUCTURAL):
             continue
         if d.source not in recorder.sources or d.source.count("/"):
             continue  # weights reached through a model: not re-bindable by name
+        source = recorder.sources[d.source]
+        if source.dtype.is_complex:
+            d.check = Check(False, float("nan"), float("nan"), "-", note="complex: not checked")
+            continue
         try:
-            d.check = _check_one(d, recorder.sources, rerun, rng)
+            d.check = _check_one(d, recorder, rerun, rng)
         except Exception as exc:  # the cell cannot run at other points: say so
             d.check = Check(False, float("nan"), float("nan"), "-", note=f"could not re-run: {exc}")
+            continue
+        if random:
+            d.check.note = (
+                f"line {random[0].lineno}: {random[0].text} draws new numbers at every run, so "
+                f"the differences mean little; fix the draws (a seed, or a tensor made before)"
+            )
 
 
-def _check_one(d, sources: dict[str, Any], rerun: Rerunner, rng) -> Check:
-    x0 = np.asarray(sources[d.source], dtype=np.float64)
+def _check_one(d, recorder, rerun: Rerunner, rng) -> Check:
+    sources = recorder.sources
+    # The point is where the tape recorded, before the cell changed anything.
+    start = {n: recorder.initial.get(n, v) for n, v in sources.items()}
+    x0 = np.asarray(start[d.source], dtype=np.float64)
     analytic = np.zeros_like(x0) if d.value is None else np.asarray(d.value, dtype=np.float64)
     analytic_dtype = "float64" if getattr(d.value, "dtype", None) == tf.float64 else "float32"
-    base = _base_values(sources)
     own = sources[d.source].dtype
-    # A Variable is perturbed in place, so in its own dtype; a tensor is tried in float64.
+    # A Variable is perturbed in place, so in its own dtype; a tensor is tried in float64,
+    # which counts only if the target then comes out in float64 too (no cast on the way).
     candidates = [own] if isinstance(sources[d.source], tf.Variable) else [tf.float64, own]
     for i, dtype in enumerate(candidates):
         try:
-            evaluate = _evaluator(rerun, d, base, dtype)
+            evaluate = _evaluator(rerun, d, start, dtype)
             f0 = evaluate(x0)
+            out_dtype = rerun.dtypes.get(d.target)
             precision = dtype.name
+            if out_dtype is not None and getattr(out_dtype, "name", "") in LOOSE:
+                precision = out_dtype.name  # the cell computes the target in lower precision
             break
         except Exception:
             if i == len(candidates) - 1:
@@ -90,16 +101,12 @@ def _check_one(d, sources: dict[str, Any], rerun: Rerunner, rng) -> Check:
     return Check(worst <= tol, worst, tol, precision, kink=kink, note=note)
 
 
-def _base_values(sources: dict[str, Any]) -> dict[str, Any]:
-    return {n: v for n, v in sources.items() if not isinstance(v, tf.Variable)}
-
-
 def _evaluator(rerun: Rerunner, d, base: dict[str, Any], dtype: tf.DType):
     """x -> the target's value (summed unless this is a Jacobian) with source = x."""
 
     def evaluate(x: np.ndarray) -> np.ndarray:
         values = {
-            n: tf.cast(v, dtype) if v.dtype.is_floating else v
+            n: tf.cast(v, dtype) if v.dtype.is_floating and not isinstance(v, tf.Variable) else v
             for n, v in base.items()
             if n != d.source
         }

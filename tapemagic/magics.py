@@ -27,10 +27,12 @@ def register(shell) -> None:
 
 
 def unregister(shell) -> None:
-    magics = shell.magics_manager.magics
+    manager = shell.magics_manager
     for kind, names in MAGIC_NAMES.items():
         for name in names:
-            magics[kind].pop(name, None)
+            manager.magics[kind].pop(name, None)
+            # The auto-load file declares them lazily too: unloading removes that as well.
+            getattr(manager, "lazy_magics", {}).pop(name, None)
     for name in ("TapeMagics", "TrainMagics"):
         shell.magics_manager.registry.pop(name, None)
 
@@ -91,6 +93,7 @@ class TapeMagics(Magics):
             check=args.check,
             plot=args.plot,
             device=args.device,
+            quiet=_quiet,
         )
         for name in (args.persistent, args.as_name):
             if name is not None and not name.isidentifier():
@@ -141,6 +144,11 @@ class TapeMagics(Magics):
         from tapemagic.tapecell import TapeError, TapeOptions, tape_cell
 
         namespace = self.shell.user_ns
+        if args.jacobian and args.order != 1:
+            raise UsageError(
+                "%grad: --jacobian gives first derivatives; drop -o, or use "
+                "%%tape --hessian for second derivatives"
+            )
         at = _parse_at(args.at)
         wrt = split_names(args.wrt, "--wrt") or _default_wrt(expr, namespace, at)
         options = TapeOptions(
@@ -151,6 +159,7 @@ class TapeMagics(Magics):
             plot=args.plot,
             device=args.device,
             overrides=at,
+            quiet=_quiet,
         )
         try:
             result = tape_cell(expr, namespace, options)
@@ -195,8 +204,12 @@ def _parse_at(text: str | None) -> dict[str, Any]:
         name = name.strip()
         if not sep or not name.isidentifier() or not value.strip():
             raise UsageError(f"--at expects NAME=NUMBER[,NAME=NUMBER...], got {part.strip()!r}")
+        if name in values:
+            raise UsageError(f"--at gives {name} twice; give each name once")
         try:
             literal = ast.literal_eval(value.strip())
+            if any(isinstance(v, bool) for v in _flatten(literal)):
+                raise ValueError("a bool")
             values[name] = tf.constant(literal, dtype=tf.float32)
         except (ValueError, SyntaxError, TypeError):
             raise UsageError(
@@ -204,6 +217,19 @@ def _parse_at(text: str | None) -> dict[str, Any]:
                 f"write e.g. --at {name}=4.0"
             ) from None
     return values
+
+
+def _flatten(value: Any) -> list:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flatten(v)]
+    return [value]
+
+
+def _quiet():
+    """Silence re-runs completely: prints and display() calls alike."""
+    from IPython.utils.capture import capture_output
+
+    return capture_output()
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -222,14 +248,14 @@ def _default_wrt(expr: str, namespace: dict, at: dict[str, Any]) -> list[str]:
     import numpy as np
 
     from tapemagic.cellcode import analyse
-    from tapemagic.recording import is_float_tensor
+    from tapemagic.recording import is_float_tensor, unwrap
 
     reads = analyse(expr).reads
     wrt = [
         n
         for n in reads
         if n in at
-        or is_float_tensor(namespace.get(n))
+        or is_float_tensor(unwrap(namespace.get(n)))
         or isinstance(namespace.get(n), (float, np.floating))
         or (isinstance(namespace.get(n), np.ndarray) and namespace[n].dtype.kind == "f")
     ]

@@ -17,22 +17,22 @@ from tapemagic.result import TapeResult
 SAMPLES = 81
 
 
-def plot_result(result: TapeResult, code: str, namespace: dict, recorder, opts) -> None:
+def plot_result(result: TapeResult, code: str, namespace: dict, recorder, opts, before) -> None:
     """Append a PNG to `result.plots`, or a note saying why there is none."""
-    scalar_sources = [n for n, v in recorder.sources.items() if int(tf.size(v)) == 1]
-    scalar_targets = [t for t in result.targets if np.size(result.values.get(t)) == 1]
+    scalar_sources = [n for n, v in recorder.sources.items() if _real_scalar(v)]
+    scalar_targets = [t for t in result.targets if _real_scalar(result.values.get(t))]
     if len(recorder.sources) != 1 or not scalar_sources or not scalar_targets:
         result.notes.append(
-            "--plot draws a scalar target of one scalar source; this cell has "
-            f"{len(recorder.sources)} source(s) and {len(scalar_targets)} scalar target(s)"
+            "--plot draws a real scalar target of one real scalar source; this cell has "
+            f"{len(recorder.sources)} source(s) and {len(scalar_targets)} such target(s)"
         )
         return
     source, target = scalar_sources[0], scalar_targets[0]
     src = recorder.sources[source]
-    x0 = float(np.asarray(src))
+    x0 = float(np.asarray(recorder.initial.get(source, src)))
     width = max(1.0, abs(x0))
     xs = np.linspace(x0 - width, x0 + width, SAMPLES)
-    rerun = Rerunner(code, namespace, recorder.sources, [target])
+    rerun = Rerunner(code, namespace, recorder.sources, [target], before, opts.quiet)
     ys = []
     for x in xs:
         try:
@@ -43,6 +43,14 @@ def plot_result(result: TapeResult, code: str, namespace: dict, recorder, opts) 
     slope = float(np.asarray(slope.value)) if slope is not None and slope.value is not None else 0.0
     y0 = float(np.asarray(result.values[target]))
     result.plots.append(_draw(xs, np.array(ys), x0, y0, slope, source, target, opts.order))
+
+
+def _real_scalar(value) -> bool:
+    try:
+        a = np.asarray(value)
+    except Exception:
+        return False
+    return a.size == 1 and a.dtype.kind in "fi"
 
 
 def _draw(xs, ys, x0, y0, slope, source, target, order) -> bytes:

@@ -17,6 +17,14 @@ import tensorflow as tf
 from tapemagic.result import NONE, NONFINITE, STRUCTURAL, VALUE, ZERO, Derivative
 
 
+def unwrap(value: Any) -> Any:
+    """A Keras 3 Variable holds a tf.Variable: tapes and assignments work on that one."""
+    inner = getattr(value, "value", None)
+    if isinstance(inner, tf.Variable) and type(value).__module__.startswith("keras"):
+        return inner
+    return value
+
+
 def is_float_tensor(value: Any) -> bool:
     """A tensor or Variable a tape can differentiate (floating or complex dtype)."""
     return isinstance(value, (tf.Tensor, tf.Variable)) and (
@@ -29,6 +37,9 @@ def is_tensor_like(value: Any) -> bool:
 
 
 def size_of(value: Any) -> int:
+    """Elements in a value; a list or tuple of tensors counts all of theirs (TF sums them)."""
+    if isinstance(value, (list, tuple)):
+        return sum(size_of(v) for v in value)
     if not is_tensor_like(value):
         return 1
     n = value.shape.num_elements()
@@ -65,6 +76,11 @@ class Recorder:
     last_value: Any = None
     targets_seen: dict[str, Any] = field(default_factory=dict)
     created: set[int] = field(default_factory=set)  # ids of Variables made during the run
+    # Values of Variable sources when first seen: the point derivatives are taken at, even
+    # if the cell then changes the Variable (an SGD step inside the cell). Large ones only
+    # when `keep_large` (the finite-difference check needs them).
+    initial: dict[str, Any] = field(default_factory=dict)
+    keep_large: bool = False
     tapes: list[tf.GradientTape] = field(default_factory=list)
     _stack: contextlib.ExitStack | None = None
 
@@ -85,7 +101,10 @@ class Recorder:
         return var
 
     def _add_source(self, name: str, value: Any) -> None:
+        value = unwrap(value)
         self.sources[name] = value
+        if isinstance(value, tf.Variable) and (self.keep_large or size_of(value) <= 1000):
+            self.initial[name] = tf.identity(value)
         if is_float_tensor(value):  # TF only warns for others, and records nothing
             for tape in self.tapes:
                 tape.watch(value)
@@ -94,6 +113,7 @@ class Recorder:
         """Hook called by the rewritten cell after each binding statement."""
         for name, value in zip(names, values, strict=True):
             self.bound[name] = (lineno, value)
+            value = unwrap(value)
             if name in self.sources:
                 continue  # derivatives are with respect to a source's first value
             if self.watch is not None:
@@ -125,6 +145,7 @@ class Recorder:
         results: list[Derivative] = []
         gradients: dict[tuple[str, str], Any] = {}
         errors: dict[tuple[str, str], Exception] = {}
+        zero_from: dict[tuple[str, str], Derivative] = {}  # a None at order >= 2, and up
         try:
             for order in range(1, plan.order + 1):
                 tape = self.tapes[-order]
@@ -135,10 +156,14 @@ class Recorder:
                     else {p: self._gradient(tape, current[p], p, errors) for p in current}
                 )
                 for pair in pairs:
+                    if pair in zero_from:  # the derivative of a zero is zero
+                        results.append(self._zero_after(zero_from[pair], order))
                     if pair not in nxt:
                         continue
-                    prev = current[pair]
-                    results.append(self._derivative(pair, order, nxt[pair], prev, errors))
+                    d = self._derivative(pair, order, nxt[pair], current[pair], errors)
+                    results.append(d)
+                    if d.status == STRUCTURAL:
+                        zero_from[pair] = d
                     if order == 1:
                         gradients[pair] = nxt[pair]
                 current = {p: v for p, v in nxt.items() if v is not None}
@@ -190,13 +215,16 @@ class Recorder:
             d.status = STRUCTURAL if order > 1 else NONE
             if order > 1:
                 d.value = tf.zeros_like(self.sources[source])
-                d.why = (
-                    f"the order-{order - 1} derivative does not depend on {source}, so TF "
-                    f"returns None: the true order-{order} derivative is 0"
-                )
+                d.why = structural_why(source, order)
         else:
             d.status = classify(value)
         return d
+
+    def _zero_after(self, first: Derivative, order: int) -> Derivative:
+        return Derivative(
+            first.target, first.source, order, value=first.value, status=STRUCTURAL,
+            summed=first.summed, why=f"order {first.order} is already 0, so order {order} is 0",
+        )  # fmt: skip
 
     def _hessians(self, targets, gradients) -> list[Derivative]:
         """Hessian of each scalar target w.r.t. each vector source, from the order-2 tape."""
@@ -208,10 +236,17 @@ class Recorder:
             src = self.sources[source]
             if size_of(targets[target]) != 1 or grad is None:
                 continue
-            value = tape.jacobian(grad, src, experimental_use_pfor=False)
-            if value is None:
-                value = tf.zeros(tf.concat([tf.shape(src), tf.shape(src)], 0), src.dtype)
+            try:
+                value = tape.jacobian(grad, src, experimental_use_pfor=False)
+            except Exception as exc:  # an empty source, an op without a second gradient...
+                out.append(Derivative(target, source, 1, "hessian", None, NONE, error=exc))
+                continue
             n = size_of(src)
+            if value is None:  # as for order 2: no recorded dependence
+                zeros = tf.zeros((n, n), src.dtype)
+                why = structural_why(source, 2)
+                out.append(Derivative(target, source, 1, "hessian", zeros, STRUCTURAL, why=why))
+                continue
             value = tf.reshape(value, (n, n)) if src.shape.rank and src.shape.rank > 1 else value
             out.append(Derivative(target, source, 1, "hessian", value, classify(value)))
         return out
@@ -235,6 +270,16 @@ class Recorder:
         return out
 
 
+def structural_why(source: str, order: int) -> str:
+    """TF gives None both for a derivative that is truly 0 and for a path through an op
+    with no gradient of this order (it drops those silently): say which is likely."""
+    return (
+        f"TF returns None: the order-{order - 1} derivative has no recorded dependence on "
+        f"{source}, so the order-{order} derivative is 0 (shown so), unless an op on the path "
+        f"has no gradient of order {order} (e.g. tf.image.resize): then it is not known"
+    )
+
+
 def dense(value: Any) -> Any:
     """Gradients of gathers come back as IndexedSlices: show them as tensors."""
     return tf.convert_to_tensor(value) if isinstance(value, tf.IndexedSlices) else value
@@ -249,4 +294,6 @@ def classify(value: Any) -> str:
     total = abs(np.vdot(flat, flat)) if flat.dtype.kind in "fc" else np.count_nonzero(flat)
     if not np.isfinite(total) and not np.isfinite(flat).all():
         return NONFINITE
+    if total == 0 and flat.any():  # squares of tiny values underflow: ask exactly
+        return VALUE
     return VALUE if total != 0 else ZERO

@@ -2,14 +2,18 @@
 
 The finite-difference check and the tangent plot evaluate the cell's targets at
 points near the recorded one. Each run happens in the user's namespace (functions
-the cell calls read their globals from there), quietly, and everything it touched is
-put back afterwards: rebound names, swapped tensors and the values of Variables.
+the cell calls read their globals from there), quietly, from the state the cell first
+ran in: Variables are set back to their values from before the recorded run, and
+afterwards everything is put back as the recorded run left it (names the cell binds,
+swapped tensors, Variable values). Other side effects (appending to a list, writing a
+file) do repeat: the README says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -17,6 +21,41 @@ import tensorflow as tf
 
 from tapemagic import cellcode
 from tapemagic.cellcode import BIND_HOOK, LAST_HOOK
+from tapemagic.recording import unwrap
+
+
+def variables_in(values: Iterable[Any]) -> list[tf.Variable]:
+    """The Variables a cell can reach from these values: Variables themselves, in lists,
+    tuples and dicts, and those of objects that list theirs (Keras models, optimizers,
+    tf.Module)."""
+    found: dict[int, tf.Variable] = {}
+
+    def add(value: Any, depth: int = 0) -> None:
+        value = unwrap(value)
+        if isinstance(value, tf.Variable):
+            found[id(value)] = value
+        elif depth == 0 and isinstance(value, (list, tuple)):
+            for item in value:
+                add(item, 1)
+        elif depth == 0 and isinstance(value, dict):
+            for item in value.values():
+                add(item, 1)
+        elif depth == 0 and not isinstance(value, type):
+            try:
+                owned = getattr(value, "variables", None)
+            except Exception:  # a property that fails on some objects
+                owned = None
+            if isinstance(owned, (list, tuple)):
+                for item in owned:
+                    add(item, 1)
+
+    for value in values:
+        add(value)
+    return list(found.values())
+
+
+def snapshot(variables: Iterable[tf.Variable]) -> list[tuple[tf.Variable, tf.Tensor]]:
+    return [(v, tf.identity(v)) for v in variables]
 
 
 class Rerunner:
@@ -28,21 +67,22 @@ class Rerunner:
         namespace: dict,
         sources: dict[str, Any],
         targets: list[str],
-        extra_variables: list[tf.Variable] = (),
+        before: list[tuple[tf.Variable, tf.Tensor]] = (),
+        quiet: Callable[[], Any] | None = None,
     ):
         self.namespace = namespace
         self.sources = sources
         self.targets = targets
+        self.before = list(before)  # Variable values from before the recorded run
+        self.quiet = quiet or _quiet
         tree = cellcode.Rewriter().visit(cellcode.ast.parse(code))
         self.info = cellcode.analyse(code)
         # Sources the cell binds before reading them are replaced as they are bound.
         self.made_in_cell = {n for n in sources if n in self.info.binds} - set(self.info.reads)
         self.code = compile(tree, "<tapemagic re-run>", "exec")
-        variables = {id(v): v for v in extra_variables}
-        for value in [*namespace.values(), *sources.values()]:
-            if isinstance(value, tf.Variable):
-                variables[id(value)] = value
-        self.variables = list(variables.values())
+        known = [v for v, _ in self.before]
+        self.variables = variables_in([*known, *namespace.values(), *sources.values()])
+        self.dtypes: dict[str, Any] = {}  # the targets' dtypes in the last evaluation
 
     def __call__(self, values: dict[str, Any]) -> dict[str, np.ndarray]:
         """Target values (as float64 arrays) with the given sources replaced."""
@@ -50,7 +90,7 @@ class Rerunner:
         names = set(self.info.binds) | set(values) | {BIND_HOOK, LAST_HOOK}
         missing = object()
         saved_names = {n: ns.get(n, missing) for n in names}
-        saved_vars = [(v, v.read_value()) for v in self.variables]
+        saved_vars = snapshot(self.variables)
         pending = {n: v for n, v in values.items() if n in self.made_in_cell}
         last: list[Any] = [None]
 
@@ -59,7 +99,7 @@ class Rerunner:
             for i, name in enumerate(bound_names):
                 if name in pending:
                     new = pending.pop(name)
-                    is_var = isinstance(out[i], tf.Variable)
+                    is_var = isinstance(unwrap(out[i]), tf.Variable)
                     out[i] = tf.Variable(new) if is_var else new
             return tuple(out)
 
@@ -68,6 +108,8 @@ class Rerunner:
             return value
 
         try:
+            for var, value in self.before:
+                var.assign(value)
             for name, value in values.items():
                 if name in self.made_in_cell:
                     continue
@@ -77,17 +119,15 @@ class Rerunner:
                 else:
                     ns[name] = value
             ns[BIND_HOOK], ns[LAST_HOOK] = bind, keep_last
-            with (
-                contextlib.redirect_stdout(io.StringIO()),
-                contextlib.redirect_stderr(io.StringIO()),
-            ):
+            with self.quiet():
                 exec(self.code, ns)
             out = {}
             for t in self.targets:
                 value = ns.get(t, missing) if t in self.info.binds else missing
                 if value is missing:
                     value = last[0]
-                out[t] = np.asarray(value, dtype=np.float64)
+                self.dtypes[t] = getattr(value, "dtype", None)
+                out[t] = np.real(np.asarray(value)).astype(np.float64)
             return out
         finally:
             for name, value in saved_names.items():
@@ -97,3 +137,9 @@ class Rerunner:
                     ns[name] = value
             for var, value in saved_vars:
                 var.assign(value)
+
+
+@contextlib.contextmanager
+def _quiet():
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield

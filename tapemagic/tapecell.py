@@ -20,7 +20,16 @@ import tensorflow as tf
 from tapemagic import cellcode
 from tapemagic.cellcode import BIND_HOOK, LAST_HOOK, CellInfo
 from tapemagic.diagnosis import Context, explain
-from tapemagic.recording import Plan, Recorder, classify, dense, is_float_tensor, size_of
+from tapemagic.recording import (
+    Plan,
+    Recorder,
+    classify,
+    dense,
+    is_float_tensor,
+    size_of,
+    unwrap,
+)
+from tapemagic.rerun import snapshot, variables_in
 from tapemagic.result import NONE, Derivative, TapeResult
 
 MAX_ORDER = 4
@@ -41,6 +50,9 @@ class TapeOptions:
     plot: bool = False
     device: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # %grad --at: values for this run
+    # A context manager factory that silences the re-runs of --check and --plot (the magic
+    # passes IPython's capture_output, which also swallows display() calls).
+    quiet: Callable[[], Any] | None = None
 
 
 # execute(rewriter) runs the cell with the rewriter applied; False when the cell failed
@@ -87,12 +99,21 @@ def tape_cell(
     if info is None:
         execute(cellcode.Rewriter())
         return None
+    if not info.statements and not ast.parse(code).body:
+        raise TapeError("the cell is empty: put the code to differentiate below %%tape")
     sources, watched, swaps = _resolve_sources(info, namespace, opts)
     _check_target_names(info, namespace, opts)
     recorder = Recorder(
         plan=Plan(opts.order, opts.jacobian, opts.hessian),
         watch=set(opts.watch) if opts.watch is not None else None,
         device=device,
+        keep_large=opts.check,
+    )
+    # Re-runs (--check, --plot) start from the Variables' values before this run.
+    before = (
+        snapshot(variables_in([*namespace.values(), *sources.values()]))
+        if opts.check or opts.plot
+        else []
     )
     # Hooks of an enclosing run (a %grad inside a %%tape cell) are put back afterwards.
     saved = {name: namespace[name] for name in [*swaps, BIND_HOOK, LAST_HOOK] if name in namespace}
@@ -121,7 +142,9 @@ def tape_cell(
                     del namespace[name]
     if not ok:
         return None
-    return _build_result(info, namespace, opts, recorder, targets, derivatives, watched, code)
+    return _build_result(
+        info, namespace, opts, recorder, targets, derivatives, watched, code, before
+    )
 
 
 def resolve_device(device: str | None) -> str | None:
@@ -175,7 +198,7 @@ def _resolve_sources(info: CellInfo, namespace: dict, opts: TapeOptions):
                 f"--watch {name}: no such name in the namespace or the cell; "
                 f"define {name} first, or check the spelling"
             )
-        tensor = _as_source(name, value, explicit=opts.watch is not None)
+        tensor = _as_source(name, unwrap(value), explicit=opts.watch is not None)
         if tensor is None:
             continue
         if tensor is not value or name in opts.overrides:
@@ -231,7 +254,7 @@ def _check_target_names(info: CellInfo, namespace: dict, opts: TapeOptions) -> N
 
 def _collect_targets(info: CellInfo, namespace: dict, opts: TapeOptions, recorder: Recorder):
     if opts.targets:
-        return {name: namespace.get(name) for name in opts.targets}
+        return {name: _named_target(name, info, namespace) for name in opts.targets}
     source_ids = {id(v) for v in recorder.sources.values()}
     targets = {
         name: namespace[name]
@@ -263,6 +286,33 @@ def _collect_targets(info: CellInfo, namespace: dict, opts: TapeOptions, recorde
     return targets
 
 
+def _named_target(name: str, info: CellInfo, namespace: dict) -> Any:
+    """A -t target after the run: a tensor, a list of them, or a number computed from a
+    source (its None is then explained); anything else is a mistake to say at once."""
+    if name not in namespace:
+        lines = info.bind_lines.get(name)
+        where = f" (its line {lines[0]} did not run)" if lines else ""
+        raise TapeError(f"-t {name}: the cell did not bind {name}{where}; name a value it computes")
+    value = unwrap(namespace[name])
+    tensors = value if isinstance(value, (list, tuple)) and value else [value]
+    if all(isinstance(v, (tf.Tensor, tf.Variable)) for v in tensors):
+        return value
+    numeric = isinstance(value, (float, np.floating, np.ndarray)) and not isinstance(value, bool)
+    if numeric and name in info.binds:
+        return value  # computed by the cell but not a tensor: the diagnosis says why
+    kind = type(value).__name__
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise TapeError(
+        f"-t {name}: {name} holds {article} {kind} ({_short_repr(value)}), not a tensor; "
+        f"targets are float tensors the cell computes, e.g. {name} = tf.reduce_sum(...)"
+    )
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
 def _add_accessed_variables(recorder: Recorder, opts: TapeOptions) -> None:
     """Trainable Variables reached through objects (a Keras model's weights) are sources too."""
     if opts.watch is not None or not recorder.tapes:
@@ -275,8 +325,8 @@ def _add_accessed_variables(recorder: Recorder, opts: TapeOptions) -> None:
             known.add(id(var))
 
 
-def _build_result(info, namespace, opts, recorder, targets, derivatives, watched, code):
-    point = {name: _snapshot(v) for name, v in recorder.sources.items()}
+def _build_result(info, namespace, opts, recorder, targets, derivatives, watched, code, before):
+    point = {name: recorder.initial.get(name, v) for name, v in recorder.sources.items()}
     values = {name: v for name, v in targets.items()}
     ctx = Context(
         info=info,
@@ -302,19 +352,12 @@ def _build_result(info, namespace, opts, recorder, targets, derivatives, watched
     if opts.check:
         from tapemagic.fdcheck import check_result
 
-        check_result(result, code, namespace, recorder, opts)
+        check_result(result, code, namespace, recorder, opts, before)
     if opts.plot:
         from tapemagic.plotting import plot_result
 
-        plot_result(result, code, namespace, recorder, opts)
+        plot_result(result, code, namespace, recorder, opts, before)
     return result
-
-
-def _snapshot(value: Any) -> Any:
-    """The value a Variable had when recorded (it may change later). Only small ones are
-    copied: a large source is shown by its shape, and copying it would cost time."""
-    small = isinstance(value, tf.Variable) and size_of(value) <= 1000
-    return tf.identity(value) if small else value
 
 
 def _notes(info: CellInfo, namespace: dict, recorder: Recorder, targets: dict) -> list[str]:
@@ -346,6 +389,14 @@ def _notes(info: CellInfo, namespace: dict, recorder: Recorder, targets: dict) -
             f"(the elementwise derivative for elementwise functions, Hessian row sums in "
             f"general); use --hessian for the full matrix"
         )
+    if recorder.plan.hessian:
+        vectors = [t for t, v in targets.items() if size_of(v) > 1]
+        if vectors:
+            notes.append(
+                f"--hessian is for scalar targets: {', '.join(vectors)} "
+                f"{'is' if len(vectors) == 1 else 'are'} not; reduce to a scalar (e.g. "
+                f"tf.reduce_sum) or use --jacobian"
+            )
     if not recorder.sources:
         notes.append(_no_sources_note(info, namespace, targets))
     elif not targets:

@@ -196,7 +196,8 @@ def test_plot_explains_when_it_cannot(ip):
     run(ip, "v = tf.constant([1.0, 2.0])")
     run(ip, "%%tape -q --plot\ny = tf.reduce_sum(v)")
     assert any(
-        "--plot draws a scalar target of one scalar source" in n for n in ip.user_ns["_tape"].notes
+        "--plot draws a real scalar target of one real scalar source" in n
+        for n in ip.user_ns["_tape"].notes
     )
 
 
