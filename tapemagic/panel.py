@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import ipywidgets as w
+import numpy as np
 
 from tapemagic.lossplot import LossPlot
 from tapemagic.trainer import Trainer
@@ -147,11 +148,14 @@ class TrainingPanel:
 
     def train(self, epochs: int | None = None) -> None:
         """Start `epochs` (default: the epochs box) more epochs in a worker thread."""
+        n = epochs if epochs is not None else self.epochs.value
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"epochs must be a positive whole number, not {n!r}")
+        n = int(n)
         with self._lock:
             if self.trainer.running or self._closed:
                 return
             self._apply_pending()
-            n = int(epochs if epochs is not None else self.epochs.value)
             self.error = None
             self._hold = False
             self._run_start = (time.monotonic(), self.trainer.epoch)

@@ -48,6 +48,8 @@ class TrainMagics(Magics):
         %train --params a,b --predict predict --loss loss_fn --data X,Y --lr 0.001
         """
         args = parse_argstring(self.train, line)
+        if args.epochs < 1:
+            raise UsageError(f"--epochs must be 1 or more, not {args.epochs}")
         ns = self.shell.user_ns
 
         def one(name: str | None, option: str) -> Any:
@@ -77,7 +79,7 @@ class TrainMagics(Magics):
             optimizer=args.optimizer,
             learning_rate=args.lr,
             batch_size=args.batch_size,
-            metrics=args.metrics.split(",") if args.metrics else None,
+            metrics=split_names(args.metrics, "--metrics"),
             device=args.device or "auto",
             checkpoint_dir=args.checkpoint_dir,
             seed=args.seed,

@@ -293,7 +293,17 @@ def test_train_magic_builds_a_panel(ip):
         p.close()
 
 
+def test_bad_epochs(panel):
+    p, a, b = panel()
+    with pytest.raises(ValueError, match="epochs must be a positive whole number, not -3"):
+        p.run(-3)
+    assert len(p.trainer.history) == 0 and not p.trainer.running
+
+
 def test_train_magic_bad_input(ip):
+    with capture_output() as cap:
+        result = ip.run_cell("%train --model m --loss mse --data X,Y --epochs 0")
+    assert "UsageError: --epochs must be 1 or more, not 0" in cap.stdout + cap.stderr
     with capture_output() as cap:
         result = ip.run_cell("%train --model nope --loss mse --data X,Y")
     assert not result.success
