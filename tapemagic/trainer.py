@@ -445,6 +445,8 @@ class Trainer:
         self._last_fault = None
         self._pos.set(*replay_to_fault(self._loop(), plan, res, partial_before))
         e, b = self._pos.epoch, self._pos.batch
+        if len(self.history) > e:  # stepping back undid epochs recorded in this call
+            self.history.truncate(e)
         where = f"start of epoch {e}" if b == 0 else f"epoch {e}, batch {b}"
         if not all(np.isfinite(raw(v).numpy()).all() for v in self._style.trainable):
             where += "; some weights are non-finite there too: reset() or reload a checkpoint"

@@ -83,6 +83,13 @@ def replay_to_fault(engine, plan: tuple, res, partial_before: dict) -> tuple[int
     empty = {"loss": 0.0, "gn": 0.0, "steps": 0.0, "seconds": 0.0}
     if not engine.spans_ok:  # a Dataset restarts each call: replay whole epochs only
         bad = 0
+    elif nb:
+        # The faulty step's weights already give a non-finite loss or gradient, so the
+        # step before made them: go back one more (within this call, whose snapshot is
+        # the limit). Resuming from there with a smaller learning rate then gets through.
+        steps_before = off * nb + bad - b0
+        if steps_before >= 1:
+            off, bad = divmod(b0 + steps_before - 1, nb)
     if off == 0 and bad <= b0:
         return e0, b0, dict(partial_before)
     if bad == 0:
