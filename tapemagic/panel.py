@@ -59,6 +59,7 @@ class TrainingPanel:
         self._closed = False
         self._pending: dict[str, Any] = {}  # settings that wait for the run to end
         self._hold = False  # pause (or a step) was asked for this run
+        self._fault_left = 0  # epochs a NaN/Inf fault left undone: Resume runs them
         self._run_start: tuple[float, int] | None = None
         self._rate = 0.0  # epochs per second, smoothed
         self._last_plot = (0.0, -1, None)  # time, history length, view settings drawn
@@ -158,6 +159,7 @@ class TrainingPanel:
             self._apply_pending()
             self.error = None
             self._hold = False
+            self._fault_left = 0
             self._run_start = (time.monotonic(), self.trainer.epoch)
             self._rate = 0.0
             self._run_done = threading.Event()
@@ -172,6 +174,8 @@ class TrainingPanel:
         """Pause a run after its current call, or resume a paused one."""
         t = self.trainer
         if not t.running:
+            if self._fault_left:  # paused by a fault: go on with what was left
+                self.train(self._fault_left)
             return
         if self._hold:
             t.resume()
@@ -190,9 +194,12 @@ class TrainingPanel:
             self.train(1)
 
     def stop(self) -> None:
-        """End the run between steps (never mid-update)."""
+        """End the run between steps (never mid-update); also ends a fault's pause."""
         self.trainer.request_stop()
+        self._fault_left = 0
         self._wake.set()
+        if not self.trainer.running:
+            self.refresh()
 
     def reset(self) -> None:
         """Stop, then restore the weights and optimizer state the trainer started with."""
@@ -233,11 +240,14 @@ class TrainingPanel:
     # -- the worker and the view refresher -------------------------------------------
 
     def _work(self, epochs: int, done: threading.Event) -> None:
+        t = self.trainer
         try:
-            self.trainer.run(epochs)
+            t.run(epochs)
         except BaseException as err:  # shown in the panel; the trainer's state is consistent
             self.error = err
         finally:
+            if t.fault is not None:  # a NaN/Inf pauses: Resume (or Step) carries on
+                self._fault_left = max(t.target_epoch - t.epoch, 0)
             done.set()  # before the wake-up, so the view's last refresh is the final one
             self._wake.set()
 
@@ -320,10 +330,11 @@ class TrainingPanel:
         t = self.trainer
         running = t.running
         n = len(t.history)
-        paused = running and (t.paused or self._hold)
+        faulted = not running and self._fault_left > 0
+        paused = (running and (t.paused or self._hold)) or faulted
         self.train_button.disabled = running
-        self.stop_button.disabled = not running
-        self.pause_button.disabled = not running
+        self.stop_button.disabled = not (running or faulted)
+        self.pause_button.disabled = not (running or faulted)
         self.pause_button.description = "Resume" if paused else "Pause"
         self.pause_button.icon = "play" if paused else "pause"
         for box in (self.optimizer, self.batch_size, self.device):
@@ -356,6 +367,8 @@ class TrainingPanel:
             if per_epoch:
                 parts.append(f"{rate * per_epoch:,.0f} samples/s")
         state = "paused" if paused else "running" if running else "stopped"
+        if not self.trainer.running and self._fault_left:
+            state = "paused by a NaN/Inf (lower the learning rate, then Resume)"
         last = t.history.last
         if last is not None:
             parts.append(f"loss {last.loss:.6g}")

@@ -179,6 +179,13 @@ def test_nan_pauses_with_a_message(panel):
     epoch = p.trainer.fault.epoch
     assert f"Training paused at epoch {epoch}: loss is inf" in p.messages.value
     assert "Weights restored to the last finite step" in p.messages.value
+    until(lambda: "paused by a NaN/Inf" in p.status.value)
+    assert p.pause_button.description == "Resume" and not p.pause_button.disabled
+    p.learning_rate.value = 1e-5  # lower the rate, then Resume: the run carries on
+    p.pause_button.click()
+    p.wait(WAIT)
+    assert p.trainer.fault is None and p.trainer.epoch == 50
+    assert np.isfinite(p.trainer.history["loss"]).all()
     assert np.isfinite([a.numpy(), b.numpy()]).all()  # the last finite weights are back
 
 
