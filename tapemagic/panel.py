@@ -12,6 +12,7 @@ per epoch instead.
 from __future__ import annotations
 
 import html
+import re
 import threading
 import time
 from typing import Any
@@ -464,18 +465,28 @@ def _messages_html(lines: list[str], error: BaseException | None) -> str:
     return "".join(items)
 
 
+_BOILERPLATE = re.compile(
+    r"^(File |Detected at node|Graph execution error|\[\[|in user code:|\[Op:)"
+)
+
+
 def _one_line(text: str) -> str:
-    """A tf.function error carries TensorFlow's traceback ('in user code: File ...'):
-    keep the part before it and its last line, which is the user's own error."""
+    """A tf.function error carries TensorFlow's traceback ("in user code: File ...",
+    "Detected at node ..."): keep what comes before it and the user's own message."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(lines) <= 1:
         return text.strip()
-    head = lines[0].split("in user code:")[0].rstrip(": ")
-    if head.isidentifier():  # just the exception's name: the last line names it again
+    head = lines[0]
+    for marker in ("in user code:", "Graph execution error:"):
+        head = head.split(marker)[0]
+    head = head.rstrip(": ")
+    if head.isidentifier():  # just the exception's name: the message names it again
         head = ""
     elif head.endswith(("Error", "Exception")):  # "...at epoch 0: RuntimeError"
         head = head.rsplit(":", 1)[0]
-    return f"{head}: {lines[-1]}" if head else lines[-1]
+    useful = [re.sub(r"\s*\[\[.*$", "", ln) for ln in lines[1:] if not _BOILERPLATE.match(ln)]
+    message = useful[-1] if useful else lines[-1]
+    return f"{head}: {message}" if head else message
 
 
 def _epoch_line(record) -> str:

@@ -317,3 +317,17 @@ def test_train_magic_bad_input(ip):
     assert (
         cap.stdout + cap.stderr
     ).strip() == "UsageError: --model nope: no such name; define it first"
+
+
+def test_errors_from_compiled_code_keep_the_users_message():
+    from tapemagic.panel import _one_line
+
+    text = (
+        "stopped by an error at epoch 0: InvalidArgumentError: Graph execution error:\n\n"
+        "Detected at node while/Assert/Assert defined at (most recent call last):\n"
+        '  File "<stdin>", line 10, in predict\n\nassertion failed: [user boom]\n'
+        "\t [[{{node while/Assert/Assert}}]] [Op:__inference__chunk_221]"
+    )
+    assert _one_line(text) == "stopped by an error at epoch 0: assertion failed: [user boom]"
+    tf_text = 'RuntimeError: in user code:\n\n    File "x.py", line 2\n\n    RuntimeError: flaky'
+    assert _one_line(tf_text) == "RuntimeError: flaky"
