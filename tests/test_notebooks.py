@@ -114,13 +114,13 @@ def test_notebooks_are_committed_without_outputs():
 
 
 AUTOLOAD = [
-    "import sys\nprint('tensorflow imported:', 'tensorflow' in sys.modules)",
-    "g = %grad x**2 --at x=4 -q\n"
-    "print(float(g), 'tensorflow imported:', 'tensorflow' in sys.modules)",
+    "import sys\np = 3.0\nprint('tensorflow imported:', 'tensorflow' in sys.modules)",
+    "%%tape -q -w p\ny = p * p",
+    "print(float(_tape.gradient('y', 'p')), 'tensorflow imported:', 'tensorflow' in sys.modules)",
+    "g = %grad x**2 --at x=4 -q\nprint(float(g))",
     "%load_ext tapemagic",
-    "x = tf = None\nimport tensorflow as tf\nx = tf.constant(3.0)",
-    "%%tape -q\ny = x ** 2",
-    "print(float(_tape.gradient('y', 'x')))",
+    "%%tape -q -w p\ny = p ** 3",
+    "print(float(_tape.gradient('y', 'p')))",
 ]
 
 
@@ -144,12 +144,13 @@ def test_autoload_in_a_fresh_kernel_imports_nothing_until_first_use():
     assert Path(sys.prefix, "etc/ipython/startup/tapemagic_autoload.py").exists()
     outs = run_cells(AUTOLOAD)
     assert "tensorflow imported: False" in outs[0]
-    assert "8.0 tensorflow imported: True" in outs[1]
-    assert "Error" not in outs[2]  # %load_ext still works beside it
-    assert "6.0" in outs[5]
+    assert "Error" not in outs[1]  # %%tape works without %load_ext
+    assert "6.0 tensorflow imported: True" in outs[2]
+    assert "8.0" in outs[3]
+    assert "Error" not in outs[4] and "27.0" in outs[6]  # %load_ext still works beside it
 
 
 def test_autoload_can_be_turned_off():
     outs = run_cells(AUTOLOAD[:2], env={"TAPEMAGIC_AUTOLOAD": "0"})
     assert "tensorflow imported: False" in outs[0]
-    assert "UsageError" in outs[1] and "grad" in outs[1]
+    assert "UsageError" in outs[1] and "tape" in outs[1]

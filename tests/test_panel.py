@@ -250,8 +250,16 @@ def test_plot_image_changes_in_place(panel):
     first = p.plot.value
     p.run()
     assert bytes(p.plot.value) != bytes(first) and bytes(p.plot.value).startswith(b"\x89PNG")
+    linear = bytes(p.plot.value)
     p.log_scale.value = True
-    assert bytes(p.plot.value).startswith(b"\x89PNG")
+    assert bytes(p.plot.value).startswith(b"\x89PNG") and bytes(p.plot.value) != linear
+
+
+def test_a_100000_epoch_run_keeps_the_plot_bounded(panel):
+    p, a, b = panel(epochs=100_000)
+    p.run()
+    assert len(p.trainer.history) == 100_000
+    assert p._plot.points_drawn() <= 2000  # one line (no validation), thinned
 
 
 def test_twenty_panels_leave_no_thread_running():
