@@ -198,10 +198,11 @@ def _resolve_sources(info: CellInfo, namespace: dict, opts: TapeOptions):
                 f"--watch {name}: no such name in the namespace or the cell; "
                 f"define {name} first, or check the spelling"
             )
-        tensor = _as_source(name, unwrap(value), explicit=opts.watch is not None)
+        value = unwrap(value)  # a Keras Variable: its tf.Variable; the name keeps the Keras one
+        tensor = _as_source(name, value, explicit=opts.watch is not None)
         if tensor is None:
             continue
-        if tensor is not value or name in opts.overrides:
+        if tensor is not value or name in opts.overrides:  # a float or array made a tensor
             swaps[name] = tensor
         sources[name] = tensor
     if opts.watch is None and not sources:

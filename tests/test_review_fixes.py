@@ -65,8 +65,9 @@ def test_keras_variables_are_variables(ip):
     assert float(ip.run_line_magic("grad", "kv**2 -q")) == 6.0
     run(ip, "%%tape -q\ny = kv * kv")
     assert ip.user_ns["_tape"].sources == ["kv"]
-    run(ip, "%%tape -q -w kv\ny = kv * 2.0")
+    run(ip, "%%tape -q -w kv\ny = kv * 2.0\nkind = type(kv).__module__")
     assert float(ip.user_ns["_tape"].gradient("y", "kv")) == 2.0
+    assert ip.user_ns["kind"].startswith("keras")  # the cell saw the user's own object
 
 
 def test_a_list_target_is_marked_summed(ip):
