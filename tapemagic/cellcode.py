@@ -206,8 +206,10 @@ class _Analyser:
         elif isinstance(node, (ast.For, ast.AsyncFor)):
             reads = self._read(node.iter)
             self._record(node, _target_names(node.target), reads, node.iter, conds)
-            self._body(node.body, conds)
-            self._body(node.orelse, conds)
+            for name in reads:  # how many times the body runs is control flow too
+                self.conditions.setdefault(name, node.lineno)
+            self._body(node.body, conds | reads)
+            self._body(node.orelse, conds | reads)
         elif isinstance(node, (ast.If, ast.While)):
             test_reads = self._read(node.test)
             for name in test_reads:

@@ -170,6 +170,12 @@ def test_12_used_only_in_control_flow(ns):
     assert d.why.startswith("x is used only in control flow (line 1: if x > 0:)")
 
 
+def test_12_used_only_as_a_loop_count(ns):
+    cell = "-w x\nacc = tf.constant(0.0)\nfor i in range(int(x)):\n    acc = acc + 1.0"
+    d = only(tape(ns, cell), target="acc")
+    assert d.why.startswith("x is used only in control flow (line 2: for i in range(int(x)):)")
+
+
 def test_13_inner_gradient_after_the_outer_tape_closed(ns):
     cell = (
         "-w x\nwith tf.GradientTape() as t2:\n    t2.watch(x)\n"
