@@ -47,19 +47,14 @@ import ipywidgets as widgets  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bench_trainer import X_SEED, Y_SEED, mlp, mlp_data, seed_loss  # noqa: E402
 
 from tapemagic.panel import TrainingPanel  # noqa: E402
 from tapemagic.trainer import Trainer  # noqa: E402
 
 PANEL_RATIO = 0.9
 
-X_SEED = [1.0, 4.0, 6, 3, 3, 4, 5, 6, 7]
-Y_SEED = [0.25, 1.2, 0.79, 0.52, 1.6, 1.7, 1.9, 2, 2]
 VIEW_THREAD = "tapemagic-view"
-
-
-def seed_loss(y_true, y_pred):
-    return tf.reduce_sum(tf.square(y_true - y_pred))
 
 
 # -- what the view thread does ----------------------------------------------------------
@@ -197,25 +192,6 @@ def seed_contenders(seconds: float) -> dict[str, Contender]:
 
 
 # -- 2. the MLP -----------------------------------------------------------------------
-
-
-def mlp_data(n: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, 64)).astype("float32")
-    y = (x[:, :1] * 2.0 + np.sin(x[:, 1:2]) - 0.5 * x[:, 2:3] ** 2).astype("float32")
-    return x, y
-
-
-def mlp() -> keras.Model:
-    keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(1),
-        ]
-    )
 
 
 def mlp_trainer(x, y) -> Trainer:
