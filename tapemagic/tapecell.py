@@ -340,6 +340,14 @@ def _build_result(info, namespace, opts, recorder, targets, derivatives, watched
     for d in derivatives:
         if d.why is None or d.status == NONE:
             d.why = explain(d, ctx)
+    # Read a pair's orders together: ∂y/∂x, ∂²y/∂x², then its Jacobian and Hessian.
+    t_index, s_index = {t: i for i, t in enumerate(targets)}, {}
+    for name in recorder.sources:
+        s_index.setdefault(name, len(s_index))
+    kinds = {"gradient": 0, "jacobian": 1, "hessian": 2}
+    derivatives.sort(
+        key=lambda d: (t_index.get(d.target, 0), s_index.get(d.source, 0), kinds[d.kind], d.order)
+    )
     result = TapeResult(
         targets=list(targets),
         sources=list(recorder.sources),
