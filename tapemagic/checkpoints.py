@@ -1,13 +1,22 @@
 """Checkpoints: weights, optimizer state and the history, saved together.
 
-The history travels inside the checkpoint as a JSON string in a `tf.Variable`, so the
-weights and the epochs they belong to are written (and restored) as one unit: a kernel
-restart resumes exactly where the last save left off.
+The history travels inside the checkpoint as a JSON string, so the weights and the
+epochs they belong to are written (and restored) as one unit: a kernel restart resumes
+exactly where the last save left off. The string is Python state, not a `tf.Variable`:
+under MultiWorkerMirroredStrategy a variable is broadcast from the chief, and strings
+cannot be.
+
+With several workers, all of them save (reading a metric's variables all-reduces them
+across workers), but only the chief writes to `directory`; the others write to a
+directory of their own that is deleted after each save. Everyone resumes from
+`directory`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,23 +25,45 @@ import tensorflow as tf
 from tapemagic.training_setup import raw
 
 FORMAT = 1
+META_KEYS = ("meta/.ATTRIBUTES/py_state", "meta/.ATTRIBUTES/VARIABLE_VALUE")  # new, older
+
+
+class _Meta(tf.train.experimental.PythonState):
+    """A JSON string saved inside the checkpoint."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def serialize(self) -> str:
+        return self.text
+
+    def deserialize(self, string_value: Any) -> None:
+        value = string_value.numpy() if hasattr(string_value, "numpy") else string_value
+        self.text = value.decode() if isinstance(value, bytes) else str(value)
 
 
 class CheckpointStore:
-    """A `tf.train.CheckpointManager` over named variables plus a JSON `meta` string."""
+    """A `tf.train.CheckpointManager` over named variables plus a JSON `meta` string.
 
-    def __init__(self, directory: str, max_to_keep: int = 3):
+    `writer=False` (a worker that is not the chief): saves go to a temporary directory
+    that is deleted at once; reads still come from `directory`.
+    """
+
+    def __init__(self, directory: str, max_to_keep: int = 3, writer: bool = True):
         self.directory = str(directory)
         self.max_to_keep = max_to_keep
-        self._meta = tf.Variable("", dtype=tf.string, trainable=False, name="tapemagic_meta")
+        self.writer = writer
+        self._meta = _Meta()
         self._variables: dict[str, Any] = {}
         self._manager: tf.train.CheckpointManager | None = None
+        self._ckpt: tf.train.Checkpoint | None = None
 
     def bind(self, variables: Mapping[str, Any]) -> None:
         """Use these variables from now on (again after the optimizer changes)."""
         self._variables = {k: raw(v) for k, v in variables.items()}
-        ckpt = tf.train.Checkpoint(meta=self._meta, **self._variables)
-        self._manager = tf.train.CheckpointManager(ckpt, self.directory, self.max_to_keep)
+        self._ckpt = tf.train.Checkpoint(meta=self._meta, **self._variables)
+        if self.writer:
+            self._manager = tf.train.CheckpointManager(self._ckpt, self.directory, self.max_to_keep)
 
     @property
     def latest(self) -> str | None:
@@ -41,8 +72,14 @@ class CheckpointStore:
 
     def save(self, meta: dict) -> str:
         """Write the variables and `meta` (which must be JSON-serialisable)."""
-        self._meta.assign(json.dumps({"format": FORMAT, **meta}))
-        return self._manager.save()
+        self._meta.text = json.dumps({"format": FORMAT, **meta})
+        if self.writer:
+            return self._manager.save()
+        scratch = tempfile.mkdtemp(prefix="tapemagic-worker-ckpt-")
+        try:
+            return self._ckpt.write(f"{scratch}/ckpt")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def read_meta(self, path: str | None = None) -> dict | None:
         """The meta of a checkpoint without touching any variable."""
@@ -50,7 +87,9 @@ class CheckpointStore:
         if path is None:
             return None
         reader = tf.train.load_checkpoint(path)
-        return json.loads(reader.get_tensor("meta/.ATTRIBUTES/VARIABLE_VALUE").decode())
+        key = next((k for k in META_KEYS if reader.has_tensor(k)), META_KEYS[0])
+        value = reader.get_tensor(key)
+        return json.loads(value.decode() if isinstance(value, bytes) else value)
 
     def restore(self, skip: tuple[str, ...] = ()) -> dict | None:
         """Load the newest checkpoint into the bound variables; its meta, or None if none.
