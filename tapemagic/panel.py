@@ -51,6 +51,8 @@ class TrainingPanel:
         self.trainer = trainer if trainer is not None else Trainer(**kwargs)
         self._kwargs = kwargs  # to remake the trainer on another device
         self.view = _default_view() if view == "auto" else view
+        if not self.trainer.is_chief:  # a worker of a cluster runs headless: the chief shows
+            self.view = "text"
         self._plot = LossPlot()
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -101,6 +103,9 @@ class TrainingPanel:
         )  # fmt: skip
         devices = ["auto", *Trainer.available_devices()]
         self.device = w.Dropdown(options=devices, value=t.device, description="device", style=WIDE)
+        self.strategy = w.HTML()  # under a tf.distribute strategy it replaces the device
+        if t.strategy is not None:
+            self.device.layout.display = "none"
         self.log_scale = w.Checkbox(value=False, description="log scale", indent=False)
         self.smoothing = w.FloatSlider(
             value=0.0, min=0.0, max=0.99, step=0.01, description="smoothing",
@@ -127,7 +132,7 @@ class TrainingPanel:
             [
                 w.HBox([*buttons, self.reset_button]),
                 w.HBox([self.epochs, self.learning_rate]),
-                w.HBox([self.optimizer, self.batch_size, self.device]),
+                w.HBox([self.optimizer, self.batch_size, self.device, self.strategy]),
                 w.HBox([self.progress, self.status]),
                 w.HBox([self.plot, w.VBox([self.log_scale, self.smoothing, self.params])]),
                 self.messages,
@@ -341,6 +346,7 @@ class TrainingPanel:
         for box in (self.optimizer, self.batch_size, self.device):
             box.disabled = running or (box is self.optimizer and t.optimizer is None)
         self._update_progress(n, running, paused)
+        self.strategy.value = html.escape(t.distribution() or "")
         self.params.value = _params_html(t.param_values())
         self.messages.value = _messages_html(list(t.messages)[-4:], self.error)
         self._maybe_plot(n, force_plot)

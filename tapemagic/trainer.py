@@ -5,6 +5,9 @@ user-written step) in compiled calls of about 0.1 s each, and between calls appl
 a panel sets from another thread: stop, pause, one more epoch, a new learning rate.
 History, checkpoints and fault handling keep one invariant (`training_run.Position`):
 the weights always match the recorded epochs, plus a known part of the next one.
+With `strategy=` the same loop runs each step on the strategy's replicas
+(`training_replicas`); across workers the chief's decisions reach every worker before
+each call (`training_lockstep`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from tapemagic.training_faults import (
     locate_fault,
     replay_to_fault,
 )
-from tapemagic.training_loop import ChunkResult, CompiledLoop
+from tapemagic.training_lockstep import CALL, CLOSE, END, RESET, Lockstep, Order
+from tapemagic.training_loop import ChunkResult, CompiledLoop, snapshot_variables
+from tapemagic.training_replicas import Replicas
 from tapemagic.training_run import Pacer, Position, epoch_columns
 from tapemagic.training_setup import (
     devices,
@@ -69,6 +74,13 @@ class Trainer:
     new Trainer on the same directory resumes. `on_nonfinite`: 'restore' (go back to the
     last finite step when a loss or gradient turns NaN/Inf) or 'keep' (leave the weights
     for inspection; `restore_last_finite()` later).
+
+    `strategy`: a `tf.distribute` strategy (MirroredStrategy, MultiWorkerMirroredStrategy)
+    whose scope the model or Variables were made in; each batch is split across its
+    replicas and the losses and history are those of one device. Whether the loss sums
+    or averages over samples is probed; `loss_reduction='sum'|'mean'` says it instead.
+    With several workers, run the same program on each: the chief leads (panel,
+    controls, checkpoints), the others follow (`follow()` between runs).
     """
 
     def __init__(
@@ -93,11 +105,18 @@ class Trainer:
         checkpoint_dir: str | None = None,
         checkpoint_every: int | None = None,
         on_nonfinite: str = "restore",
+        strategy: Any = None,
+        loss_reduction: str | None = None,
     ):
         check_options(on_nonfinite, checkpoint_every)
-        self.device = resolve_device(device)
         self._controls = Controls()
         self._style = resolve(model, params, predict, step)
+        self._replicas = Replicas(strategy, loss_reduction) if strategy is not None else None
+        if self._replicas:
+            self._replicas.check_style(self._style.kind, device)
+            self.device = self._replicas.host
+        else:
+            self.device = resolve_device(device)
         parts = build_parts(
             self._style,
             self.device,
@@ -110,6 +129,7 @@ class Trainer:
             optimizer=optimizer,
             learning_rate=learning_rate,
             metrics=metrics,
+            replicas=self._replicas,
         )
         self._parts = parts  # its optimizer and batch_size change between runs
         self._batch_size_next = parts.batch_size
@@ -124,6 +144,7 @@ class Trainer:
         self.shuffle = bool(shuffle)
         self._on_nonfinite = on_nonfinite
         self._initial = [raw(v).numpy() for v in self._state()]
+        self._snapshot = self._make_snapshot()
         self._listeners: list[Callable[[EpochRecord], Any]] = []
         self._pos, self._pacer, self._target = Position(), Pacer(), 0
         self._engine: CompiledLoop | None = None
@@ -133,12 +154,19 @@ class Trainer:
         self.messages: deque[str] = deque(maxlen=100)
         proxy = CallbackModel(lambda: self._parts.optimizer, style.weights, style.model)
         self._callbacks = Callbacks(callbacks, proxy)
+        role = self._replicas.role if self._replicas else None
+        self._lockstep = Lockstep(strategy, role.chief) if role and role.workers > 1 else None
+        self._closed = False  # a worker's follow() ends when the chief closes
         self._ckpt_every = checkpoint_every
-        self._store = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
+        self._store = None
+        if checkpoint_dir:
+            self._store = CheckpointStore(checkpoint_dir, writer=role is None or role.chief)
         self._saved_at: tuple[int, int] | None = None
         if self._store:
             self._store.bind(self._checkpoint_variables())
             self._resume(learning_rate)
+        if self._lockstep:
+            self._agree_with_chief()
 
     # -- state -----------------------------------------------------------------------
 
@@ -158,6 +186,14 @@ class Trainer:
         out.update({f"m{i}": v for i, v in enumerate(self._metric_vars())})
         return out
 
+    def _make_snapshot(self) -> list | None:
+        """Under a strategy: the loops' snapshot variables, made here (see
+        `snapshot_variables`); without one each loop makes its own."""
+        if not self._replicas:
+            return None
+        with self._replicas.scope():
+            return snapshot_variables(self._state())
+
     def _loop(self) -> CompiledLoop:
         if self._engine is None:
             self._engine = make_loop(
@@ -169,6 +205,8 @@ class Trainer:
                 seed=self.seed,
                 per_batch=self._callbacks.per_batch,
                 device=self.device,
+                replicas=self._replicas,
+                snapshot=self._snapshot,
             )
         return self._engine
 
@@ -200,6 +238,32 @@ class Trainer:
         values = np.concatenate(flat) if flat else []
         return {n: float(x) for n, x in zip(self._param_names, values, strict=True)}
 
+    @property
+    def strategy(self) -> Any:
+        """The tf.distribute strategy (None: one device)."""
+        return self._replicas.strategy if self._replicas else None
+
+    @property
+    def num_replicas(self) -> int:
+        """Replicas each batch is split across (1 without a strategy)."""
+        return self._replicas.count if self._replicas else 1
+
+    @property
+    def is_chief(self) -> bool:
+        """False only on a worker of a multi-worker cluster that is not the chief."""
+        return self._lockstep is None or self._lockstep.chief
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per step over all replicas (for a Dataset: its first batch's)."""
+        if isinstance(self._parts.data, ArrayData):
+            return self._parts.batch_size or self._parts.data.n
+        return self._parts.first_batch
+
+    def distribution(self) -> str | None:
+        """E.g. 'MirroredStrategy · 2 replicas · global batch 64' (None: one device)."""
+        return self._replicas.describe(self.global_batch_size) if self._replicas else None
+
     @staticmethod
     def available_devices() -> list[str]:
         """What `device=` accepts here: 'auto' and these ('/CPU:0', '/GPU:0', ...)."""
@@ -217,8 +281,15 @@ class Trainer:
         self._require_idle("change the optimizer")
         if self._style.kind == "step":
             raise ValueError("a step= trainer uses the optimizer inside its step; change it there")
+        if self._lockstep:
+            raise ValueError(
+                "with several workers the optimizer is chosen when the trainers are made: "
+                "make them again with optimizer=..."
+            )
         lr = self.learning_rate if isinstance(spec, str) else None
-        with tf.device(self.device):
+        if self._replicas and isinstance(spec, keras.optimizers.Optimizer):
+            self._replicas.check_optimizer(spec)
+        with self._replicas.scope() if self._replicas else tf.device(self.device):
             opt = make_optimizer(spec, lr)
             opt.build(self._style.trainable)
         n_weights, n_opt = len(self._style.weights), len(self._opt_state())
@@ -226,6 +297,7 @@ class Trainer:
         fresh = [raw(v).numpy() for v in self._opt_state()]
         self._initial = self._initial[:n_weights] + fresh + self._initial[n_weights + n_opt :]
         self._engine = self._last_fault = None
+        self._snapshot = self._make_snapshot()
         self._pacer = Pacer()
         if self._store:
             self._store.bind(self._checkpoint_variables())
@@ -355,39 +427,80 @@ class Trainer:
         return self.history
 
     def _train(self) -> None:
-        cbs, pos = self._callbacks, self._pos
+        cbs = self._callbacks
         cbs.model.stop_training = False
         if cbs:
             cbs.set_params({"epochs": self._target, "steps": None, "verbose": 0})
             cbs.call("on_train_begin", {})
+        if self._lockstep and not self._lockstep.chief:
+            self._follow_orders()
+        else:
+            self._lead()
+        if cbs:
+            cbs.call("on_train_end", {})
+
+    def _lead(self) -> None:
+        """Plan each call from the controls; with workers, send them each plan first."""
+        pos, lockstep = self._pos, self._lockstep
         while pos.epoch < self._target:
             if not self._controls.wait_turn(pos.epoch, self._set_lr):
                 self._say(f"stopped at epoch {pos.epoch}")
                 break
-            if pos.batch == 0 and self._batch_size_next != self._parts.batch_size:
-                self._parts.batch_size, self._engine = self._batch_size_next, None
-                self._pacer = Pacer()  # step times change with the batch size
+            self._use_batch_size(self._batch_size_next)
             engine = self._loop()
             plan = self._pacer.plan(
-                pos, engine.steps_per_epoch, self._limit(), cbs.per_epoch, engine.spans_ok
-            )
-            if pos.batch == 0 and cbs:
-                cbs.call("on_epoch_begin", pos.epoch, {})
-            lr, partial_before = self._current_lr(), dict(pos.partial)
-            try:
-                res = engine(*plan)
-            except BaseException:
-                engine.restore_snapshot()  # nothing of this call is kept
-                raise
-            self._commit(res, plan, lr)
-            if not res.ok:
-                self._handle_fault(res, plan, partial_before, lr)
-                break
-            if cbs.stop_requested:
-                self._say(f"stopped by a callback after epoch {pos.epoch - 1}")
-                break
-        if cbs:
-            cbs.call("on_train_end", {})
+                pos, engine.steps_per_epoch, self._limit(), self._callbacks.per_epoch,
+                engine.spans_ok,
+            )  # fmt: skip
+            if lockstep:
+                lr, size = self._current_lr(), self._parts.batch_size
+                lockstep.send(Order(CALL, plan, lr, size, self._target))
+            if not self._call(engine, plan):
+                return  # a fault or a callback ended it: the workers saw the same results
+        if lockstep:
+            lockstep.send(Order(END))
+
+    def _follow_orders(self) -> None:
+        """On a worker: run exactly the calls the chief runs, until its run ends."""
+        while True:
+            order = self._lockstep.receive()
+            if order.kind == RESET:
+                self._reset_here()
+                continue
+            if order.kind != CALL:
+                self._closed = order.kind == CLOSE
+                return
+            self._target = order.target
+            self._use_batch_size(order.batch_size)
+            if order.learning_rate and order.learning_rate != self._current_lr():
+                self._set_lr(order.learning_rate)
+            if not self._call(self._loop(), order.plan):
+                return
+
+    def _use_batch_size(self, size: int | None) -> None:
+        if self._pos.batch == 0 and size != self._parts.batch_size:
+            self._parts.batch_size, self._engine = size, None
+            self._pacer = Pacer()  # step times change with the batch size
+
+    def _call(self, engine: CompiledLoop, plan: tuple) -> bool:
+        """One compiled call and its bookkeeping; False when the run must end."""
+        pos, cbs = self._pos, self._callbacks
+        if pos.batch == 0 and cbs:
+            cbs.call("on_epoch_begin", pos.epoch, {})
+        lr, partial_before = self._current_lr(), dict(pos.partial)
+        try:
+            res = engine(*plan)
+        except BaseException:
+            engine.restore_snapshot()  # nothing of this call is kept
+            raise
+        self._commit(res, plan, lr)
+        if not res.ok:
+            self._handle_fault(res, plan, partial_before, lr)
+            return False
+        if cbs.stop_requested:
+            self._say(f"stopped by a callback after epoch {pos.epoch - 1}")
+            return False
+        return True
 
     def _limit(self) -> int:
         """The epoch the next call must not pass: target, a pause-step, a checkpoint."""
@@ -438,7 +551,7 @@ class Trainer:
         text = fault_message(epoch, where_batch, loss, bad, weights, lr, restored, self._style.kind)
         self.fault = Fault(epoch, batch, loss, bad + weights, text)
         self._say(text)
-        warnings.warn(text, TrainingFault, stacklevel=4)
+        warnings.warn(text, TrainingFault, stacklevel=6)
 
     def _restore_fault(self) -> str:
         plan, res, partial_before = self._last_fault
@@ -465,6 +578,13 @@ class Trainer:
     def reset(self) -> None:
         """Weights and optimizer state as at construction; the history is cleared."""
         self._require_idle("reset")
+        if self._lockstep:
+            if not self._lockstep.chief:
+                raise RuntimeError("a worker resets when the chief does: call reset() there")
+            self._lockstep.send(Order(RESET))
+        self._reset_here()
+
+    def _reset_here(self) -> None:
         for v, value in zip(self._state(), self._initial, strict=True):
             raw(v).assign(value)
         self.history.clear()
@@ -474,7 +594,10 @@ class Trainer:
         self._say("reset to the initial weights")
 
     def save_checkpoint(self) -> str | None:
-        """Save weights, optimizer state and history now (None without checkpoint_dir)."""
+        """Save weights, optimizer state and history now (None without checkpoint_dir).
+
+        With several workers, call it on every worker (saving metrics all-reduces them);
+        the chief writes to checkpoint_dir, the others to a directory deleted at once."""
         if not self._store:
             return None
         meta = {
@@ -506,10 +629,36 @@ class Trainer:
         note = "" if same_opt else f" (optimizer state not restored: it was {meta['optimizer']})"
         self._say(f"resumed from {self._store.latest} at epoch {self._pos.epoch}{note}")
 
+    # -- several workers -------------------------------------------------------------
+
+    def _agree_with_chief(self) -> None:
+        """Compare setups across workers (an error on all of them, not a hang) and take
+        the chief's shuffling seed."""
+        samples = self.samples_per_epoch or -self._parts.first_batch
+        size = sum(int(np.prod(v.shape)) for v in self._style.weights)
+        self.seed = self._lockstep.agree(self._pos.epoch, self._pos.batch, samples, size, self.seed)
+
+    def follow(self) -> History:
+        """On a worker that is not the chief: do what the chief does (its runs, resets)
+        until the chief calls `close()`; returns the history (the chief's too)."""
+        if self.is_chief:
+            raise RuntimeError("follow() is for the workers that are not the chief; this one leads")
+        self._closed = False
+        while not self._closed:
+            self.run()
+        return self.history
+
+    def close(self) -> None:
+        """On the chief of several workers: end their `follow()`. Elsewhere: nothing."""
+        if self._lockstep and self._lockstep.chief:
+            self._require_idle("close")
+            self._lockstep.send(Order(CLOSE))
+
     def __repr__(self) -> str:
         state = "running" if self.running else "idle"
         opt = type(self._parts.optimizer).__name__ if self._parts.optimizer else "own step"
+        where = self.distribution() or f"device {self.device}"
         return (
             f"Trainer({self._style.kind}, {opt}, lr={self.learning_rate}, epoch {self.epoch}, "
-            f"{state}, device {self.device})"
+            f"{state}, {where})"
         )

@@ -7,6 +7,7 @@ check here raises a one-line ValueError that names the argument and the fix.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,14 @@ import tensorflow as tf
 
 from tapemagic.training_data import ArrayData, DatasetData, check_batch_size, prepare, split
 from tapemagic.training_loop import CompiledLoop
-from tapemagic.training_setup import make_optimizer, misplaced, resolve_loss, resolve_metrics
+from tapemagic.training_replicas import Replicas
+from tapemagic.training_setup import (
+    make_optimizer,
+    misplaced,
+    resolve_loss,
+    resolve_metrics,
+    variable_names,
+)
 from tapemagic.training_style import (
     Style,
     all_scalar,
@@ -39,6 +47,8 @@ class Parts:
     train_metrics: list
     val_metrics: list
     metric_names: list[str]  # training metrics, then "val_" ones
+    first_batch: int  # samples in the first batch (a Dataset's batch size)
+    dist_batches: Callable[[], Any] | None = None  # under a strategy, for a Dataset
 
 
 def check_options(on_nonfinite: str, checkpoint_every: Any) -> None:
@@ -66,8 +76,12 @@ def build_parts(
     optimizer: Any,
     learning_rate: float | None,
     metrics: Any,
+    replicas: Replicas | None = None,
 ) -> Parts:
-    """Check the data, build the model, make the optimizer, probe one forward pass."""
+    """Check the data, build the model, make the optimizer, probe one forward pass.
+
+    With `replicas` (a strategy) everything is made in its scope, the variables must
+    come from it, and the probe also tells whether the loss sums or averages."""
     dtype = dtype_of(style)
     data = prepare(data, dtype)
     if validation_data is not None and validation_split is not None:
@@ -93,8 +107,15 @@ def build_parts(
         )
     loss_fn = resolve_loss(loss) if needs_loss else None
     pred = None
-    with tf.device(device):
+    with replicas.scope() if replicas else tf.device(device):
+        given = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+        if replicas and isinstance(given, keras.Optimizer):
+            replicas.check_optimizer(given)
         build_model(style, x1)
+        if replicas:
+            same = len(style.weights) == len(style.names)  # params: the user's own names
+            names = style.names if same else variable_names(style.weights)
+            replicas.check_variables(style.weights, names)
         if style.kind == "step":
             if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
                 raise ValueError("with step=, optimizer= can only be the optimizer your step uses")
@@ -104,11 +125,16 @@ def build_parts(
                 optimizer = getattr(model, "optimizer", None) or "sgd"
             optimizer = make_optimizer(optimizer, learning_rate)
             optimizer.build(style.trainable)
-            pred = probe(style, loss_fn, x1, y1, user_loss=not isinstance(loss, str))
+            sources = replicas.local_copies(style.trainable) if replicas else None
+            user_loss = not isinstance(loss, str)
+            pred = probe(style, loss_fn, x1, y1, user_loss=user_loss, sources=sources)
+            if replicas:
+                _decide_reduction(replicas, style, loss_fn, data)
         if pred is None and metrics and style.forward is not None:
             pred = style.forward(x1, False)
-        m_train, m_val, names = resolve_metrics(metrics, device, _shape(y1), _shape(pred))
-    away = misplaced(style.trainable, style.names, device)
+        where = None if replicas else device
+        m_train, m_val, names = resolve_metrics(metrics, where, _shape(y1), _shape(pred))
+    away = [] if replicas else misplaced(style.trainable, style.names, device)
     if away:
         warnings.warn(
             f"{', '.join(away[:3])} {'is' if len(away) == 1 else 'are'} not on {device}: "
@@ -117,16 +143,32 @@ def build_parts(
             stacklevel=3,
         )
     has_val = val is not None
+    home = replicas.host if replicas else device
+    dist = None
+    if replicas and isinstance(data, DatasetData):
+        dist = replicas.distribute_dataset(data.ds, data.steps)
     return Parts(
-        data=data.to_device(device) if isinstance(data, ArrayData) else data,
-        val=val.to_device(device) if isinstance(val, ArrayData) else val,
+        data=data.to_device(home) if isinstance(data, ArrayData) else data,
+        val=val.to_device(home) if isinstance(val, ArrayData) else val,
         batch_size=batch_size,
         loss=loss_fn,
         optimizer=optimizer,
         train_metrics=m_train,
         val_metrics=m_val if has_val else [],
         metric_names=names + ([f"val_{n}" for n in names] if has_val else []),
+        first_batch=int(tf.shape(tf.nest.flatten(y1)[0])[0]),
+        dist_batches=dist,
     )
+
+
+def _decide_reduction(replicas: Replicas, style: Style, loss_fn: Any, data: Any) -> None:
+    """Sum or mean: the loss on up to 16 samples and on their halves."""
+    if isinstance(data, ArrayData):
+        sample = data.take(0, min(16, data.n))
+        x, y = sample.x, sample.y
+    else:
+        x, y = data.first()
+    replicas.decide_reduction(loss_fn, y, style.forward(x, False))
 
 
 def make_loop(
@@ -139,9 +181,16 @@ def make_loop(
     seed: int,
     per_batch: bool,
     device: str,
+    replicas: Replicas | None = None,
+    snapshot: list | None = None,
 ) -> CompiledLoop:
     """The compiled loop for the current optimizer and batch size."""
-    train_step, eval_step = make_steps(style, parts.loss, parts.optimizer)
+    if replicas:
+        train_step, eval_step = replicas.make_steps(
+            style, parts.loss, parts.optimizer, parts.train_metrics, parts.val_metrics
+        )
+    else:
+        train_step, eval_step = make_steps(style, parts.loss, parts.optimizer)
     return CompiledLoop(
         train_step=train_step,
         eval_step=eval_step,
@@ -159,6 +208,9 @@ def make_loop(
         grads_are_values=all_scalar(style.trainable),
         collect_batches=per_batch,
         device=device,
+        metrics_in_step=replicas is not None,
+        snapshot=snapshot,
+        batch_iterator=parts.dist_batches,
     )
 
 

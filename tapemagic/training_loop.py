@@ -13,6 +13,10 @@ about 10 us an epoch; every extra op costs several percent):
   in-graph NaN test: the host scans the rows and replays up to the first bad one;
 - batches or a Dataset: a while loop over batches that stops at the first non-finite loss
   or gradient (cheap there, next to a real step).
+
+Under a tf.distribute strategy the loop is the same: its steps split each batch across
+the replicas and update the metrics there (`training_replicas`); a distributed Dataset's
+iterator is made on the host and passed in.
 """
 
 from __future__ import annotations
@@ -58,6 +62,15 @@ class ChunkResult:
     traced: bool = False
 
 
+def snapshot_variables(state: Sequence[Any]) -> list[tf.Variable]:
+    """Copies of the state, made where the caller's scope puts them.
+
+    Under a strategy they are made once per trainer, not per loop: creating a variable
+    there is a collective (the chief broadcasts its value), which all workers must
+    enter at the same point of the program."""
+    return [tf.Variable(raw(v).read_value(), trainable=False, name="snapshot") for v in state]
+
+
 class CompiledLoop:
     """The compiled chunk function and snapshot for one configuration."""
 
@@ -80,6 +93,9 @@ class CompiledLoop:
         grads_are_values: bool,
         collect_batches: bool,
         device: str,
+        metrics_in_step: bool = False,
+        snapshot: Sequence[Any] | None = None,
+        batch_iterator: Callable[[], Any] | None = None,
     ):
         self.train_step, self.eval_step = train_step, eval_step
         self.data, self.val = data, val
@@ -91,6 +107,10 @@ class CompiledLoop:
         self.metric_names = list(metric_names)  # training metrics, then "val_" ones
         self.n_grad_vars, self.grads_are_values = n_grad_vars, grads_are_values
         self.collect_batches, self.device = collect_batches, device
+        # under a strategy the steps update the metrics in each replica themselves
+        self.metrics_in_step = metrics_in_step
+        # a distributed Dataset is iterated from the host: one iterator kept across calls
+        self._new_iterator, self._iterator, self._aligned = batch_iterator, None, False
         if isinstance(data, ArrayData):
             self.steps_per_epoch: int | None = batch_count(data.n, batch_size)
         else:
@@ -103,10 +123,10 @@ class CompiledLoop:
         tail = ["val_loss"] if val is not None else []
         tail += [f"m:{n}" for n in self.metric_names] + [f"p{j}" for j in range(self.n_params)]
         self.columns = {name: i for i, name in enumerate(head + tail)}
-        with tf.device(device):
-            self.snapshot = [
-                tf.Variable(v.read_value(), trainable=False, name="snapshot") for v in self.state
-            ]
+        if snapshot is None:
+            with tf.device(device):
+                snapshot = snapshot_variables(self.state)
+        self.snapshot = list(snapshot)
         self._fn = tf.function(self._chunk)
 
     # -- host side -------------------------------------------------------------------
@@ -120,6 +140,11 @@ class CompiledLoop:
         traces = self._fn.experimental_get_tracing_count()
         arrays = self.data if isinstance(self.data, ArrayData) else None
         vals = self.val if isinstance(self.val, ArrayData) else None
+        extra = ()
+        if self._new_iterator is not None:  # calls start at an epoch's first batch
+            if self._iterator is None or not self._aligned:
+                self._iterator = self._new_iterator()
+            extra, self._aligned = (self._iterator,), False
         start = time.perf_counter()
         with tf.device(self.device):
             out = self._fn(
@@ -131,9 +156,11 @@ class CompiledLoop:
                 tf.constant(n_epochs, tf.int32),
                 tf.constant(b0, tf.int32),
                 tf.constant(b1, tf.int32),
+                *extra,
             )
             out = {k: v.numpy() for k, v in out.items()}
         res = self._decode(out)
+        self._aligned = res.ok and bool(res.complete.all())
         res.seconds = time.perf_counter() - start
         res.traced = self._fn.experimental_get_tracing_count() != traces
         return res
@@ -203,12 +230,17 @@ class CompiledLoop:
     def _params(self) -> list:
         return [v.read_value() if hasattr(v, "read_value") else v for v in self.record_vars]
 
-    def _chunk(self, x, y, xv, yv, epoch0, n_epochs, b0, b1):
+    def _chunk(self, x, y, xv, yv, epoch0, n_epochs, b0, b1, it=None):
         for s, v in zip(self.snapshot, self.state, strict=True):
             s.assign(v)
         if self.fast:
             return self._chunk_fast(x, y, xv, yv, n_epochs)
-        return self._chunk_batches(x, y, xv, yv, epoch0, n_epochs, b0, b1)
+        return self._chunk_batches(x, y, xv, yv, epoch0, n_epochs, b0, b1, it)
+
+    def _update(self, metrics, y, pred) -> None:
+        if not self.metrics_in_step:
+            for m in metrics:
+                m.update_state(y, pred)
 
     def _chunk_fast(self, x, y, xv, yv, n_epochs):
         width = len(self.columns)
@@ -216,8 +248,7 @@ class CompiledLoop:
 
         def body(e, rows):
             loss, grads, pred = self.train_step(x, y)
-            for m in self.train_metrics:
-                m.update_state(y, pred)
+            self._update(self.train_metrics, y, pred)
             parts = [loss, *(grads or [])]
             if self.val is not None or self.metric_names:
                 vloss, results = self._epoch_end(xv, yv)
@@ -260,8 +291,7 @@ class CompiledLoop:
                 elem = it.get_next()
             xb, yb = elem if elem is not None else self._batch(x, y, perm, b)
             loss, grads, pred = self.train_step(xb, yb)
-            for m in self.train_metrics:
-                m.update_state(yb, pred)
+            self._update(self.train_metrics, yb, pred)
             if collect:
                 bta = bta.write(b - start, loss)
             ok = tf.math.is_finite(loss)
@@ -281,11 +311,10 @@ class CompiledLoop:
             perm = tf.random.experimental.stateless_shuffle(tf.range(self.data.n), seed)
         return self._loop_batches(body, lambda b, ok, *_: (b < stop) & ok, state)
 
-    def _chunk_batches(self, x, y, xv, yv, epoch0, n_epochs, b0, b1):
+    def _chunk_batches(self, x, y, xv, yv, epoch0, n_epochs, b0, b1, it=None):
         nb = self.steps_per_epoch
         rows = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
-        it = None
-        if isinstance(self.data, DatasetData) and nb is not None:
+        if it is None and isinstance(self.data, DatasetData) and nb is not None:
             it = iter(self.data.ds.repeat())
 
         def body(e, ok, end_batch, last_sq, batch_ta, rows):
@@ -350,8 +379,7 @@ class CompiledLoop:
         def body(b, total, count, elem=None):
             xb, yb = elem if elem is not None else self._val_batch(xv, yv, b)
             loss, pred = self.eval_step(xb, yb)
-            for m in self.val_metrics:
-                m.update_state(yb, pred)
+            self._update(self.val_metrics, yb, pred)
             size = tf.cast(tf.shape(tf.nest.flatten(yb)[0])[0], tf.float32)
             return b + 1, total + loss * size, count + size
 
@@ -364,8 +392,7 @@ class CompiledLoop:
             nvb = batch_count(self.val.n, self.batch_size)
             if nvb == 1:  # one batch: its loss as it is (exact, also for sum losses)
                 loss, pred = self.eval_step(xv, yv)
-                for m in self.val_metrics:
-                    m.update_state(yv, pred)
+                self._update(self.val_metrics, yv, pred)
                 total, count = loss, tf.constant(1.0)
             else:
                 _, total, count = tf.while_loop(lambda b, *_: b < nvb, body, state)

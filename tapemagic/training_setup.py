@@ -6,6 +6,7 @@ TensorFlow sees, so a GPU that is not there is a clear ValueError and not a cras
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -160,19 +161,20 @@ def _one_metric(spec: Any, shapes: tuple) -> keras.metrics.Metric:
 
 def resolve_metrics(
     specs: Sequence[Any] | None,
-    device: str,
+    device: str | None,
     y_shape: tuple | None = None,
     pred_shape: tuple | None = None,
 ) -> tuple[list[keras.metrics.Metric], list[keras.metrics.Metric], list[str]]:
     """Fresh Metric objects for training and for validation, and their names.
 
     The shapes of targets and predictions pick which accuracy 'accuracy' means.
+    `device=None`: where the surrounding scope puts them (a strategy's scope).
     """
     if specs is None:
         return [], [], []
     if isinstance(specs, str) or not isinstance(specs, Sequence):
         specs = [specs]
-    with tf.device(device):
+    with tf.device(device) if device else contextlib.nullcontext():
         shapes = (y_shape, pred_shape)
         train = [_one_metric(s, shapes) for s in specs]
         val = [_one_metric(s, shapes) for s in specs]

@@ -166,9 +166,13 @@ def no_gradient_message(names: Sequence[str], kind: str) -> str:
     return f"no gradient reaches any of {', '.join(names)} from the loss: {where}"
 
 
-def probe(style: Style, loss_fn: Callable, x: Any, y: Any, user_loss: bool) -> Any:
+def probe(
+    style: Style, loss_fn: Callable, x: Any, y: Any, user_loss: bool, sources: Any = None
+) -> Any:
     """One eager forward pass and gradient, for clear errors before compiling.
 
+    `sources`: what to differentiate against instead of `style.trainable` (under a
+    strategy: each variable's first local copy, the one read outside replicas).
     Returns the predictions (their shape tells metrics what 'accuracy' means)."""
     what = "predict" if style.kind == "params" else "the model"
     with tf.GradientTape() as tape:
@@ -187,7 +191,7 @@ def probe(style: Style, loss_fn: Callable, x: Any, y: Any, user_loss: bool) -> A
                 f"loss fails on (Y with shape {_shape(y)}, predictions with shape "
                 f"{_shape(pred)}): {_first_line(err)}"
             ) from err
-    grads = tape.gradient(loss, style.trainable)
+    grads = tape.gradient(loss, sources if sources is not None else style.trainable)
     missing = [n for n, g in zip(style.names, grads, strict=True) if g is None]
     if len(missing) == len(style.names):
         raise ValueError(no_gradient_message(style.names, style.kind))
