@@ -101,9 +101,10 @@ class TrainingPanel:
             options=[("all", 0) if s is None else (str(s), s) for s in sizes],
             value=t.batch_size or 0, description="batch size", style=WIDE,
         )  # fmt: skip
-        devices = ["auto", *Trainer.available_devices()]
+        # Under a tf.distribute strategy, a line naming it replaces the device choice.
+        devices = ["auto", *Trainer.available_devices()] if t.strategy is None else [t.device]
         self.device = w.Dropdown(options=devices, value=t.device, description="device", style=WIDE)
-        self.strategy = w.HTML()  # under a tf.distribute strategy it replaces the device
+        self.strategy = w.HTML()
         if t.strategy is not None:
             self.device.layout.display = "none"
         self.log_scale = w.Checkbox(value=False, description="log scale", indent=False)

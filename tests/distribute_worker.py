@@ -11,6 +11,7 @@ here, in a process of its own, and prints one line `RESULT {json}` at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -243,10 +244,28 @@ def mirrored() -> dict:
 # -- several processes ----------------------------------------------------------------------
 
 
+def mlp_case(scope=None) -> tuple:
+    """An MLP (fixed first weights) and its data, the same in every process."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype("f4")
+    y = np.tanh(x @ rng.normal(size=(8, 1))).astype("f4")
+    with scope or contextlib.nullcontext():
+        model = keras.Sequential(
+            [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)]
+        )
+    model.set_weights([rng.normal(scale=0.3, size=w.shape).astype("f4") for w in model.weights])
+    kwargs = dict(loss="mse", optimizer="adam", learning_rate=0.01, batch_size=48, seed=3)
+    return model, (x, y), kwargs
+
+
 def worker(scenario: str, directory: str) -> dict:
     """The seed's regression across the workers of TF_CONFIG.
 
-    stop: run(6) with a checkpoint each epoch; the chief stops the run after epoch 2.
+    stop: each side's panel runs 6 epochs with a checkpoint each epoch; the chief stops
+    the run after epoch 2. Then an MLP with a mean loss trains 3 epochs in batches.
     resume: resume from the chief's checkpoint; the chief runs 3 epochs, then 1 at a
     new learning rate, then releases the workers, which follow().
     """
@@ -255,6 +274,7 @@ def worker(scenario: str, directory: str) -> dict:
     strategy = multi_worker_strategy(timeout=30)
     import tensorflow as tf
 
+    from tapemagic import TrainingPanel
     from tapemagic.trainer import Trainer
 
     with strategy.scope():
@@ -272,7 +292,13 @@ def worker(scenario: str, directory: str) -> dict:
     if scenario == "stop":
         if trainer.is_chief:
             trainer.add_listener(lambda r: r.epoch == 2 and trainer.request_stop())
-        trainer.run(6)
+        panel = TrainingPanel(trainer, view="widget")  # the worker's shows as text
+        out["view"] = panel.view
+        panel.run(6)
+        out["panel_error"] = None if panel.error is None else repr(panel.error)
+        panel.close()
+        model, data, kwargs = mlp_case(strategy.scope())
+        out["mlp"] = Trainer(model=model, data=data, strategy=strategy, **kwargs).run(3)["loss"]
     elif trainer.is_chief:
         trainer.run(3)
         trainer.learning_rate = 0.002

@@ -190,6 +190,15 @@ def single_process_reference() -> list[float]:
     return t.run(1)["loss"]
 
 
+def single_process_mlp() -> list[float]:
+    from distribute_worker import mlp_case
+
+    from tapemagic.trainer import Trainer
+
+    model, data, kwargs = mlp_case()
+    return Trainer(model=model, data=data, **kwargs).run(3)["loss"]
+
+
 def test_multi_worker_matches_one_process_and_resumes_from_chief(tmp_path):
     directory = str(tmp_path / "ckpt")
     logs = tmp_path / "logs"
@@ -199,9 +208,12 @@ def test_multi_worker_matches_one_process_and_resumes_from_chief(tmp_path):
     assert chief["distribution"] == "MultiWorkerMirroredStrategy · 2 workers · 2 replicas · " \
         "global batch 9 · chief"  # fmt: skip
     assert other["distribution"].endswith("worker 1")
+    assert chief["view"] == "widget" and other["view"] == "text"  # workers run headless
+    mlp = single_process_mlp()
     for side in (chief, other):  # the chief stopped the run after epoch 2; the worker too
-        assert side["start"] == 0 and side["epoch"] == 3
+        assert side["start"] == 0 and side["epoch"] == 3 and side["panel_error"] is None
         np.testing.assert_allclose(side["loss"], SGD_LOSSES[:3], rtol=1e-4)
+        np.testing.assert_allclose(side["mlp"], mlp, rtol=1e-4)
 
     chief, other = run_workers(["worker", "resume", directory], logs, "resume")
     reference = single_process_reference()
