@@ -173,12 +173,15 @@ class Replicas:
         """A global batch as per-replica parts, and its size (None: already split)."""
         if isinstance(tf.nest.flatten((x, y))[0], tf.distribute.DistributedValues):
             return (x, y), None
-        n = tf.shape(tf.nest.flatten(y)[0])[0]
+        n, k = tf.shape(tf.nest.flatten(y)[0])[0], self.count
+        with tf.device(self.host):  # cut on the host: each device receives only its part
+            parts = [
+                tf.nest.map_structure(lambda t, r=r: t[n * r // k : n * (r + 1) // k], (x, y))
+                for r in range(k)
+            ]
 
         def part(ctx):
-            r, k = ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
-            lo, hi = n * r // k, n * (r + 1) // k
-            return tf.nest.map_structure(lambda t: t[lo:hi], (x, y))
+            return tf.nest.map_structure(tf.identity, parts[ctx.replica_id_in_sync_group])
 
         return self.strategy.experimental_distribute_values_from_function(part), n
 

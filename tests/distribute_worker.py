@@ -142,10 +142,11 @@ def mirrored() -> dict:
     out["dataset_val"] = {t: {k: h.history[k] for k in ("val_loss", "mae", "val_mae")}
                           for t, h in (("one", one), ("two", two))}  # fmt: skip
 
-    # a NaN: the fault pauses the run and names the variables, weights back to finite
+    # a NaN: the fault pauses the run, weights back to finite. (Recovery never steps back
+    # past the start of the call it happened in: one epoch per call makes both the same.)
     out["fault"] = {}
-    for name, t in (("one", seed(False, data=(X, Y), learning_rate=1.0)),
-                    ("two", seed(True, data=(X, Y), learning_rate=1.0))):  # fmt: skip
+    diverging = dict(data=(X, Y), learning_rate=1.0, checkpoint_every=1)
+    for name, t in (("one", seed(False, **diverging)), ("two", seed(True, **diverging))):
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             t.run(50)
@@ -261,13 +262,40 @@ def mlp_case(scope=None) -> tuple:
     return model, (x, y), kwargs
 
 
+def drive_controls(trainer) -> dict:
+    """From another thread, as a panel would: pause, one step, resume, stop."""
+    start = trainer.epoch
+    thread = threading.Thread(target=trainer.run, args=(10**6,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT
+    while trainer.epoch < start + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    trainer.pause()
+    held = trainer.wait_paused(WAIT)
+    at_pause = trainer.epoch
+    time.sleep(0.3)
+    still = trainer.epoch
+    trainer.step()
+    while trainer.epoch < at_pause + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    trainer.wait_paused(WAIT)
+    after_step = trainer.epoch
+    trainer.resume()
+    time.sleep(0.2)
+    trainer.request_stop()
+    ended = trainer.wait(WAIT)
+    return {"held": held, "at_pause": at_pause, "still": still, "after_step": after_step,
+            "ended": ended, "epoch": trainer.epoch}  # fmt: skip
+
+
 def worker(scenario: str, directory: str) -> dict:
     """The seed's regression across the workers of TF_CONFIG.
 
     stop: each side's panel runs 6 epochs with a checkpoint each epoch; the chief stops
     the run after epoch 2. Then an MLP with a mean loss trains 3 epochs in batches.
     resume: resume from the chief's checkpoint; the chief runs 3 epochs, then 1 at a
-    new learning rate, then releases the workers, which follow().
+    new learning rate, then a run it pauses, steps, resumes and stops from another
+    thread; then it releases the workers, which follow() all along.
     """
     from tapemagic.distribute import multi_worker_strategy
 
@@ -303,6 +331,7 @@ def worker(scenario: str, directory: str) -> dict:
         trainer.run(3)
         trainer.learning_rate = 0.002
         trainer.run(1)
+        out["controls"] = drive_controls(trainer)
         trainer.close()
     else:
         trainer.follow()
