@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tapemagic import cellcode
+from tapemagic import cellcode, devices
 from tapemagic.cellcode import BIND_HOOK, LAST_HOOK, CellInfo
 from tapemagic.diagnosis import Context, explain
 from tapemagic.recording import (
@@ -94,7 +94,10 @@ def tape_cell(
         if execute is None:
             raise
         info = None  # the executor shows the syntax error as IPython does
-    device = resolve_device(opts.device)
+    try:
+        device = devices.resolve(opts.device) if opts.device else None
+    except ValueError as exc:
+        raise TapeError(f"--device: {exc}") from None
     execute = execute or plain_executor(code, namespace)
     if info is None:
         execute(cellcode.Rewriter())
@@ -145,26 +148,6 @@ def tape_cell(
     return _build_result(
         info, namespace, opts, recorder, targets, derivatives, watched, code, before
     )
-
-
-def resolve_device(device: str | None) -> str | None:
-    """Normalise 'gpu', 'GPU:1', '/device:CPU:0'; an unknown one lists what exists."""
-    if not device:
-        return None
-    known = [d.name for d in tf.config.list_logical_devices()]
-    spec = device.strip()
-    if not spec.startswith("/"):
-        spec = "/device:" + spec.upper()
-    elif not spec.lower().startswith("/device:"):
-        spec = "/device:" + spec[1:].upper()
-    else:
-        spec = "/device:" + spec[len("/device:") :].upper()
-    if ":" not in spec[len("/device:") :]:
-        spec += ":0"
-    if spec not in known:
-        names = ", ".join(n.replace("/device:", "") for n in known)
-        raise TapeError(f"unknown device {device!r}: this machine has {names}")
-    return spec
 
 
 def _numeric_modules(namespace: dict) -> frozenset[str]:

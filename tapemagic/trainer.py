@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tapemagic import devices
 from tapemagic.checkpoints import CheckpointStore
 from tapemagic.history import EpochRecord, History
 from tapemagic.training_build import build_parts, check_options, make_loop
@@ -39,14 +40,7 @@ from tapemagic.training_lockstep import CALL, CLOSE, END, RESET, Lockstep, Order
 from tapemagic.training_loop import ChunkResult, CompiledLoop, snapshot_variables
 from tapemagic.training_replicas import Replicas
 from tapemagic.training_run import Pacer, Position, epoch_columns
-from tapemagic.training_setup import (
-    devices,
-    make_optimizer,
-    optimizer_state,
-    raw,
-    resolve_device,
-    scalar_names,
-)
+from tapemagic.training_setup import make_optimizer, optimizer_state, raw, scalar_names
 from tapemagic.training_style import resolve
 
 MAX_RECORDED_PARAMS = 20  # models this small get their parameter values in the history
@@ -116,7 +110,7 @@ class Trainer:
             self._replicas.check_style(self._style.kind, device)
             self.device = self._replicas.host
         else:
-            self.device = resolve_device(device)
+            self.device = devices.resolve(device)
         parts = build_parts(
             self._style,
             self.device,
@@ -267,7 +261,7 @@ class Trainer:
     @staticmethod
     def available_devices() -> list[str]:
         """What `device=` accepts here: 'auto' and these ('/CPU:0', '/GPU:0', ...)."""
-        return devices()
+        return devices.available()
 
     # -- settings --------------------------------------------------------------------
 

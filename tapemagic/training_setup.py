@@ -23,29 +23,6 @@ def raw(v: Any) -> tf.Variable:
     return v.value if isinstance(v, keras.Variable) else v
 
 
-def resolve_device(device: str | None) -> str:
-    """'auto', 'CPU', 'GPU', 'GPU:1', '/device:GPU:0'... -> '/CPU:0'-style name that exists."""
-    short = devices()
-    if device is None or str(device).lower() == "auto":
-        gpus = [d for d in short if "/GPU:" in d]
-        return gpus[0] if gpus else "/CPU:0"
-    text = str(device).strip().replace("/device:", "/").lstrip("/").upper()
-    if text in ("CPU", "GPU"):
-        text += ":0"
-    name = "/" + text
-    if name not in short:
-        raise ValueError(
-            f"device={device!r} is not available; TensorFlow sees: {', '.join(short)}. "
-            "Use device='auto' or one of those"
-        )
-    return name
-
-
-def devices() -> list[str]:
-    """The devices TensorFlow sees, as device= accepts them ('/CPU:0', '/GPU:0', ...)."""
-    return [d.name.replace("/device:", "/") for d in tf.config.list_logical_devices()]
-
-
 def misplaced(variables: Sequence[Any], names: Sequence[str], device: str) -> list[str]:
     """'name (on /GPU:0)' for each variable that lives elsewhere than `device`."""
     out = []

@@ -42,7 +42,7 @@ def ns(ip):
         ("%%tape -o 5\ny = x", "--order must be 1 to 4, not 5"),
         ("%%tape -o two\ny = x", "argument -o/--order: invalid int value: 'two'"),
         ("%%tape -w 1a\ny = x", "--watch takes comma-separated names"),
-        ("%%tape --device TPU:3\ny = x", "unknown device 'TPU:3': this machine has CPU:0"),
+        ("%%tape --device TPU:3\ny = x", "device='TPU:3' is not available; TensorFlow sees: /CPU"),
         ("%%tape --bogus\ny = x", "unrecognized arguments: --bogus"),
         ("%%tape\n   \n", "the cell is empty"),
         ("%grad x**2 --at x", "--at expects NAME=NUMBER"),
