@@ -170,6 +170,18 @@ def epoch_of(panel) -> int:
     return int(match.group(1))
 
 
+def settled(panel, timeout_s: float = 15) -> int:
+    """The epoch counter once two readings 0.4 s apart agree (a loaded machine lags)."""
+    last, deadline = epoch_of(panel), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.4)
+        now = epoch_of(panel)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the epoch counter never held still")
+
+
 def wait_until(condition, timeout_s: float = 20, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -202,8 +214,7 @@ def test_training_panel_buttons_in_the_browser(lab, browser):
         panel.locator("button:has-text('Pause')").click()
         pause = panel.locator("button:has-text('Resume')")
         pause.wait_for(timeout=10_000)
-        time.sleep(0.6)  # the run holds after its current call; the view catches up
-        held = epoch_of(panel)
+        held = settled(panel)  # the run holds after its current call; the view catches up
         time.sleep(1.0)
         assert epoch_of(panel) == held, "the counter moved while paused"
 
