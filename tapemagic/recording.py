@@ -74,7 +74,6 @@ class Recorder:
     sources: dict[str, Any] = field(default_factory=dict)
     bound: dict[str, tuple[int, Any]] = field(default_factory=dict)  # name -> (line, last value)
     last_value: Any = None
-    targets_seen: dict[str, Any] = field(default_factory=dict)
     created: set[int] = field(default_factory=set)  # ids of Variables made during the run
     # Values of Variable sources when first seen: the point derivatives are taken at, even
     # if the cell then changes the Variable (an SGD step inside the cell). Large ones only
@@ -129,17 +128,18 @@ class Recorder:
         self.last_value = value
         return value
 
-    def abort(self) -> None:
-        """Close every tape: after a failed cell no later code may be recorded."""
+    def close(self) -> None:
+        """Close every tape still open (all of them after a failed cell): no later code
+        may be recorded. Tapes `finish` already exited are closed again harmlessly."""
         if self._stack is not None:
-            self._stack.close()
+            with contextlib.suppress(Exception):
+                self._stack.close()
             self._stack = None
 
     def finish(self, targets: dict[str, Any]) -> list[Derivative]:
         """Close the tapes innermost first, taking each order's derivatives in between."""
         assert self._stack is not None, "start() was not called"
         plan = self.plan
-        self.targets_seen = dict(targets)
         pairs = [(t, s) for t in targets for s in self.sources]
         current: dict[tuple[str, str], Any] = {p: targets[p[0]] for p in pairs}
         results: list[Derivative] = []
@@ -160,7 +160,7 @@ class Recorder:
                         results.append(self._zero_after(zero_from[pair], order))
                     if pair not in nxt:
                         continue
-                    d = self._derivative(pair, order, nxt[pair], current[pair], errors)
+                    d = self._derivative(pair, order, nxt[pair], targets, errors)
                     results.append(d)
                     if d.status == STRUCTURAL:
                         zero_from[pair] = d
@@ -170,7 +170,7 @@ class Recorder:
             if plan.hessian:
                 results += self._hessians(targets, gradients)
         finally:
-            self.tapes_closed()
+            self.close()
         if plan.jacobian:
             results += self._jacobians(targets)
         return results
@@ -197,17 +197,10 @@ class Recorder:
             errors[pair] = exc
             return None
 
-    def tapes_closed(self) -> None:
-        # Tapes already exited by finish() are closed again harmlessly by the stack.
-        if self._stack is not None:
-            with contextlib.suppress(Exception):
-                self._stack.close()
-            self._stack = None
-
-    def _derivative(self, pair, order, value, prev, errors) -> Derivative:
+    def _derivative(self, pair, order, value, targets, errors) -> Derivative:
         target, source = pair
         # A tape differentiates the sum of a non-scalar target: say so wherever shown.
-        summed = size_of(self.targets_seen[target]) > 1
+        summed = size_of(targets[target]) > 1
         d = Derivative(target, source, order=order, value=value, summed=summed)
         if pair in errors:
             d.status, d.error = NONE, errors[pair]

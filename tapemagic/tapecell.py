@@ -26,6 +26,7 @@ from tapemagic.recording import (
     classify,
     dense,
     is_float_tensor,
+    is_tensor_like,
     size_of,
     unwrap,
 )
@@ -131,7 +132,7 @@ def tape_cell(
             _add_accessed_variables(recorder, opts)
             derivatives = recorder.finish(targets)
     finally:
-        recorder.abort()
+        recorder.close()
         for name in (BIND_HOOK, LAST_HOOK):
             if name in saved:
                 namespace[name] = saved[name]
@@ -449,7 +450,7 @@ def _on_demand(recorder: Recorder, ctx: Context, namespace: dict):
         stale = name in ctx.sources and ctx.sources[name] is not obj
         d = Derivative(target, name, 1, "gradient")
         try:
-            d.value = dense(inner.gradient(value, obj)) if _differentiable(value) else None
+            d.value = dense(inner.gradient(value, obj)) if is_tensor_like(value) else None
         except Exception as exc:
             d.error = exc
         d.status = classify(d.value) if d.value is not None and d.error is None else NONE
@@ -469,10 +470,6 @@ def _on_demand(recorder: Recorder, ctx: Context, namespace: dict):
         return d
 
     return lookup
-
-
-def _differentiable(value: Any) -> bool:
-    return isinstance(value, (tf.Tensor, tf.Variable))
 
 
 def _source_object(source: Any, ctx: Context, namespace: dict):
