@@ -19,9 +19,9 @@ __all__ = [
 
 # Loaded on first access, so that `import tapemagic` imports no TensorFlow.
 _LAZY = {
-    "Trainer": "tapemagic.trainer",
-    "History": "tapemagic.history",
-    "TrainingPanel": "tapemagic.panel",
+    "Trainer": "tapemagic.training.trainer",
+    "History": "tapemagic.training.history",
+    "TrainingPanel": "tapemagic.jupyter.panel",
 }
 
 
@@ -35,13 +35,13 @@ def __getattr__(name: str):
 
 def load_ipython_extension(ipython) -> None:
     """Register the magics (`%load_ext tapemagic`)."""
-    from tapemagic.magics import register
+    from tapemagic.jupyter.magics import register
 
     register(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
     """Remove the magics (`%unload_ext tapemagic`)."""
-    from tapemagic.magics import unregister
+    from tapemagic.jupyter.magics import unregister
 
     unregister(ipython)

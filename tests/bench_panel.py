@@ -49,8 +49,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from bench_trainer import X_SEED, Y_SEED, mlp, mlp_data, seed_loss  # noqa: E402
 
-from tapemagic.panel import TrainingPanel  # noqa: E402
-from tapemagic.trainer import Trainer  # noqa: E402
+from tapemagic.jupyter.panel import TrainingPanel  # noqa: E402
+from tapemagic.training.trainer import Trainer  # noqa: E402
 
 PANEL_RATIO = 0.9
 

@@ -280,7 +280,7 @@ def main() -> int:
     )
 
     # -- 3. rendering a 1000x1000 gradient ---------------------------------------------
-    from tapemagic import render
+    from tapemagic.display import render
 
     run(ip, RENDER_SETUP)
     run(ip, RENDER_CELL)

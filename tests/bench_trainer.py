@@ -34,7 +34,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tapemagic.trainer import Trainer  # noqa: E402
+from tapemagic.training.trainer import Trainer  # noqa: E402
 
 SEED_RATIO = 60.0
 FIT_RATIO = 1.5

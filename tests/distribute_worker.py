@@ -53,7 +53,7 @@ def mirrored() -> dict:
     import numpy as np
 
     from tapemagic import TrainingPanel
-    from tapemagic.trainer import Trainer
+    from tapemagic.training.trainer import Trainer
 
     strategy = tf.distribute.MirroredStrategy(["/CPU:0", "/CPU:1"])
     out: dict = {"replicas": strategy.num_replicas_in_sync}
@@ -303,7 +303,7 @@ def worker(scenario: str, directory: str) -> dict:
     import tensorflow as tf
 
     from tapemagic import TrainingPanel
-    from tapemagic.trainer import Trainer
+    from tapemagic.training.trainer import Trainer
 
     with strategy.scope():
         a, b = tf.Variable(0.0), tf.Variable(0.0)

@@ -24,7 +24,7 @@ pytest.importorskip("tensorflow")
 
 from conftest import run  # noqa: E402
 
-from tapemagic.result import STRUCTURAL, VALUE, ZERO  # noqa: E402
+from tapemagic.tape.result import STRUCTURAL, VALUE, ZERO  # noqa: E402
 
 F32 = np.float32
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import run
 
-from tapemagic.result import NONE, NONFINITE, STRUCTURAL, ZERO
+from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, ZERO
 
 
 @pytest.fixture

@@ -178,7 +178,7 @@ def test_bad_configuration_is_a_clear_error(mirrored):
 def single_process_reference() -> list[float]:
     import tensorflow as tf
 
-    from tapemagic.trainer import Trainer
+    from tapemagic.training.trainer import Trainer
 
     x = [1.0, 4.0, 6, 3, 3, 4, 5, 6, 7]
     y = [0.25, 1.2, 0.79, 0.52, 1.6, 1.7, 1.9, 2, 2]
@@ -193,7 +193,7 @@ def single_process_reference() -> list[float]:
 def single_process_mlp() -> list[float]:
     from distribute_worker import mlp_case
 
-    from tapemagic.trainer import Trainer
+    from tapemagic.training.trainer import Trainer
 
     model, data, kwargs = mlp_case()
     return Trainer(model=model, data=data, **kwargs).run(3)["loss"]

@@ -13,8 +13,8 @@ import tensorflow as tf
 from conftest import run
 from IPython.utils.capture import capture_output
 
-from tapemagic.lossplot import LossPlot, smooth, thin
-from tapemagic.panel import TrainingPanel
+from tapemagic.display.lossplot import LossPlot, smooth, thin
+from tapemagic.jupyter.panel import TrainingPanel
 
 X = [1.0, 4.0, 6, 3, 3, 4, 5, 6, 7]
 Y = [0.25, 1.2, 0.79, 0.52, 1.6, 1.7, 1.9, 2, 2]
@@ -328,7 +328,7 @@ def test_train_magic_bad_input(ip):
 
 
 def test_errors_from_compiled_code_keep_the_users_message():
-    from tapemagic.panel import _one_line
+    from tapemagic.jupyter.panel import _one_line
 
     text = (
         "stopped by an error at epoch 0: InvalidArgumentError: Graph execution error:\n\n"

@@ -13,8 +13,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from tapemagic import heatmap, render  # noqa: E402
-from tapemagic.result import (  # noqa: E402
+from tapemagic.display import heatmap, render  # noqa: E402
+from tapemagic.tape.result import (  # noqa: E402
     NONE,
     NONFINITE,
     STRUCTURAL,

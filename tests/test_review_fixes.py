@@ -8,7 +8,7 @@ from conftest import run
 from IPython.utils.capture import capture_output
 from test_bad_input import usage_error
 
-from tapemagic.result import NONE, STRUCTURAL, VALUE
+from tapemagic.tape.result import NONE, STRUCTURAL, VALUE
 
 
 def test_a_cell_that_changes_its_source_is_shown_and_checked_at_the_start(ip):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tapemagic.history import History
-from tapemagic.trainer import Trainer, TrainingFault
+from tapemagic.training.history import History
+from tapemagic.training.trainer import Trainer, TrainingFault
 
 X = [1.0, 4.0, 6, 3, 3, 4, 5, 6, 7]
 Y = [0.25, 1.2, 0.79, 0.52, 1.6, 1.7, 1.9, 2, 2]

@@ -125,21 +125,21 @@ class TapeResult:
 
     # -- reprs: the work is in render.py ------------------------------------------------
     def _repr_html_(self) -> str:
-        from tapemagic import render
+        from tapemagic.display import render
 
         return render.to_html(self)
 
     def _repr_markdown_(self) -> str:
-        from tapemagic import render
+        from tapemagic.display import render
 
         return render.to_markdown(self)
 
     def _repr_pretty_(self, p, cycle: bool) -> None:
-        from tapemagic import render
+        from tapemagic.display import render
 
         p.text("TapeResult(...)" if cycle else render.to_text(self))
 
     def __repr__(self) -> str:
-        from tapemagic import render
+        from tapemagic.display import render
 
         return render.to_text(self)

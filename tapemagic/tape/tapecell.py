@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tapemagic import cellcode, devices
-from tapemagic.cellcode import BIND_HOOK, LAST_HOOK, CellInfo
-from tapemagic.diagnosis import Context, explain
-from tapemagic.recording import (
+from tapemagic import devices
+from tapemagic.tape import cellcode
+from tapemagic.tape.cellcode import BIND_HOOK, LAST_HOOK, CellInfo
+from tapemagic.tape.diagnosis import Context, explain
+from tapemagic.tape.recording import (
     Plan,
     Recorder,
     classify,
@@ -30,8 +31,8 @@ from tapemagic.recording import (
     size_of,
     unwrap,
 )
-from tapemagic.rerun import snapshot, variables_in
-from tapemagic.result import NONE, Derivative, TapeResult
+from tapemagic.tape.rerun import snapshot, variables_in
+from tapemagic.tape.result import NONE, Derivative, TapeResult
 
 MAX_ORDER = 4
 
@@ -343,11 +344,11 @@ def _build_result(info, namespace, opts, recorder, targets, derivatives, watched
     )
     result._lookup = _on_demand(recorder, ctx, namespace)
     if opts.check:
-        from tapemagic.fdcheck import check_result
+        from tapemagic.tape.fdcheck import check_result
 
         check_result(result, code, namespace, recorder, opts, before)
     if opts.plot:
-        from tapemagic.plotting import plot_result
+        from tapemagic.display.plotting import plot_result
 
         plot_result(result, code, namespace, recorder, opts, before)
     return result

@@ -30,8 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tapemagic.training_data import ArrayData, DatasetData, batch_count
-from tapemagic.training_setup import raw
+from tapemagic.training.data import ArrayData, DatasetData, batch_count
+from tapemagic.training.setup import raw
 
 # step(x, y) -> (loss: f32 scalar, per-variable gradient summaries or None, y_pred or None);
 # it applies the update. A summary is the gradient itself for a scalar variable when all

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tapemagic.cellcode import CellInfo, Finding, findings_in
-from tapemagic.result import NONE, NONFINITE, STRUCTURAL, ZERO, Derivative
+from tapemagic.tape.cellcode import CellInfo, Finding, findings_in
+from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, ZERO, Derivative
 
 
 @dataclass

@@ -14,17 +14,17 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tapemagic.training_data import ArrayData, DatasetData, check_batch_size, prepare, split
-from tapemagic.training_loop import CompiledLoop
-from tapemagic.training_replicas import Replicas
-from tapemagic.training_setup import (
+from tapemagic.training.data import ArrayData, DatasetData, check_batch_size, prepare, split
+from tapemagic.training.distributed.replicas import Replicas
+from tapemagic.training.loop import CompiledLoop
+from tapemagic.training.setup import (
     make_optimizer,
     misplaced,
     resolve_loss,
     resolve_metrics,
     variable_names,
 )
-from tapemagic.training_style import (
+from tapemagic.training.style import (
     Style,
     all_scalar,
     build_model,

@@ -11,8 +11,8 @@ import io
 import numpy as np
 import tensorflow as tf
 
-from tapemagic.rerun import Rerunner
-from tapemagic.result import TapeResult
+from tapemagic.tape.rerun import Rerunner
+from tapemagic.tape.result import TapeResult
 
 SAMPLES = 81
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tapemagic.rerun import Rerunner
-from tapemagic.result import NONE, NONFINITE, STRUCTURAL, Check, TapeResult
+from tapemagic.tape.rerun import Rerunner
+from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, Check, TapeResult
 
 # Tolerance on |analytic - numeric| / max(|analytic|, |numeric|, 1), by the precision of
 # the differences and of the analytic derivative (float32 gradients carry ~1e-7 rounding

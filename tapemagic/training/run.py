@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tapemagic.training_loop import ChunkResult
+from tapemagic.training.loop import ChunkResult
 
 CALL_SECONDS = 0.1  # target length of one compiled call: how fast the controls act
 GROWTH = 4  # a call may be at most this many times the largest call made so far

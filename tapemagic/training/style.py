@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tapemagic.training_setup import raw, scalar_loss, variable_names
+from tapemagic.training.setup import raw, scalar_loss, variable_names
 
 
 @dataclass

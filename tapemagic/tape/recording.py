@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tapemagic.result import NONE, NONFINITE, STRUCTURAL, VALUE, ZERO, Derivative
+from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, VALUE, ZERO, Derivative
 
 
 def unwrap(value: Any) -> Any:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tapemagic.heatmap import encode_png
+from tapemagic.display.heatmap import encode_png
 
 MAX_POINTS = 2000
 

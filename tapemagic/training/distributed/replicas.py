@@ -17,9 +17,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from tapemagic.distribute import cluster_role
-from tapemagic.training_setup import raw, scalar_loss
-from tapemagic.training_style import Style, all_scalar, gradient_summaries, no_gradient_message
+from tapemagic.training.distributed.cluster import cluster_role
+from tapemagic.training.setup import raw, scalar_loss
+from tapemagic.training.style import Style, all_scalar, gradient_summaries, no_gradient_message
 
 REDUCTIONS = ("sum", "mean")
 PROBE_SAMPLES = 16  # samples the loss is probed on to tell a sum from a mean

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from tapemagic import heatmap
-from tapemagic.result import NONE, NONFINITE, STRUCTURAL, ZERO, Check, Derivative, TapeResult
+from tapemagic.display import heatmap
+from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, ZERO, Check, Derivative, TapeResult
 
 SMALL = 100  # tensors with at most this many elements are printed whole
 FIRST = 6  # elements shown of a summarised tensor

@@ -22,7 +22,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tapemagic.training_setup import raw
+from tapemagic.training.setup import raw
 
 FORMAT = 1
 META_KEYS = ("meta/.ATTRIBUTES/py_state", "meta/.ATTRIBUTES/VARIABLE_VALUE")  # new, older

@@ -20,8 +20,8 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 
-from tapemagic.lossplot import LossPlot
-from tapemagic.trainer import Trainer
+from tapemagic.display.lossplot import LossPlot
+from tapemagic.training.trainer import Trainer
 
 OPTIMIZERS = ["sgd", "momentum", "adam", "rmsprop", "adagrad"]
 BATCH_SIZES = [None, 1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]

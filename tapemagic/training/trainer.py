@@ -23,25 +23,25 @@ import numpy as np
 import tensorflow as tf
 
 from tapemagic import devices
-from tapemagic.checkpoints import CheckpointStore
-from tapemagic.history import EpochRecord, History
-from tapemagic.training_build import build_parts, check_options, make_loop
-from tapemagic.training_callbacks import CallbackModel, Callbacks
-from tapemagic.training_control import Controls
-from tapemagic.training_data import ArrayData, check_batch_size
-from tapemagic.training_faults import (
+from tapemagic.training.build import build_parts, check_options, make_loop
+from tapemagic.training.callbacks import CallbackModel, Callbacks
+from tapemagic.training.checkpoints import CheckpointStore
+from tapemagic.training.control import Controls
+from tapemagic.training.data import ArrayData, check_batch_size
+from tapemagic.training.distributed.lockstep import CALL, CLOSE, END, RESET, Lockstep, Order
+from tapemagic.training.distributed.replicas import Replicas
+from tapemagic.training.faults import (
     Fault,
     TrainingFault,
     fault_message,
     locate_fault,
     replay_to_fault,
 )
-from tapemagic.training_lockstep import CALL, CLOSE, END, RESET, Lockstep, Order
-from tapemagic.training_loop import ChunkResult, CompiledLoop, snapshot_variables
-from tapemagic.training_replicas import Replicas
-from tapemagic.training_run import Pacer, Position, epoch_columns
-from tapemagic.training_setup import make_optimizer, optimizer_state, raw, scalar_names
-from tapemagic.training_style import resolve
+from tapemagic.training.history import EpochRecord, History
+from tapemagic.training.loop import ChunkResult, CompiledLoop, snapshot_variables
+from tapemagic.training.run import Pacer, Position, epoch_columns
+from tapemagic.training.setup import make_optimizer, optimizer_state, raw, scalar_names
+from tapemagic.training.style import resolve
 
 MAX_RECORDED_PARAMS = 20  # models this small get their parameter values in the history
 

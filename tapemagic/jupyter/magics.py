@@ -21,7 +21,7 @@ MAGIC_NAMES = {"cell": ["tape"], "line": ["grad", "train"]}
 
 
 def register(shell) -> None:
-    from tapemagic.train_magic import TrainMagics
+    from tapemagic.jupyter.train_magic import TrainMagics
 
     shell.register_magics(TapeMagics, TrainMagics)
 
@@ -82,7 +82,7 @@ class TapeMagics(Magics):
         cell binds to a float tensor, else the value of its last expression.
         """
         args = parse_argstring(self.tape, line)
-        from tapemagic.tapecell import TapeError, TapeOptions, tape_cell
+        from tapemagic.tape.tapecell import TapeError, TapeOptions, tape_cell
 
         options = TapeOptions(
             watch=split_names(args.watch, "--watch"),
@@ -141,7 +141,7 @@ class TapeMagics(Magics):
             ast.parse(expr, mode="eval")
         except SyntaxError as exc:
             raise UsageError(f"%grad: {expr!r} is not a Python expression ({exc.msg})") from None
-        from tapemagic.tapecell import TapeError, TapeOptions, tape_cell
+        from tapemagic.tape.tapecell import TapeError, TapeOptions, tape_cell
 
         namespace = self.shell.user_ns
         if args.jacobian and args.order != 1:
@@ -247,8 +247,8 @@ def _split_top_level(text: str) -> list[str]:
 def _default_wrt(expr: str, namespace: dict, at: dict[str, Any]) -> list[str]:
     import numpy as np
 
-    from tapemagic.cellcode import analyse
-    from tapemagic.recording import is_float_tensor, unwrap
+    from tapemagic.tape.cellcode import analyse
+    from tapemagic.tape.recording import is_float_tensor, unwrap
 
     reads = analyse(expr).reads
     wrt = [

@@ -13,7 +13,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from tapemagic.magics import split_names
+from tapemagic.jupyter.magics import split_names
 
 
 @magics_class
@@ -84,7 +84,7 @@ class TrainMagics(Magics):
             checkpoint_dir=args.checkpoint_dir,
             seed=args.seed,
         )
-        from tapemagic.panel import TrainingPanel
+        from tapemagic.jupyter.panel import TrainingPanel
 
         try:
             panel = TrainingPanel(

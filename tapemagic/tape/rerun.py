@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tapemagic import cellcode
-from tapemagic.cellcode import BIND_HOOK, LAST_HOOK
-from tapemagic.recording import unwrap
+from tapemagic.tape import cellcode
+from tapemagic.tape.cellcode import BIND_HOOK, LAST_HOOK
+from tapemagic.tape.recording import unwrap
 
 
 def variables_in(values: Iterable[Any]) -> list[tf.Variable]:

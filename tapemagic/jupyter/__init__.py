@@ -1,0 +1,1 @@
+"""The thin IPython and ipywidgets layer: the magics, `%train` and the training panel."""

@@ -1,0 +1,1 @@
+"""Training under a `tf.distribute` strategy: replicas, lockstep across workers, the cluster."""
