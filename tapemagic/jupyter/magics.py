@@ -248,7 +248,8 @@ def _default_wrt(expr: str, namespace: dict, at: dict[str, Any]) -> list[str]:
     import numpy as np
 
     from tapemagic.tape.cellcode import analyse
-    from tapemagic.tape.recording import is_float_tensor, unwrap
+    from tapemagic.tape.recording import is_float_tensor
+    from tapemagic.variables import unwrap
 
     reads = analyse(expr).reads
     wrt = [

@@ -15,14 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, VALUE, ZERO, Derivative
-
-
-def unwrap(value: Any) -> Any:
-    """A Keras 3 Variable holds a tf.Variable: tapes and assignments work on that one."""
-    inner = getattr(value, "value", None)
-    if isinstance(inner, tf.Variable) and type(value).__module__.startswith("keras"):
-        return inner
-    return value
+from tapemagic.variables import unwrap
 
 
 def is_float_tensor(value: Any) -> bool:

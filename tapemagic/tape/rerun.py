@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tapemagic.tape import cellcode
 from tapemagic.tape.cellcode import BIND_HOOK, LAST_HOOK
-from tapemagic.tape.recording import unwrap
+from tapemagic.variables import unwrap
 
 
 def variables_in(values: Iterable[Any]) -> list[tf.Variable]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tapemagic.training.setup import raw
+from tapemagic.variables import unwrap
 
 FORMAT = 1
 META_KEYS = ("meta/.ATTRIBUTES/py_state", "meta/.ATTRIBUTES/VARIABLE_VALUE")  # new, older
@@ -60,7 +60,7 @@ class CheckpointStore:
 
     def bind(self, variables: Mapping[str, Any]) -> None:
         """Use these variables from now on (again after the optimizer changes)."""
-        self._variables = {k: raw(v) for k, v in variables.items()}
+        self._variables = {k: unwrap(v) for k, v in variables.items()}
         self._ckpt = tf.train.Checkpoint(meta=self._meta, **self._variables)
         if self.writer:
             self._manager = tf.train.CheckpointManager(self._ckpt, self.directory, self.max_to_keep)

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tapemagic.training.data import ArrayData, DatasetData, batch_count
-from tapemagic.training.setup import raw
+from tapemagic.variables import unwrap
 
 # step(x, y) -> (loss: f32 scalar, per-variable gradient summaries or None, y_pred or None);
 # it applies the update. A summary is the gradient itself for a scalar variable when all
@@ -68,7 +68,7 @@ def snapshot_variables(state: Sequence[Any]) -> list[tf.Variable]:
     Under a strategy they are made once per trainer, not per loop: creating a variable
     there is a collective (the chief broadcasts its value), which all workers must
     enter at the same point of the program."""
-    return [tf.Variable(raw(v).read_value(), trainable=False, name="snapshot") for v in state]
+    return [tf.Variable(unwrap(v).read_value(), trainable=False, name="snapshot") for v in state]
 
 
 class CompiledLoop:
@@ -100,7 +100,7 @@ class CompiledLoop:
         self.train_step, self.eval_step = train_step, eval_step
         self.data, self.val = data, val
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, int(seed)
-        self.state = [raw(v) for v in state]
+        self.state = [unwrap(v) for v in state]
         self.record_vars = list(record_vars)
         self.n_params = sum(int(np.prod(v.shape)) for v in self.record_vars)
         self.train_metrics, self.val_metrics = list(train_metrics), list(val_metrics)

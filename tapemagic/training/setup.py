@@ -14,20 +14,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tapemagic.variables import unwrap
+
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
 MOMENTUM = 0.9  # what "momentum" means as an optimizer name
-
-
-def raw(v: Any) -> tf.Variable:
-    """The tf.Variable under a Keras 3 variable (or the variable itself)."""
-    return v.value if isinstance(v, keras.Variable) else v
 
 
 def misplaced(variables: Sequence[Any], names: Sequence[str], device: str) -> list[str]:
     """'name (on /GPU:0)' for each variable that lives elsewhere than `device`."""
     out = []
     for v, name in zip(variables, names, strict=True):
-        where = raw(v).device
+        where = unwrap(v).device
         if "device:" in where:
             where = "/" + where.split("device:")[-1]
             if where != device:
@@ -65,8 +62,8 @@ def make_optimizer(spec: Any, learning_rate: float | None) -> keras.optimizers.O
 def optimizer_state(opt: keras.optimizers.Optimizer) -> list:
     """Its variables except the learning rate (a setting the user controls, not state)."""
     lr = getattr(opt, "_learning_rate", None)
-    lr = raw(lr) if isinstance(lr, keras.Variable | tf.Variable) else None
-    return [v for v in opt.variables if raw(v) is not lr]
+    lr = unwrap(lr) if isinstance(lr, keras.Variable | tf.Variable) else None
+    return [v for v in opt.variables if unwrap(v) is not lr]
 
 
 def resolve_loss(spec: Any) -> Callable:

@@ -16,7 +16,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tapemagic.training.setup import raw, scalar_loss, variable_names
+from tapemagic.training.setup import scalar_loss, variable_names
+from tapemagic.variables import unwrap
 
 
 @dataclass
@@ -240,7 +241,7 @@ def discover_step(style: Style, x: Any, y: Any) -> None:
     state = [v for v in found if not any(v is r for r in lr)]
     if style.model is not None:
         style.weights = list(style.model.variables)
-    known = {id(raw(v)) for v in style.weights}
+    known = {id(unwrap(v)) for v in style.weights}
     style.weights += [v for v in state if id(v) not in known]
     if not style.trainable:
         if style.model is not None:

@@ -40,8 +40,9 @@ from tapemagic.training.faults import (
 from tapemagic.training.history import EpochRecord, History
 from tapemagic.training.loop import ChunkResult, CompiledLoop, snapshot_variables
 from tapemagic.training.run import Pacer, Position, epoch_columns
-from tapemagic.training.setup import make_optimizer, optimizer_state, raw, scalar_names
+from tapemagic.training.setup import make_optimizer, optimizer_state, scalar_names
 from tapemagic.training.style import resolve
+from tapemagic.variables import unwrap
 
 MAX_RECORDED_PARAMS = 20  # models this small get their parameter values in the history
 
@@ -137,7 +138,7 @@ class Trainer:
         self.seed = int(seed) if seed is not None else random.randrange(2**31)
         self.shuffle = bool(shuffle)
         self._on_nonfinite = on_nonfinite
-        self._initial = [raw(v).numpy() for v in self._state()]
+        self._initial = [unwrap(v).numpy() for v in self._state()]
         self._snapshot = self._make_snapshot()
         self._listeners: list[Callable[[EpochRecord], Any]] = []
         self._pos, self._pacer, self._target = Position(), Pacer(), 0
@@ -228,7 +229,7 @@ class Trainer:
 
     def param_values(self) -> dict[str, float]:
         """Current values of a small model's parameters by name ({} for big models)."""
-        flat = [np.ravel(raw(v).numpy()) for v in self._record_vars]
+        flat = [np.ravel(unwrap(v).numpy()) for v in self._record_vars]
         values = np.concatenate(flat) if flat else []
         return {n: float(x) for n, x in zip(self._param_names, values, strict=True)}
 
@@ -288,7 +289,7 @@ class Trainer:
             opt.build(self._style.trainable)
         n_weights, n_opt = len(self._style.weights), len(self._opt_state())
         self._parts.optimizer = opt
-        fresh = [raw(v).numpy() for v in self._opt_state()]
+        fresh = [unwrap(v).numpy() for v in self._opt_state()]
         self._initial = self._initial[:n_weights] + fresh + self._initial[n_weights + n_opt :]
         self._engine = self._last_fault = None
         self._snapshot = self._make_snapshot()
@@ -555,7 +556,7 @@ class Trainer:
         if len(self.history) > e:  # stepping back undid epochs recorded in this call
             self.history.truncate(e)
         where = f"start of epoch {e}" if b == 0 else f"epoch {e}, batch {b}"
-        if not all(np.isfinite(raw(v).numpy()).all() for v in self._style.trainable):
+        if not all(np.isfinite(unwrap(v).numpy()).all() for v in self._style.trainable):
             where += "; some weights are non-finite there too: reset() or reload a checkpoint"
         return where
 
@@ -580,7 +581,7 @@ class Trainer:
 
     def _reset_here(self) -> None:
         for v, value in zip(self._state(), self._initial, strict=True):
-            raw(v).assign(value)
+            unwrap(v).assign(value)
         self.history.clear()
         self._pos.set(0)
         self.error = self.fault = self._last_fault = None

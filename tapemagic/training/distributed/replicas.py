@@ -18,8 +18,9 @@ from typing import Any
 import tensorflow as tf
 
 from tapemagic.training.distributed.cluster import cluster_role
-from tapemagic.training.setup import raw, scalar_loss
+from tapemagic.training.setup import scalar_loss
 from tapemagic.training.style import Style, all_scalar, gradient_summaries, no_gradient_message
+from tapemagic.variables import unwrap
 
 REDUCTIONS = ("sum", "mean")
 PROBE_SAMPLES = 16  # samples the loss is probed on to tell a sum from a mean
@@ -73,7 +74,7 @@ class Replicas:
     def check_variables(self, variables: Sequence[Any], names: Sequence[str]) -> None:
         """Every variable must come from this strategy's scope (else: not mirrored)."""
         created = self.strategy.extended.variable_created_in_scope
-        away = [n for v, n in zip(variables, names, strict=True) if not created(raw(v))]
+        away = [n for v, n in zip(variables, names, strict=True) if not created(unwrap(v))]
         if away:
             more = f" and {len(away) - 3} more" if len(away) > 3 else ""
             raise ValueError(
@@ -109,7 +110,7 @@ class Replicas:
         """Each variable's first copy on this worker: what eager code outside the
         replicas reads, so what an eager gradient there must be taken against."""
         local = self.strategy.experimental_local_results
-        return [local(raw(v))[0] for v in variables]
+        return [local(unwrap(v))[0] for v in variables]
 
     # -- the loss reduction --------------------------------------------------------------
 
