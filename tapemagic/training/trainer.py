@@ -23,10 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from tapemagic import devices
-from tapemagic.training.build import build_parts, check_options, make_loop
 from tapemagic.training.callbacks import CallbackModel, Callbacks
 from tapemagic.training.checkpoints import CheckpointStore
-from tapemagic.training.control import Controls
+from tapemagic.training.controls import Controls
 from tapemagic.training.data import ArrayData, check_batch_size
 from tapemagic.training.distributed.lockstep import CALL, CLOSE, END, RESET, Lockstep, Order
 from tapemagic.training.distributed.replicas import Replicas
@@ -39,9 +38,10 @@ from tapemagic.training.faults import (
 )
 from tapemagic.training.history import EpochRecord, History
 from tapemagic.training.loop import ChunkResult, CompiledLoop, snapshot_variables
-from tapemagic.training.run import Pacer, Position, epoch_columns
-from tapemagic.training.setup import make_optimizer, optimizer_state, scalar_names
-from tapemagic.training.style import resolve
+from tapemagic.training.objectives import make_optimizer, optimizer_state, scalar_names
+from tapemagic.training.pacing import Pacer, Position, epoch_columns
+from tapemagic.training.parts import build_parts, check_options, make_loop
+from tapemagic.training.subject import resolve
 from tapemagic.variables import unwrap
 
 MAX_RECORDED_PARAMS = 20  # models this small get their parameter values in the history

@@ -18,8 +18,8 @@ from typing import Any
 import tensorflow as tf
 
 from tapemagic.training.distributed.cluster import cluster_role
-from tapemagic.training.setup import scalar_loss
-from tapemagic.training.style import Style, all_scalar, gradient_summaries, no_gradient_message
+from tapemagic.training.objectives import scalar_loss
+from tapemagic.training.subject import Style, all_scalar, gradient_summaries, no_gradient_message
 from tapemagic.variables import unwrap
 
 REDUCTIONS = ("sum", "mean")

@@ -17,14 +17,14 @@ import tensorflow as tf
 from tapemagic.training.data import ArrayData, DatasetData, check_batch_size, prepare, split
 from tapemagic.training.distributed.replicas import Replicas
 from tapemagic.training.loop import CompiledLoop
-from tapemagic.training.setup import (
+from tapemagic.training.objectives import (
     make_optimizer,
     misplaced,
     resolve_loss,
     resolve_metrics,
     variable_names,
 )
-from tapemagic.training.style import (
+from tapemagic.training.subject import (
     Style,
     all_scalar,
     build_model,

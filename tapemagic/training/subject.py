@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tapemagic.training.setup import scalar_loss, variable_names
+from tapemagic.training.objectives import scalar_loss, variable_names
 from tapemagic.variables import unwrap
 
 
