@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 BIND_HOOK = "__tapemagic_bind__"
 LAST_HOOK = "__tapemagic_last__"
 
-# Ways a value leaves TensorFlow (cause 3): the tape cannot follow it back.
+# Ways a value leaves TensorFlow: the tape cannot follow it back
+# (docs/diagnosis.md#left-tensorflow).
 _LEAVE_METHODS = {"numpy", "item", "tolist", "astype", "__array__"}
 _LEAVE_BUILTINS = {"float", "int", "bool", "complex", "round"}
 _LEAVE_MODULES = {"np", "numpy", "math", "scipy", "jnp"}
-# Ops with no gradient, or one that is None/zero everywhere (cause 7).
+# Ops with no gradient, or one that is None/zero everywhere
+# (docs/diagnosis.md#non-differentiable-op).
 _NONDIFF = {
     "argmax", "argmin", "round", "floor", "ceil", "rint", "sign", "stop_gradient",
     "equal", "not_equal", "greater", "greater_equal", "less", "less_equal",
@@ -30,12 +32,13 @@ _NONDIFF = {
     "histogram_fixed_width", "random_uniform", "count_nonzero",
 }  # fmt: skip
 _INT_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"}
-# Methods that write state (cause 11): the write itself has no gradient.
+# Methods that write state: the write itself has no gradient (docs/diagnosis.md#state-on-path).
 _STATE_METHODS = {
     "assign", "assign_add", "assign_sub", "scatter_update", "scatter_add", "scatter_sub",
     "scatter_nd_update", "scatter_nd_add", "apply_gradients",
 }  # fmt: skip
-# Ops whose derivative is infinite or undefined somewhere (NaN/Inf sources, cause 16).
+# Ops whose derivative is infinite or undefined somewhere: NaN/Inf sources
+# (docs/diagnosis.md#infinite-derivative, and docs/diagnosis.md#nan-from-where under a tf.where).
 _SINGULAR = {
     "sqrt", "rsqrt", "log", "log1p", "reciprocal", "pow", "divide", "truediv", "div",
     "acos", "asin", "atanh", "norm", "xlogy", "xdivy", "divide_no_nan", "reduce_logsumexp",
@@ -47,7 +50,7 @@ _SINGULAR = {
 class Finding:
     """One construct on a line that matters to a gradient."""
 
-    kind: str  # "leave", "nondiff", "cast_int", "state", "where", "singular", "sign"
+    kind: str  # "leave", "nondiff", "cast_int", "state", "where", "singular", "sign", "random"
     lineno: int
     text: str  # the source segment, e.g. "x.numpy()"
 
@@ -75,7 +78,11 @@ class TapeBlock:
 
 @dataclass
 class Lint:
-    """A mistake in the cell's own use of tapes, found from the code (causes 4, 13, 15)."""
+    """A mistake in the cell's own use of tapes, found from the code.
+
+    `cause` is the cause's number in docs/diagnosis.md: 4 (docs/diagnosis.md#target-after-tape),
+    10 (docs/diagnosis.md#nothing-watched), 13 (docs/diagnosis.md#outer-tape-closed) or 15
+    (docs/diagnosis.md#summed-targets)."""
 
     cause: int
     lineno: int
@@ -348,10 +355,10 @@ class _Analyser:
             return "singular"
         return None
 
-    # -- the cell's own tapes: causes 4, 10, 13 and 15 --------------------------------
+    # -- the cell's own tapes: causes 4, 10, 13 and 15 of docs/diagnosis.md ------------
     def _watch_lints(self) -> list[Lint]:
-        """Cause 10: with watch_accessed_variables=False only what is watched is recorded, and
-        a layer's weight list is empty until its first call."""
+        """docs/diagnosis.md#nothing-watched: with watch_accessed_variables=False only what is
+        watched is recorded, and a layer's weight list is empty until its first call."""
         lints = []
         for tape_name, call in self.watch_calls:
             arg = call.args[0] if call.args else None
@@ -360,7 +367,7 @@ class _Analyser:
             if arg.attr in _WEIGHT_LISTS:
                 text = ast.get_source_segment(self.source, call) or ""
                 lints.append(
-                    Lint(
+                    Lint(  # docs/diagnosis.md#nothing-watched
                         10,
                         call.lineno,
                         f"line {call.lineno}: {text} on a tape with "
@@ -381,7 +388,7 @@ class _Analyser:
             if call.args and isinstance(call.args[0], (ast.List, ast.Tuple)):
                 n = len(call.args[0].elts)
                 lints.append(
-                    Lint(
+                    Lint(  # docs/diagnosis.md#summed-targets
                         15,
                         line,
                         f"line {line}: {tape_name}.gradient([...], ...) silently sums the "
@@ -395,7 +402,7 @@ class _Analyser:
                 inside = outer.start < block.start and block.end <= outer.end
                 if outer is not block and inside and line > outer.end:
                     lints.append(
-                        Lint(
+                        Lint(  # docs/diagnosis.md#outer-tape-closed
                             13,
                             line,
                             f"line {line}: {tape_name}.gradient(...) runs after the block of "
@@ -409,7 +416,7 @@ class _Analyser:
                 lines = [ln for ln in self.bind_lines.get(y, []) if ln < line]
                 if lines and lines[-1] > block.end:
                     lints.append(
-                        Lint(
+                        Lint(  # docs/diagnosis.md#target-after-tape
                             4,
                             line,
                             f"line {line}: {y} is computed on line {lines[-1]}, after the block "

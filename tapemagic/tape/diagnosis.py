@@ -1,8 +1,8 @@
 """Why a gradient is None, NaN or Inf: one sentence naming the source, the cause and the line.
 
 Inputs are what the recording knew (the source and target objects, which names the
-cell bound and where) and the cell's dataflow from `cellcode`. The causes follow the
-catalog in REFERENCE.md section 2; each message ends with the fix.
+cell bound and where) and the cell's dataflow from `cellcode`. The causes are those of
+docs/diagnosis.md, cited below by their stable names; each message ends with the fix.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def explain(d: Derivative, ctx: Context) -> str | None:
         return _why_none(d.target, d.source, ctx, d.error)
     if d.status == NONFINITE:
         return _why_nonfinite(d, ctx)
-    if d.status == STRUCTURAL:
+    if d.status == STRUCTURAL:  # docs/diagnosis.md#structural-zero: recording.py wrote why
         return d.why
-    if d.status == ZERO:
+    if d.status == ZERO:  # docs/diagnosis.md#non-differentiable-op (tf.sign gives zeros)
         sign = _findings(ctx, d.source, d.target, {"sign"})
         if sign:
             f = sign[0]
@@ -52,7 +52,7 @@ def explain(d: Derivative, ctx: Context) -> str | None:
 def _why_none(target: str, source: str, ctx: Context, error: Exception | None) -> str:
     src = ctx.sources.get(source)
     tgt = ctx.targets.get(target)
-    if isinstance(error, LookupError):
+    if isinstance(error, LookupError):  # docs/diagnosis.md#no-registered-gradient
         op = re.search(r"no entry for:?\s*(\w+)", str(error))
         op_name = op.group(1) if op else "an op"
         where = _path_line(ctx, source, target)
@@ -61,6 +61,7 @@ def _why_none(target: str, source: str, ctx: Context, error: Exception | None) -
             f"to {target}, so TF cannot differentiate it: use a differentiable equivalent, "
             f"or give it one with tf.custom_gradient"
         )
+    # docs/diagnosis.md#integer-source
     if isinstance(src, (tf.Tensor, tf.Variable)) and not (
         src.dtype.is_floating or src.dtype.is_complex
     ):
@@ -71,6 +72,7 @@ def _why_none(target: str, source: str, ctx: Context, error: Exception | None) -
             f"e.g. tf.{kind if kind == 'Variable' else 'constant'}(3.0), or "
             f"tf.cast({source}, tf.float32)"
         )
+    # docs/diagnosis.md#left-tensorflow: the target itself is NumPy or Python
     if tgt is not None and not isinstance(tgt, (tf.Tensor, tf.Variable)):
         leave = _findings(ctx, None, target, {"leave"})
         where = f" (line {leave[0].lineno}: {leave[0].text})" if leave else ""
@@ -80,22 +82,24 @@ def _why_none(target: str, source: str, ctx: Context, error: Exception | None) -
             f"computation in tf ops (tf.square, tf.reduce_sum...) instead of NumPy, float() "
             f"or .numpy()"
         )
-    if error is not None:
+    if error is not None:  # docs/diagnosis.md#when-no-cause-is-recognised
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return f"TF could not take this gradient: {type(error).__name__}: {first}"
     info = ctx.info
+    # docs/diagnosis.md#target-after-tape: a value from a later cell
     if info is not None and target not in info.binds and target in ctx.namespace:
         return (
             f"{target} was not computed in the recorded cell: it was made after the tape "
             f"closed, so the tape never saw it; compute {target} inside the %%tape cell"
         )
     if isinstance(src, tf.Variable) and id(src) not in ctx.watched:
-        if not src.trainable:
+        if not src.trainable:  # docs/diagnosis.md#untrainable-variable
             return (
                 f"{source} is a Variable with trainable=False: tapes do not watch it unless "
                 f"told to; watch it (-w {source}, or tape.watch({source})) or make it trainable"
             )
     elif isinstance(src, tf.Tensor) and id(src) not in ctx.watched:
+        # docs/diagnosis.md#unwatched-constant
         return (
             f"{source} is a constant tensor and no tape watched it: tapes watch only "
             f"trainable Variables by themselves; add it to the watch list (%%tape -w "
@@ -110,6 +114,8 @@ def _why_from_code(target: str, source: str, ctx: Context) -> str:
     info = ctx.info
     assert info is not None
     path = info.path(source, target)
+    # In this order: docs/diagnosis.md#left-tensorflow, docs/diagnosis.md#state-on-path,
+    # docs/diagnosis.md#non-differentiable-op.
     for kinds, cause in (
         ({"leave"}, "leaves TensorFlow"),
         ({"state"}, "writes state"),
@@ -118,7 +124,7 @@ def _why_from_code(target: str, source: str, ctx: Context) -> str:
         hits = [f for st in path for f in st.findings if f.kind in kinds]
         if hits:
             return _finding_message(hits[0], cause, source, target)
-    inner = _inside_functions(path, ctx)
+    inner = _inside_functions(path, ctx)  # the same three, one level into called functions
     if inner:
         fname, f, kind = inner
         cause = {"leave": "leaves TensorFlow", "state": "writes state"}.get(
@@ -126,6 +132,7 @@ def _why_from_code(target: str, source: str, ctx: Context) -> str:
         )
         return _finding_message(f, cause, source, target, f" in {fname}()")
     if not path:
+        # docs/diagnosis.md#control-flow-only, else docs/diagnosis.md#structural-zero (no path)
         line = info.conditions.get(source)
         upstream = info.depends_on(target) | {target}
         if line is not None and any(
@@ -142,7 +149,7 @@ def _why_from_code(target: str, source: str, ctx: Context) -> str:
             f"{source}, so the derivative is 0 (TF returns None for no path)"
         )
     lines = ", ".join(f"line {st.lineno}" for st in path)
-    return (
+    return (  # docs/diagnosis.md#when-no-cause-is-recognised
         f"the tape recorded no differentiable operation from {source} to {target} "
         f"(path: {lines}); look there for NumPy, .numpy(), float(), integer casts or "
         f"non-differentiable ops inside called functions"
@@ -166,7 +173,7 @@ def _finding_message(f: Finding, cause: str, source: str, target: str, where: st
 
 def _why_nonfinite(d: Derivative, ctx: Context) -> str:
     tgt = ctx.targets.get(d.target)
-    if _not_finite(tgt):
+    if _not_finite(tgt):  # docs/diagnosis.md#infinite-derivative: the target itself
         line = ""
         if ctx.info and ctx.info.bind_lines.get(d.target):
             line = f" (line {ctx.info.bind_lines[d.target][-1]})"
@@ -174,7 +181,7 @@ def _why_nonfinite(d: Derivative, ctx: Context) -> str:
     at = _point_text(ctx, d.source)
     where = _findings(ctx, d.source, d.target, {"where"})
     singular = _findings(ctx, d.source, d.target, {"singular"})
-    if where:
+    if where:  # docs/diagnosis.md#nan-from-where
         f = where[0]
         op = f" ({singular[0].text})" if singular else ""
         return (
@@ -183,7 +190,7 @@ def _why_nonfinite(d: Derivative, ctx: Context) -> str:
             f"Fix with the double where: x_safe = tf.where(cond, x, 1.0), then apply the op "
             f"to x_safe inside the outer tf.where"
         )
-    if singular:
+    if singular:  # docs/diagnosis.md#infinite-derivative
         f = singular[0]
         return (
             f"line {f.lineno}: {f.text} has an infinite or undefined derivative{at}; move "
