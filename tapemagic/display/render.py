@@ -4,7 +4,9 @@ The HTML has no math markup because JupyterLab, Notebook 7 and VS Code render HT
 outputs but not always MathJax in them; Colab renders markdown math, so that form uses
 LaTeX. All forms show the same facts, and the outcomes (a value, 0 at this point, a
 structural 0, None, NaN/Inf) always read differently: telling them apart is the point.
-Big tensors are summarised, never printed whole, so a result renders in milliseconds.
+Big tensors are summarised, never printed whole, so a result renders in milliseconds
+(a `--plot` curve costs one matplotlib drawing, the first time it is shown). The IPython
+layer registers `to_html`, `to_markdown` and `to_text` as the formatters of `TapeResult`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tapemagic.display import heatmap
+from tapemagic.display import heatmap, tangent_plot
 from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, ZERO, Check, Derivative, TapeResult
 
 SMALL = 100  # tensors with at most this many elements are printed whole
@@ -43,7 +45,7 @@ def _as_array(value: Any) -> np.ndarray | None:
     return a
 
 
-def _num(x: Any, digits: int = 8) -> str:
+def _format_number(x: Any, digits: int = 8) -> str:
     """Shortest text that round-trips in x's own precision (float32 0.1169 stays 0.1169)."""
     if isinstance(x, (bool, np.bool_)):
         return str(bool(x))
@@ -51,7 +53,7 @@ def _num(x: Any, digits: int = 8) -> str:
         return str(int(x))
     if isinstance(x, (complex, np.complexfloating)):
         sign = "-" if x.imag < 0 else "+"
-        return f"{_num(x.real, digits)}{sign}{_num(abs(x.imag), digits)}j"
+        return f"{_format_number(x.real, digits)}{sign}{_format_number(abs(x.imag), digits)}j"
     if not isinstance(x, (float, np.floating)):
         return str(x)
     x = x if isinstance(x, np.floating) else np.float64(x)
@@ -77,7 +79,7 @@ def _counts_text(nan: int, inf: int, size: int) -> str:
 
 def _summary(a: np.ndarray) -> str:
     """Shape, range, mean and norm of a big tensor, and where it starts."""
-    head = ", ".join(_num(v, 6) for v in a.flat[:FIRST])
+    head = ", ".join(_format_number(v, 6) for v in a.flat[:FIRST])
     lines = [f"shape {tuple(a.shape)}", f"first {FIRST}: [{head}, ...]"]
     if a.dtype.kind in "biufc":
         flat = np.abs(a).reshape(-1) if a.dtype.kind == "c" else a.reshape(-1)
@@ -91,10 +93,9 @@ def _summary(a: np.ndarray) -> str:
         if flat.size:
             wide = flat.astype(np.float64)
             finite = " of finite elements" if nan or inf else ""
-            lines[0] += (
-                f": {label}min {_num(lo, 6)}, max {_num(hi, 6)}, mean {_num(wide.mean(), 6)}, "
-                f"L2 norm {_num(np.sqrt(np.dot(wide, wide)), 6)}{finite}"
-            )
+            lo, hi, mean = (_format_number(v, 6) for v in (lo, hi, wide.mean()))
+            norm = _format_number(np.sqrt(np.dot(wide, wide)), 6)
+            lines[0] += f": {label}min {lo}, max {hi}, mean {mean}, L2 norm {norm}{finite}"
         else:
             lines[0] += ": no finite elements"
         if nan or inf:
@@ -106,7 +107,7 @@ def _value_text(a: np.ndarray | None) -> str:
     if a is None:
         return "None"
     if a.ndim == 0:
-        return _num(a[()])
+        return _format_number(a[()])
     if a.size > SMALL:
         return _summary(a)
     text = np.array2string(
@@ -170,7 +171,7 @@ def _row(result: TapeResult, d: Derivative) -> _Row:
     except TypeError:  # an unhashable source (a tf.Variable) names no point
         p = None
     if p is not None and p.ndim == 0:
-        point = _num(p[()])
+        point = _format_number(p[()])
     elif p is not None:
         point_shape = str(tuple(p.shape))
     row = _Row(
@@ -262,7 +263,7 @@ def _heatmap_html(a: np.ndarray) -> str:
     width, height = max(8, round(w * scale)), max(8, round(h * scale))
     title = (
         f"{a.shape[0]}x{a.shape[1]} shown as {h}x{w} block means; "
-        f"blue < 0 < red, scale ±{_num(vmax, 4)}; grey: NaN"
+        f"blue < 0 < red, scale ±{_format_number(vmax, 4)}; grey: NaN"
     )
     return (
         f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
@@ -324,7 +325,7 @@ def to_html(result: TapeResult) -> str:
     if result.notes:
         items = "".join(f"<li>⚠ {_html.escape(n)}</li>" for n in result.notes)
         parts.append(f'<ul style="margin:0.3em 0;padding-left:1.2em;list-style:none">{items}</ul>')
-    for png in result.plots:
+    for png in map(tangent_plot.tangent_png, result.tangents):
         src = base64.b64encode(png).decode()
         parts.append(f'<div><img src="data:image/png;base64,{src}" style="max-width:100%"></div>')
     parts.append("</div>")
@@ -411,7 +412,7 @@ def to_markdown(result: TapeResult) -> str:
         lines += ["", "**Diagnoses**", "", *diagnoses]
     if result.notes:
         lines += ["", "**Warnings**", "", *(f"- ⚠ {_md(n)}" for n in result.notes)]
-    for i, png in enumerate(result.plots, 1):
+    for i, png in enumerate(map(tangent_plot.tangent_png, result.tangents), 1):
         lines += ["", f"![plot {i}](data:image/png;base64,{base64.b64encode(png).decode()})"]
     return "\n".join(lines) + "\n"
 
@@ -421,11 +422,14 @@ def _tex_value(r: _Row) -> str:
     if r.d.status == NONE or a is None:
         return r"\text{None}" if r.d.status == NONE else "0"
     if a.ndim == 0:
-        text = _num(a[()])
+        text = _format_number(a[()])
         return text if a.dtype.kind in "iuf" and np.isfinite(a) else rf"\text{{{text}}}"
     if a.ndim <= 2 and a.size <= 36 and a.dtype.kind in "biuf":
         body = r" \\ ".join(
-            " & ".join(_num(v, 6) if np.isfinite(v) else rf"\text{{{_num(v)}}}" for v in row)
+            " & ".join(
+                _format_number(v, 6) if np.isfinite(v) else rf"\text{{{_format_number(v)}}}"
+                for v in row
+            )
             for row in np.atleast_2d(a)
         )
         return rf"\begin{{bmatrix}} {body} \end{{bmatrix}}"
@@ -474,7 +478,7 @@ def to_text(result: TapeResult) -> str:
         out += [f"    ↳ {line}" for line in under]
     out += [f"warning: {n}" for n in result.notes]
     out += [
-        f"[plot {i} of {len(result.plots)}: a PNG; use a notebook to see it]"
-        for i in range(1, len(result.plots) + 1)
+        f"[plot {i} of {len(result.tangents)}: a PNG; use a notebook to see it]"
+        for i in range(1, len(result.tangents) + 1)
     ]
     return "\n".join(out)

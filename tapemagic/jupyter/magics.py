@@ -3,11 +3,14 @@
 
 Argument mistakes become one-line `UsageError`s. The cell itself runs through
 `shell.run_cell`, so its prints, displayed value, syntax errors and tracebacks look
-exactly as they would without the magic.
+exactly as they would without the magic. Loading the extension also registers how a
+`TapeResult` looks (`display.render`) with the shell's display formatters: the core
+result is plain data and never imports the display layer.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
 from typing import Any
@@ -16,14 +19,22 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
+from IPython.utils.capture import capture_output
 
 MAGIC_NAMES = {"cell": ["tape"], "line": ["grad", "train"]}
+# Named, not imported: registering the formatters imports neither the core nor NumPy.
+RESULT_TYPE = "tapemagic.tape.result.TapeResult"
 
 
 def register(shell) -> None:
+    """Register the magics and the `TapeResult` formatters (on `%load_ext`, and when the
+    auto-load file's lazily declared magics are first used, which loads the extension)."""
     from tapemagic.jupyter.train_magic import TrainMagics
 
     shell.register_magics(TapeMagics, TrainMagics)
+    module, name = RESULT_TYPE.rsplit(".", 1)
+    for mime, format_result in _FORMATS.items():
+        shell.display_formatter.formatters[mime].for_type_by_name(module, name, format_result)
 
 
 def unregister(shell) -> None:
@@ -35,6 +46,31 @@ def unregister(shell) -> None:
             getattr(manager, "lazy_magics", {}).pop(name, None)
     for name in ("TapeMagics", "TrainMagics"):
         shell.magics_manager.registry.pop(name, None)
+    for mime in _FORMATS:
+        shell.display_formatter.formatters[mime].pop(RESULT_TYPE, None)
+
+
+# The formatters import the renderer on first use, so that loading the extension stays cheap.
+def _html(result) -> str:
+    from tapemagic.display import render
+
+    return render.to_html(result)
+
+
+def _markdown(result) -> str:
+    from tapemagic.display import render
+
+    return render.to_markdown(result)
+
+
+def _pretty(result, p, cycle: bool) -> None:
+    """text/plain, in IPython's pretty-printer protocol: the aligned table of `to_text`."""
+    from tapemagic.display import render
+
+    p.text("TapeResult(...)" if cycle else render.to_text(result))
+
+
+_FORMATS = {"text/html": _html, "text/markdown": _markdown, "text/plain": _pretty}
 
 
 def split_names(text: str | None, option: str) -> list[str] | None:
@@ -93,7 +129,7 @@ class TapeMagics(Magics):
             check=args.check,
             plot=args.plot,
             device=args.device,
-            quiet=_quiet,
+            silence_reruns=capture_output,
         )
         for name in (args.persistent, args.as_name):
             if name is not None and not name.isidentifier():
@@ -133,7 +169,7 @@ class TapeMagics(Magics):
 
             g = %grad x**2 --at x=4      # g == 8.0
         """
-        expr, opts = _split_grad_line(line)
+        expr, opts = split_options(line, _GRAD_OPTIONS)
         args = parse_argstring(self.grad, opts)
         if not expr.strip():
             raise UsageError("%grad needs an expression: %grad x**2 --at x=4")
@@ -159,7 +195,7 @@ class TapeMagics(Magics):
             plot=args.plot,
             device=args.device,
             overrides=at,
-            quiet=_quiet,
+            silence_reruns=capture_output,
         )
         try:
             result = tape_cell(expr, namespace, options)
@@ -180,16 +216,24 @@ class TapeMagics(Magics):
             self.shell.user_ns[as_name] = result
 
 
-_OPTION_START = re.compile(
-    r"(?:^|\s)(?=(?:--(?:wrt|at|order|check|plot|jacobian|device|quiet)\b|-[oq]\b))"
-)
+def option_start(parser: argparse.ArgumentParser) -> re.Pattern:
+    """Where a magic's options begin in a line: any of `parser`'s option strings, as a
+    word of its own (`--at x=1`, `--at=1`, `-q`), so `x - 2` or `x-o` stay expression."""
+    names = sorted(parser._option_string_actions, key=len, reverse=True)
+    return re.compile(rf"(?:^|\s)(?=(?:{'|'.join(map(re.escape, names))})(?![\w-]))")
 
 
-def _split_grad_line(line: str) -> tuple[str, str]:
-    match = _OPTION_START.search(line)
+def split_options(line: str, start: re.Pattern) -> tuple[str, str]:
+    """`EXPR --opt ...` -> (EXPR, "--opt ..."): the expression ends where the first option
+    (found by `start`, from `option_start`) begins."""
+    match = start.search(line)
     if match is None:
         return line, ""
     return line[: match.start()], line[match.end() :]
+
+
+# %grad's options, from its own parser: an option added to the magic is recognised here too.
+_GRAD_OPTIONS = option_start(TapeMagics.grad.parser)
 
 
 def _parse_at(text: str | None) -> dict[str, Any]:
@@ -223,13 +267,6 @@ def _flatten(value: Any) -> list:
     if isinstance(value, (list, tuple)):
         return [x for v in value for x in _flatten(v)]
     return [value]
-
-
-def _quiet():
-    """Silence re-runs completely: prints and display() calls alike."""
-    from IPython.utils.capture import capture_output
-
-    return capture_output()
 
 
 def _split_top_level(text: str) -> list[str]:

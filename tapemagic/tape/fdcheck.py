@@ -28,7 +28,7 @@ RANDOM_DIRECTIONS = 3
 
 def check_result(result: TapeResult, code: str, namespace: dict, recorder, opts, before) -> None:
     """Attach a `Check` to every first derivative and Jacobian of `result`."""
-    rerun = Rerunner(code, namespace, recorder.sources, result.targets, before, opts.quiet)
+    rerun = Rerunner(code, namespace, recorder.sources, result.targets, before, opts.silence_reruns)
     random = [f for st in rerun.info.statements for f in st.findings if f.kind == "random"]
     rng = np.random.default_rng(0)
     for d in result.derivatives:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -68,13 +68,13 @@ class Rerunner:
         sources: dict[str, Any],
         targets: list[str],
         before: list[tuple[tf.Variable, tf.Tensor]] = (),
-        quiet: Callable[[], Any] | None = None,
+        silence: Callable[[], contextlib.AbstractContextManager] | None = None,
     ):
         self.namespace = namespace
         self.sources = sources
         self.targets = targets
         self.before = list(before)  # Variable values from before the recorded run
-        self.quiet = quiet or _quiet
+        self.silence = silence or silence_output  # makes the context each run is under
         tree = cellcode.Rewriter().visit(cellcode.ast.parse(code))
         self.info = cellcode.analyse(code)
         # Sources the cell binds before reading them are replaced as they are bound.
@@ -119,7 +119,7 @@ class Rerunner:
                 else:
                     ns[name] = value
             ns[BIND_HOOK], ns[LAST_HOOK] = bind, keep_last
-            with self.quiet():
+            with self.silence():
                 exec(self.code, ns)
             out = {}
             for t in self.targets:
@@ -140,6 +140,7 @@ class Rerunner:
 
 
 @contextlib.contextmanager
-def _quiet():
+def silence_output() -> Iterator[None]:
+    """Swallow stdout and stderr: the default silence of re-runs outside IPython."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         yield

@@ -1,13 +1,18 @@
-"""The result of a recorded cell: derivatives, diagnoses and checks, with their reprs.
+"""The result of a recorded cell: derivatives, diagnoses, checks and tangent curves.
 
-`TapeResult` is what `%%tape` leaves in `_tape`. It holds plain data (tensors and
-strings); rendering lives in `render.py`, so this module stays small.
+`TapeResult` is what `%%tape` leaves in `_tape`. It holds plain data (tensors, arrays
+and strings) and knows nothing of how it is shown: `tapemagic.display.render` turns it
+into HTML, markdown and text, and the IPython layer registers those as its formatters
+(as `%timeit`'s result is data, printed by a separate formatter).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The four outcomes a derivative can have, told apart everywhere it is shown.
 VALUE = "value"  # a finite, non-zero tensor
@@ -76,6 +81,31 @@ class Derivative:
 _SUPERSCRIPT = {1: "", 2: "²", 3: "³", 4: "⁴"}
 
 
+@dataclass(eq=False)  # compared and hashed by identity: the display layer caches its drawing
+class TangentCurve:
+    """What `--plot` shows: a scalar target sampled around the point, with its tangent.
+
+    ``ys`` holds the target re-computed at each of ``xs`` (NaN where that run failed);
+    ``dydx`` and ``d2ydx2`` are its first and second derivatives taken numerically from
+    those samples, for orders 2 and up (None at order 1).
+    """
+
+    target: str
+    source: str
+    xs: np.ndarray
+    ys: np.ndarray
+    x0: float  # the point
+    y0: float  # the target's recorded value there
+    slope: float  # the derivative the tape gave at x0
+    order: int = 1
+    dydx: np.ndarray | None = None
+    d2ydx2: np.ndarray | None = None
+
+    def tangent(self) -> np.ndarray:
+        """The tangent line at x0, evaluated at ``xs``."""
+        return self.y0 + self.slope * (self.xs - self.x0)
+
+
 @dataclass
 class TapeResult:
     """Derivatives of what a cell computed with respect to what it read.
@@ -90,7 +120,7 @@ class TapeResult:
     values: dict[str, Any] = field(default_factory=dict)
     derivatives: list[Derivative] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings about the cell, one line each
-    plots: list[bytes] = field(default_factory=list)  # PNG images (from --plot)
+    tangents: list[TangentCurve] = field(default_factory=list)  # from --plot
     tape: Any = field(default=None, repr=False)  # the inner persistent tf.GradientTape
     # Called for pairs that were not precomputed: (target, source) -> Derivative.
     _lookup: Any = field(default=None, repr=False, compare=False)
@@ -123,23 +153,15 @@ class TapeResult:
             raise KeyError(f"no derivative of {target!r} with respect to {source!r}")
         return d.why if d.status in (NONE, NONFINITE, STRUCTURAL) else None
 
-    # -- reprs: the work is in render.py ------------------------------------------------
-    def _repr_html_(self) -> str:
-        from tapemagic.display import render
-
-        return render.to_html(self)
-
-    def _repr_markdown_(self) -> str:
-        from tapemagic.display import render
-
-        return render.to_markdown(self)
-
-    def _repr_pretty_(self, p, cycle: bool) -> None:
-        from tapemagic.display import render
-
-        p.text("TapeResult(...)" if cycle else render.to_text(self))
-
     def __repr__(self) -> str:
-        from tapemagic.display import render
+        """One plain line; the tables are the display layer's formatters."""
+        targets = ", ".join(map(str, self.targets)) or "no targets"
+        sources = ", ".join(map(str, self.sources)) or "no sources"
+        parts = [f"{_count(self.derivatives, 'derivative')} of {targets} w.r.t. {sources}"]
+        parts += [_count(self.notes, "note")] if self.notes else []
+        parts += [_count(self.tangents, "tangent curve")] if self.tangents else []
+        return f"<TapeResult: {', '.join(parts)}>"
 
-        return render.to_text(self)
+
+def _count(items: list, what: str) -> str:
+    return f"{len(items)} {what}{'' if len(items) == 1 else 's'}"

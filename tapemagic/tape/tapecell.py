@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import types
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,9 +53,10 @@ class TapeOptions:
     plot: bool = False
     device: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # %grad --at: values for this run
-    # A context manager factory that silences the re-runs of --check and --plot (the magic
-    # passes IPython's capture_output, which also swallows display() calls).
-    quiet: Callable[[], Any] | None = None
+    # Makes the context manager that silences the re-runs of --check and --plot (the magic
+    # passes IPython's capture_output, which also swallows display() calls; by default
+    # stdout and stderr are silenced).
+    silence_reruns: Callable[[], AbstractContextManager] | None = None
 
 
 # execute(rewriter) runs the cell with the rewriter applied; False when the cell failed
@@ -348,9 +350,9 @@ def _build_result(info, namespace, opts, recorder, targets, derivatives, watched
 
         check_result(result, code, namespace, recorder, opts, before)
     if opts.plot:
-        from tapemagic.display.plotting import plot_result
+        from tapemagic.tape.tangent import add_tangent_curve
 
-        plot_result(result, code, namespace, recorder, opts, before)
+        add_tangent_curve(result, code, namespace, recorder, opts, before)
     return result
 
 
