@@ -10,6 +10,8 @@ With several workers, all of them save (reading a metric's variables all-reduces
 across workers), but only the chief writes to `directory`; the others write to a
 directory of their own that is deleted after each save. Everyone resumes from
 `directory`.
+
+Owns the Trainer's `checkpoint_dir` and `checkpoint_every`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from tapemagic.variables import unwrap
 
 FORMAT = 1
 META_KEYS = ("meta/.ATTRIBUTES/py_state", "meta/.ATTRIBUTES/VARIABLE_VALUE")  # new, older
+
+
+def check_every(every: Any) -> int | None:
+    """`checkpoint_every`: None or a positive int, else a one-line ValueError."""
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(f"checkpoint_every must be a positive int, got {every!r}")
+    return every
 
 
 class _Meta(tf.train.experimental.PythonState):

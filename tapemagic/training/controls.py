@@ -1,9 +1,10 @@
 """Thread-safe controls: what a panel sets from its thread and the loop reads between calls.
 
-A widget runs `Trainer.run` in a worker thread (REFERENCE.md section 3, point 5: the
-kernel's main thread must stay free for button clicks). Every flag lives behind one
-condition variable; the loop blocks on it while paused, so a pause costs no CPU, and
-stop, resume, one-more-epoch and a new learning rate all wake it at once.
+A widget runs `Trainer.run` in a worker thread: a Jupyter kernel handles one message at
+a time on its main thread, so a run there would hold every button click until it ended.
+Every flag lives behind one condition variable; the loop blocks on it while paused, so a
+pause costs no CPU, and stop, resume, one-more-epoch and a new learning rate all wake it
+at once.
 """
 
 from __future__ import annotations

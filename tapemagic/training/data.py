@@ -1,8 +1,11 @@
 """Training data as the compiled loop wants it: in-memory tensors or a `tf.data.Dataset`.
 
+Owns the Trainer's `data`, `validation_data`, `validation_split` and `batch_size` (the
+compiled loop applies `shuffle` and `seed` to the batches it cuts from these arrays).
+
 In-memory arrays are the fast path: the compiled loop slices batches itself, with no
-input pipeline per step (REFERENCE.md section 6: about 2.5x Keras `fit` on the MLP).
-A Dataset is iterated as given, one step per element, whole epochs at a time.
+input pipeline per step (tests/bench_trainer.py measures about 2x Keras `fit` on an
+MLP). A Dataset is iterated as given, one step per element, whole epochs at a time.
 """
 
 from __future__ import annotations

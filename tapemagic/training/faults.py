@@ -1,11 +1,28 @@
-"""Non-finite losses and gradients: the record of one and the message that explains it."""
+"""Non-finite losses and gradients: finding the bad step, going back, explaining it.
+
+Owns the Trainer's `on_nonfinite`: 'restore' replays the faulty call up to the last
+finite step; 'keep' leaves the weights for inspection (`restore_last_finite()` later).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
+
+from tapemagic.training.loop import CallResult, CompiledLoop
+from tapemagic.training.pacing import CallPlan, PartialEpoch, Position
+
+ON_NONFINITE = ("restore", "keep")
+
+
+def check_on_nonfinite(value: str) -> str:
+    """'restore' or 'keep', else a one-line ValueError."""
+    if value not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be 'restore' or 'keep', got {value!r}")
+    return value
 
 
 class TrainingFault(RuntimeWarning):
@@ -21,6 +38,25 @@ class Fault:
     loss: float
     variables: list[str] = field(default_factory=list)
     message: str = ""
+
+
+class FaultSite(NamedTuple):
+    """The bad step, and what went non-finite there."""
+
+    epoch: int
+    batch: int
+    loss: float
+    variables: list[str]  # those with a non-finite gradient
+    weights: list[str]  # parameters the step's update made non-finite
+
+
+@dataclass(frozen=True)
+class FaultedCall:
+    """The call that went non-finite, kept so its last finite step can be replayed."""
+
+    plan: CallPlan
+    result: CallResult
+    partial_before: PartialEpoch  # the position's partial sums when the call began
 
 
 def fault_message(
@@ -54,11 +90,11 @@ def fault_message(
 
 
 def locate_fault(
-    res, plan: tuple, names: list[str], param_names: list[str]
-) -> tuple[int, int, float, list[str], list[str]]:
+    res: CallResult, plan: CallPlan, names: list[str], param_names: list[str]
+) -> FaultSite:
     """Epoch, batch and loss of the bad step; variables with a non-finite gradient; and
     parameters its update made non-finite (when the history records parameters)."""
-    epoch, batch = plan[0] + res.touched - 1, res.end_batch - 1
+    epoch, batch = plan.epoch0 + res.touched - 1, res.end_batch - 1
     bad, weights = [], []
     if res.last_sq is not None:
         bad = [n for n, sq in zip(names, res.last_sq, strict=True) if not np.isfinite(sq)]
@@ -66,21 +102,21 @@ def locate_fault(
         pairs = zip(param_names, res.bad_params, strict=True)
         weights = [n for n, b in pairs if b and n not in bad]
     loss = float(res.loss_sum[-1]) if len(res.loss_sum) else float("nan")
-    return epoch, batch, loss, bad, weights
+    return FaultSite(epoch, batch, loss, bad, weights)
 
 
-def replay_to_fault(engine, plan: tuple, res, partial_before: dict) -> tuple[int, int, dict]:
+def replay_to_fault(engine: CompiledLoop, fault: FaultedCall) -> Position:
     """Restore the faulty call's snapshot and replay it up to the step before the fault.
 
     Replay is deterministic (same compiled function, same start state, stateless shuffle),
     so this lands on the last finite step without keeping a copy of every step's weights.
-    Returns the position there: (epoch, batch, partial sums of that epoch).
+    Returns the position there.
     """
-    e0, _, b0, _ = plan
+    plan, res, partial_before = fault.plan, fault.result, fault.partial_before
+    e0, b0 = plan.epoch0, plan.b0
     engine.restore_snapshot()
     off, bad = res.touched - 1, res.end_batch - 1
     nb = engine.steps_per_epoch
-    empty = {"loss": 0.0, "gn": 0.0, "steps": 0.0, "seconds": 0.0}
     if not engine.spans_ok:  # a Dataset restarts each call: replay whole epochs only
         bad = 0
     elif nb:
@@ -91,16 +127,10 @@ def replay_to_fault(engine, plan: tuple, res, partial_before: dict) -> tuple[int
         if steps_before >= 1:
             off, bad = divmod(b0 + steps_before - 1, nb)
     if off == 0 and bad <= b0:
-        return e0, b0, dict(partial_before)
+        return Position(e0, b0, partial_before)
     if bad == 0:
         engine(e0, off, b0, nb)
-        return e0 + off, 0, empty
+        return Position(e0 + off)
     rep = engine(e0, off + 1, b0, bad)
-    extra = partial_before if off == 0 else empty
-    partial = {
-        "loss": float(rep.loss_sum[-1]) + extra["loss"],
-        "gn": (0.0 if rep.gn_sum is None else float(rep.gn_sum[-1])) + extra["gn"],
-        "steps": float(rep.steps[-1]) + extra["steps"],
-        "seconds": extra["seconds"],
-    }
-    return e0 + off, bad, partial
+    carried = partial_before if off == 0 else PartialEpoch()
+    return Position(e0 + off, bad, PartialEpoch.after(rep, carried, seconds=0.0))

@@ -46,6 +46,19 @@ class EpochRecord:
         return logs
 
 
+@dataclass
+class EpochColumns:
+    """Several epochs' records as columns of equal length: what `History.extend` appends."""
+
+    epochs: Sequence[int]
+    loss: Sequence[float]
+    val_loss: Sequence[float] | None = None
+    grad_norm: Sequence[float] | None = None
+    seconds: Sequence[float] | None = None
+    metrics: dict[str, Sequence[float]] = field(default_factory=dict)
+    params: dict[str, Sequence[float]] | None = None
+
+
 def _num(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -61,36 +74,26 @@ class History:
 
     # -- writing (the trainer) -------------------------------------------------------
 
-    def extend(
-        self,
-        epochs: Sequence[int],
-        loss: Sequence[float],
-        *,
-        val_loss: Sequence[float] | None = None,
-        learning_rate: float | None = None,
-        grad_norm: Sequence[float] | None = None,
-        seconds: Sequence[float] | None = None,
-        metrics: dict[str, Sequence[float]] | None = None,
-        params: dict[str, Sequence[float]] | None = None,
-    ) -> None:
-        """Append several epochs at once (columns of equal length)."""
-        n = len(epochs)
+    def extend(self, columns: EpochColumns, learning_rate: float | None = None) -> None:
+        """Append several epochs at once, all trained at `learning_rate`."""
+        c = columns
+        n = len(c.epochs)
         none = [None] * n
 
         def floats(values):  # NumPy's tolist() is ~20x faster than a float() per item
             return none if values is None else np.asarray(values, dtype=np.float64).tolist()
 
         with self._lock:
-            self._cols["epoch"].extend(np.asarray(epochs, dtype=np.int64).tolist())
-            self._cols["loss"].extend(floats(loss))
-            self._cols["val_loss"].extend(floats(val_loss))
+            self._cols["epoch"].extend(np.asarray(c.epochs, dtype=np.int64).tolist())
+            self._cols["loss"].extend(floats(c.loss))
+            self._cols["val_loss"].extend(floats(c.val_loss))
             self._cols["learning_rate"].extend([_num(learning_rate)] * n)
-            self._cols["grad_norm"].extend(floats(grad_norm))
-            self._cols["seconds"].extend([0.0] * n if seconds is None else floats(seconds))
+            self._cols["grad_norm"].extend(floats(c.grad_norm))
+            self._cols["seconds"].extend([0.0] * n if c.seconds is None else floats(c.seconds))
             for name, col in self._metrics.items():
-                col.extend(floats((metrics or {}).get(name)))
+                col.extend(floats(c.metrics.get(name)))
             for name, col in self._params.items():
-                col.extend(floats((params or {}).get(name)))
+                col.extend(floats((c.params or {}).get(name)))
 
     def truncate(self, n: int) -> None:
         """Keep the first `n` epochs (after a rollback)."""

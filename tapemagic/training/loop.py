@@ -15,8 +15,8 @@ about 10 us an epoch; every extra op costs several percent):
   or gradient (cheap there, next to a real step).
 
 Under a tf.distribute strategy the loop is the same: its steps split each batch across
-the replicas and update the metrics there (`training_replicas`); a distributed Dataset's
-iterator is made on the host and passed in.
+the replicas and update the metrics there (`distributed/replicas.py`); a distributed
+Dataset's iterator is made on the host and passed in.
 """
 
 from __future__ import annotations
@@ -31,18 +31,46 @@ import numpy as np
 import tensorflow as tf
 
 from tapemagic.training.data import ArrayData, DatasetData, batch_count
+from tapemagic.training.steps import Steps
 from tapemagic.variables import unwrap
 
-# step(x, y) -> (loss: f32 scalar, per-variable gradient summaries or None, y_pred or None);
-# it applies the update. A summary is the gradient itself for a scalar variable when all
-# are scalars (`grads_are_values`), else the sum of its squared entries.
-TrainStep = Callable[[Any, Any], tuple[tf.Tensor, list | None, Any]]
-# evaluate(x, y) -> (loss: f32 scalar, y_pred), no update.
-EvalStep = Callable[[Any, Any], tuple[tf.Tensor, Any]]
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Where each number sits in an epoch's row, one float32 vector per epoch.
+
+    Full-batch ("fast") rows: loss, then each variable's gradient summary. Batched rows:
+    loss and gradient-norm sums, steps done, 1.0 if the epoch completed. Then, in both:
+    the validation loss (with validation data), the metrics, the recorded parameters."""
+
+    width: int
+    grads: slice  # fast rows: per-variable gradient summaries (empty otherwise)
+    gn: int | None  # batched rows: sum of the steps' gradient norms
+    steps: int | None  # batched rows: steps done in the epoch
+    complete: int | None  # batched rows: 1.0 when every batch ran and all were finite
+    val_loss: int | None  # None: no validation data
+    metrics: slice  # training metrics, then "val_" ones, as `metric_names`
+    params: slice  # scalar entries of the recorded variables
+
+    LOSS = 0  # the epoch's loss (sum over its steps) is always first
+
+    @classmethod
+    def make(
+        cls, fast: bool, n_grad_vars: int, has_val: bool, n_metrics: int, n_params: int
+    ) -> RowLayout:
+        head = 1 + n_grad_vars if fast else 4
+        grads = slice(1, head) if fast else slice(1, 1)
+        gn, steps, complete = (None, None, None) if fast else (1, 2, 3)
+        val_loss = head if has_val else None
+        m0 = head + int(has_val)
+        p0 = m0 + n_metrics
+        width = p0 + n_params
+        metrics, params = slice(m0, p0), slice(p0, width)
+        return cls(width, grads, gn, steps, complete, val_loss, metrics, params)
 
 
 @dataclass
-class ChunkResult:
+class CallResult:
     """What one call did, as NumPy; per-epoch arrays have one entry per epoch touched."""
 
     touched: int  # epochs worked on; the last may be partial (span) or faulty
@@ -77,8 +105,7 @@ class CompiledLoop:
     def __init__(
         self,
         *,
-        train_step: TrainStep,
-        eval_step: EvalStep | None,
+        steps: Steps,
         data: ArrayData | DatasetData,
         val: ArrayData | DatasetData | None,
         batch_size: int | None,
@@ -93,11 +120,10 @@ class CompiledLoop:
         grads_are_values: bool,
         collect_batches: bool,
         device: str,
-        metrics_in_step: bool = False,
         snapshot: Sequence[Any] | None = None,
         batch_iterator: Callable[[], Any] | None = None,
     ):
-        self.train_step, self.eval_step = train_step, eval_step
+        self.train_step, self.eval_step = steps.train, steps.eval
         self.data, self.val = data, val
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, int(seed)
         self.state = [unwrap(v) for v in state]
@@ -108,7 +134,7 @@ class CompiledLoop:
         self.n_grad_vars, self.grads_are_values = n_grad_vars, grads_are_values
         self.collect_batches, self.device = collect_batches, device
         # under a strategy the steps update the metrics in each replica themselves
-        self.metrics_in_step = metrics_in_step
+        self.metrics_in_step = steps.updates_metrics
         # a distributed Dataset is iterated from the host: one iterator kept across calls
         self._new_iterator, self._iterator, self._aligned = batch_iterator, None, False
         if isinstance(data, ArrayData):
@@ -118,11 +144,9 @@ class CompiledLoop:
         self.fast = isinstance(data, ArrayData) and self.steps_per_epoch == 1
         # a call can start inside an epoch only with arrays: a Dataset restarts each call
         self.spans_ok = isinstance(data, ArrayData)
-        head = ["loss", *(f"g{i}" for i in range(n_grad_vars))] if self.fast else []
-        head = head or ["loss", "gn", "steps", "complete"]
-        tail = ["val_loss"] if val is not None else []
-        tail += [f"m:{n}" for n in self.metric_names] + [f"p{j}" for j in range(self.n_params)]
-        self.columns = {name: i for i, name in enumerate(head + tail)}
+        self.layout = RowLayout.make(
+            self.fast, n_grad_vars, val is not None, len(self.metric_names), self.n_params
+        )
         if snapshot is None:
             with tf.device(device):
                 snapshot = snapshot_variables(self.state)
@@ -133,8 +157,9 @@ class CompiledLoop:
 
     def __call__(
         self, epoch0: int, n_epochs: int, b0: int = 0, b1: int | None = None
-    ) -> ChunkResult:
-        """Run epochs epoch0.. (the first from batch b0, the last up to batch b1)."""
+    ) -> CallResult:
+        """Run epochs epoch0.. (the first from batch b0, the last up to batch b1): a
+        `CallPlan`'s fields, so `loop(*plan)` runs it."""
         nb = self.steps_per_epoch
         b1 = (nb or 0) if b1 is None else b1
         traces = self._fn.experimental_get_tracing_count()
@@ -165,20 +190,16 @@ class CompiledLoop:
         res.traced = self._fn.experimental_get_tracing_count() != traces
         return res
 
-    def _col(self, rows: np.ndarray, prefix: str, count: int) -> np.ndarray:
-        first = self.columns.get(f"{prefix}0")
-        return rows[:, first : first + count].astype(np.float64) if count else rows[:, :0]
-
-    def _decode(self, out: dict) -> ChunkResult:
-        rows, c = out["rows"], self.columns
-        params = self._col(rows, "p", self.n_params) if self.n_params else None
+    def _decode(self, out: dict) -> CallResult:
+        rows, c = out["rows"], self.layout
+        params = rows[:, c.params].astype(np.float64) if self.n_params else None
         if self.fast:  # find the first non-finite epoch here, not in the graph
-            g = self._col(rows, "g", self.n_grad_vars)
+            g = rows[:, c.grads].astype(np.float64) if self.n_grad_vars else rows[:, :0]
             sq = g * g if self.grads_are_values else g
             checked = np.concatenate([rows[:, :1], g] + ([params] if params is not None else []), 1)
             finite = np.isfinite(checked).all(axis=1)
             touched = len(rows) if finite.all() else int(np.argmin(finite)) + 1
-            res = ChunkResult(
+            res = CallResult(
                 touched=touched,
                 loss_sum=rows[:touched, 0].astype(np.float64),
                 gn_sum=np.sqrt(sq[:touched].sum(axis=1)) if self.n_grad_vars else None,
@@ -193,12 +214,12 @@ class CompiledLoop:
                 res.bad_params = ~np.isfinite(params[touched - 1])
         else:
             touched = len(rows)
-            res = ChunkResult(
+            res = CallResult(
                 touched=touched,
-                loss_sum=rows[:, c["loss"]].astype(np.float64),
-                gn_sum=rows[:, c["gn"]].astype(np.float64) if self.n_grad_vars else None,
-                steps=rows[:, c["steps"]].astype(np.float64),
-                complete=rows[:, c["complete"]] > 0.5,
+                loss_sum=rows[:, c.LOSS].astype(np.float64),
+                gn_sum=rows[:, c.gn].astype(np.float64) if self.n_grad_vars else None,
+                steps=rows[:, c.steps].astype(np.float64),
+                complete=rows[:, c.complete] > 0.5,
                 ok=bool(out["ok"]),
                 end_batch=int(out["end_batch"]),
                 last_sq=out["last_sq"] if self.n_grad_vars else None,
@@ -206,9 +227,12 @@ class CompiledLoop:
             )
         n = res.touched
         res.params = None if params is None else params[:n]
-        if "val_loss" in c:
-            res.val_loss = rows[:n, c["val_loss"]].astype(np.float64)
-        res.metrics = {k: rows[:n, c[f"m:{k}"]].astype(np.float64) for k in self.metric_names}
+        if c.val_loss is not None:
+            res.val_loss = rows[:n, c.val_loss].astype(np.float64)
+        first = c.metrics.start
+        res.metrics = {
+            k: rows[:n, first + i].astype(np.float64) for i, k in enumerate(self.metric_names)
+        }
         return res
 
     def restore_snapshot(self) -> None:
@@ -243,7 +267,7 @@ class CompiledLoop:
                 m.update_state(y, pred)
 
     def _chunk_fast(self, x, y, xv, yv, n_epochs):
-        width = len(self.columns)
+        width = self.layout.width
         rows = tf.TensorArray(tf.float32, size=n_epochs, element_shape=[width])
 
         def body(e, rows):

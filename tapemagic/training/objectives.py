@@ -1,35 +1,23 @@
-"""Turning the trainer's arguments into TensorFlow objects, with one-line errors.
+"""What training optimizes and reports: optimizer, loss and metrics from names or objects.
 
-Names become optimizers, losses and metrics here; devices are checked against the ones
-TensorFlow sees, so a GPU that is not there is a clear ValueError and not a crash.
+Owns the Trainer's `optimizer`, `learning_rate`, `loss` and `metrics`. Every name that
+does not resolve is a one-line ValueError that lists the names that do.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tapemagic.variables import unwrap
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")  # the names a panel offers
 MOMENTUM = 0.9  # what "momentum" means as an optimizer name
-
-
-def misplaced(variables: Sequence[Any], names: Sequence[str], device: str) -> list[str]:
-    """'name (on /GPU:0)' for each variable that lives elsewhere than `device`."""
-    out = []
-    for v, name in zip(variables, names, strict=True):
-        where = unwrap(v).device
-        if "device:" in where:
-            where = "/" + where.split("device:")[-1]
-            if where != device:
-                out.append(f"{name} (on {where})")
-    return out
 
 
 def make_optimizer(spec: Any, learning_rate: float | None) -> keras.optimizers.Optimizer:
@@ -133,54 +121,38 @@ def _one_metric(spec: Any, shapes: tuple) -> keras.metrics.Metric:
     raise ValueError(f"metrics: cannot use {spec!r}; pass names, Metric objects or functions")
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """The metrics twice over (training and validation keep separate state), and names."""
+
+    train: list[keras.metrics.Metric] = field(default_factory=list)
+    val: list[keras.metrics.Metric] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
 def resolve_metrics(
-    specs: Sequence[Any] | None,
-    device: str | None,
-    y_shape: tuple | None = None,
-    pred_shape: tuple | None = None,
-) -> tuple[list[keras.metrics.Metric], list[keras.metrics.Metric], list[str]]:
+    specs: Sequence[Any] | None, device: str | None, y_sample: Any = None, pred_sample: Any = None
+) -> Metrics:
     """Fresh Metric objects for training and for validation, and their names.
 
-    The shapes of targets and predictions pick which accuracy 'accuracy' means.
-    `device=None`: where the surrounding scope puts them (a strategy's scope).
+    The shapes of a sample of targets and predictions pick which accuracy 'accuracy'
+    means. `device=None`: where the surrounding scope puts them (a strategy's scope).
     """
     if specs is None:
-        return [], [], []
+        return Metrics()
     if isinstance(specs, str) or not isinstance(specs, Sequence):
         specs = [specs]
     with tf.device(device) if device else contextlib.nullcontext():
-        shapes = (y_shape, pred_shape)
+        shapes = (_single_shape(y_sample), _single_shape(pred_sample))
         train = [_one_metric(s, shapes) for s in specs]
         val = [_one_metric(s, shapes) for s in specs]
     names = [s if isinstance(s, str) else m.name for s, m in zip(specs, train, strict=True)]
     if len(set(names)) != len(names):
         raise ValueError(f"metrics: names repeat ({', '.join(names)}); give each a distinct name")
-    return train, val, names
+    return Metrics(train, val, names)
 
 
-def variable_names(variables: Sequence[Any], given: Sequence[str] | None = None) -> list[str]:
-    """Readable, distinct names: given ones, Keras paths, or tf names without ':0'."""
-    names = list(given) if given is not None else []
-    if not names:
-        for v in variables:
-            name = getattr(v, "path", None) or v.name
-            names.append(name[:-2] if name.endswith(":0") else name)
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        out.append(name if count == 0 else f"{name}_{count}")
-    return out
-
-
-def scalar_names(variables: Sequence[Any], names: Sequence[str]) -> list[str]:
-    """One name per scalar entry: 'a' for a scalar, 'kernel[0,1]' inside a tensor."""
-    out = []
-    for v, name in zip(variables, names, strict=True):
-        shape = tuple(int(d) for d in v.shape)
-        if not shape:
-            out.append(name)
-        else:
-            out.extend(f"{name}[{','.join(map(str, i))}]" for i in np.ndindex(*shape))
-    return out
+def _single_shape(t: Any) -> tuple | None:
+    """The shape of a single tensor (None for structures: no accuracy guessing then)."""
+    leaves = tf.nest.flatten(t) if t is not None else []
+    return tuple(leaves[0].shape) if len(leaves) == 1 else None

@@ -1,28 +1,65 @@
 """Bookkeeping between compiled calls: where training stands and how big the next call is.
 
 `Position` is the invariant the trainer keeps: the weights always correspond to `epoch`
-completed epochs plus `batch` steps of the next one, whose sums are in `partial`.
+completed epochs plus `batch` steps of the next one, whose sums are a `PartialEpoch`.
 `Pacer` sizes calls so each lasts about `CALL_SECONDS`: many tiny epochs per call, or a
 span of batches of a big epoch, growing at most 4x per call so a poor first estimate
-cannot freeze the controls.
+cannot freeze the controls. `epoch_columns` turns what a call did into history records
+and the position after it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-from tapemagic.training.loop import ChunkResult
+from tapemagic.training.history import EpochColumns
+from tapemagic.training.loop import CallResult
 
 CALL_SECONDS = 0.1  # target length of one compiled call: how fast the controls act
 GROWTH = 4  # a call may be at most this many times the largest call made so far
 
-Plan = tuple[int, int, int, int | None]  # (epoch0, n_epochs, b0, b1)
+
+class CallPlan(NamedTuple):
+    """What one compiled call runs: epochs epoch0.. (n_epochs of them), the first from
+    batch b0, the last up to batch b1 (None: to its end)."""
+
+    epoch0: int
+    n_epochs: int
+    b0: int = 0
+    b1: int | None = None
 
 
-def _empty() -> dict[str, float]:
-    return {"loss": 0.0, "gn": 0.0, "steps": 0.0, "seconds": 0.0}
+@dataclass(frozen=True)
+class PartialEpoch:
+    """Sums over the steps done so far of an epoch that a call left unfinished."""
+
+    loss: float = 0.0
+    gn: float = 0.0  # sum of the steps' gradient norms
+    steps: float = 0.0
+    seconds: float = 0.0
+
+    @classmethod
+    def after(cls, res: CallResult, carried: PartialEpoch, seconds: float) -> PartialEpoch:
+        """The last epoch `res` touched: its sums plus those `carried` into the call (when
+        that epoch is the one the call started inside) and its share of the call's time."""
+        gn = 0.0 if res.gn_sum is None else float(res.gn_sum[-1])
+        return cls(
+            loss=float(res.loss_sum[-1]) + carried.loss,
+            gn=gn + carried.gn,
+            steps=float(res.steps[-1]) + carried.steps,
+            seconds=seconds + carried.seconds,
+        )
+
+    def to_json(self) -> dict[str, float]:
+        return {"loss": self.loss, "gn": self.gn, "steps": self.steps, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> PartialEpoch:
+        data = data or {}
+        return cls(*(float(data.get(k, 0.0)) for k in ("loss", "gn", "steps", "seconds")))
 
 
 @dataclass
@@ -31,14 +68,17 @@ class Position:
 
     epoch: int = 0
     batch: int = 0
-    partial: dict[str, float] = field(default_factory=_empty)
+    partial: PartialEpoch = field(default_factory=PartialEpoch)
 
-    def set(self, epoch: int, batch: int = 0, partial: dict | None = None) -> None:
+    def set(self, epoch: int, batch: int = 0, partial: PartialEpoch | None = None) -> None:
         self.epoch, self.batch = epoch, batch
-        self.partial = dict(partial) if partial and batch else _empty()
+        self.partial = partial if partial is not None and batch else PartialEpoch()
+
+    def move_to(self, other: Position) -> None:
+        self.set(other.epoch, other.batch, other.partial)
 
     def to_json(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "partial": dict(self.partial)}
+        return {"epoch": self.epoch, "batch": self.batch, "partial": self.partial.to_json()}
 
 
 @dataclass
@@ -57,7 +97,7 @@ class Pacer:
         limit: int,
         one_epoch: bool,
         spans_ok: bool = True,
-    ) -> Plan:
+    ) -> CallPlan:
         """Epochs [pos.epoch, limit) remain; `one_epoch` when callbacks need each epoch;
         `spans_ok` False (a Dataset) plans whole epochs only."""
         nb, e, b = steps_per_epoch, pos.epoch, pos.batch
@@ -67,12 +107,12 @@ class Pacer:
             budget = max(1, min(int(self.seconds / self.per_step), GROWTH * self.max_steps))
         if nb is None or not spans_ok:  # whole epochs only
             k = 1 if self.per_step is None else max(1, budget // max(nb or self.epoch_steps, 1))
-            return e, 1 if one_epoch else min(k, remaining), 0, nb
+            return CallPlan(e, 1 if one_epoch else min(k, remaining), 0, nb)
         if b > 0 or budget < nb:  # a span of batches inside one epoch
-            return e, 1, b, min(nb, b + budget)
-        return e, 1 if one_epoch else min(budget // nb, remaining), 0, nb
+            return CallPlan(e, 1, b, min(nb, b + budget))
+        return CallPlan(e, 1 if one_epoch else min(budget // nb, remaining), 0, nb)
 
-    def measured(self, res: ChunkResult) -> None:
+    def measured(self, res: CallResult) -> None:
         steps = int(res.steps.sum())
         if not res.traced and steps > 0:
             s = res.seconds / steps
@@ -82,49 +122,52 @@ class Pacer:
             self.epoch_steps = max(int(res.steps[0]), 1)
 
 
-def epoch_columns(
-    res: ChunkResult, pos: Position, b0: int, param_names: list[str]
-) -> tuple[dict, tuple | None]:
-    """The epochs a call completed, as History.extend keyword columns, and where the next
-    call starts: (epoch, batch, partial), or None to leave `pos` as it is.
+class Completed(NamedTuple):
+    """What a call completed, and where the next call starts."""
 
-    A call that began mid-epoch (b0 > 0) adds the partial sums carried in `pos`. A call
-    that ends mid-epoch carries its sums on. After a fault only the completed epochs
+    columns: EpochColumns
+    after: Position | None  # None: leave the position as it is (a fault decides)
+
+
+def epoch_columns(
+    res: CallResult, pos: Position, plan: CallPlan, param_names: list[str]
+) -> Completed:
+    """The epochs a call completed, as history columns, and the position after it.
+
+    A call that began mid-epoch (plan.b0 > 0) adds the partial sums carried in `pos`. A
+    call that ends mid-epoch carries its sums on. After a fault only the completed epochs
     count; the fault handler decides the rest.
     """
     steps = res.steps.astype(np.float64)
-    seconds = steps * (res.seconds / max(steps.sum(), 1.0))
+    share = steps * (res.seconds / max(steps.sum(), 1.0))  # each epoch's part of the call
+    seconds = share.copy()
     loss = res.loss_sum.copy()
     gn = None if res.gn_sum is None else res.gn_sum.copy()
-    if b0 > 0 and len(steps):
-        p = pos.partial
-        loss[0] += p["loss"]
-        steps[0] += p["steps"]
-        seconds[0] += p["seconds"]
+    carried = pos.partial if plan.b0 > 0 else PartialEpoch()
+    if plan.b0 > 0 and len(steps):
+        loss[0] += carried.loss
+        steps[0] += carried.steps
+        seconds[0] += carried.seconds
         if gn is not None:
-            gn[0] += p["gn"]
+            gn[0] += carried.gn
     n = int(res.complete.sum())
     first = pos.epoch
-    columns = {
-        "epochs": range(first, first + n),
-        "loss": loss[:n] / steps[:n],
-        "val_loss": None if res.val_loss is None else res.val_loss[:n],
-        "grad_norm": None if gn is None else gn[:n] / steps[:n],
-        "seconds": seconds[:n],
-        "metrics": {k: v[:n] for k, v in res.metrics.items()},
-        "params": None
+    columns = EpochColumns(
+        epochs=range(first, first + n),
+        loss=loss[:n] / steps[:n],
+        val_loss=None if res.val_loss is None else res.val_loss[:n],
+        grad_norm=None if gn is None else gn[:n] / steps[:n],
+        seconds=seconds[:n],
+        metrics={k: v[:n] for k, v in res.metrics.items()},
+        params=None
         if res.params is None
         else {name: res.params[:n, j] for j, name in enumerate(param_names)},
-    }
+    )
     after = None
     if res.ok and n < res.touched:  # stopped inside an epoch: carry its sums
-        partial = {
-            "loss": float(loss[-1]),
-            "gn": 0.0 if gn is None else float(gn[-1]),
-            "steps": float(steps[-1]),
-            "seconds": float(seconds[-1]),
-        }
-        after = (first + n, res.end_batch, partial)
+        into_last = carried if res.touched == 1 else PartialEpoch()
+        partial = PartialEpoch.after(res, into_last, float(share[-1]))
+        after = Position(first + n, res.end_batch, partial)
     elif res.ok or n:
-        after = (first + n, 0, None)
-    return columns, after
+        after = Position(first + n)
+    return Completed(columns, after)

@@ -1,7 +1,11 @@
-"""From the trainer's keyword arguments to checked, placed, built parts.
+"""Assembly: the Trainer's keyword arguments, in order, into the parts it trains with.
 
-Kept apart from `Trainer` so that its constructor reads as a list of decisions; every
-check here raises a one-line ValueError that names the argument and the fix.
+Each module checks its own arguments (see the package docstring); this one calls them in
+the order their dependencies need: the data (its dtype follows the variables), the built
+subject (an unbuilt model needs a sample batch), the optimizer, the probe (one eager pass
+on the sample), the metrics (their accuracy follows the probe's predictions). It also
+makes the compiled loop from the parts. Every check raises a one-line ValueError that
+names the argument and the fix.
 """
 
 from __future__ import annotations
@@ -14,36 +18,25 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tapemagic.training import subject
 from tapemagic.training.data import ArrayData, DatasetData, check_batch_size, prepare, split
 from tapemagic.training.distributed.replicas import Replicas
 from tapemagic.training.loop import CompiledLoop
-from tapemagic.training.objectives import (
-    make_optimizer,
-    misplaced,
-    resolve_loss,
-    resolve_metrics,
-    variable_names,
-)
-from tapemagic.training.subject import (
-    Style,
-    all_scalar,
-    build_model,
-    discover_step,
-    dtype_of,
-    make_steps,
-    probe,
-)
+from tapemagic.training.objectives import make_optimizer, resolve_loss, resolve_metrics
+from tapemagic.training.steps import all_scalar, make_steps, probe
+from tapemagic.training.subject import Style, SubjectSpec
 
 
 @dataclass
 class Parts:
     """Everything the trainer trains with, on its device."""
 
+    style: Style
     data: ArrayData | DatasetData
     val: ArrayData | DatasetData | None
-    batch_size: int | None
+    batch_size: int | None  # changes between runs (Trainer.batch_size)
     loss: Any
-    optimizer: Any
+    optimizer: Any  # changes between runs (Trainer.optimizer)
     train_metrics: list
     val_metrics: list
     metric_names: list[str]  # training metrics, then "val_" ones
@@ -51,23 +44,10 @@ class Parts:
     dist_batches: Callable[[], Any] | None = None  # under a strategy, for a Dataset
 
 
-def check_options(on_nonfinite: str, checkpoint_every: Any) -> None:
-    """The two plain options, checked before anything is built."""
-    if on_nonfinite not in ("restore", "keep"):
-        raise ValueError(f"on_nonfinite must be 'restore' or 'keep', got {on_nonfinite!r}")
-    if checkpoint_every is not None and (
-        isinstance(checkpoint_every, bool)
-        or not isinstance(checkpoint_every, int)
-        or checkpoint_every < 1
-    ):
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
-
-
 def build_parts(
-    style: Style,
+    spec: SubjectSpec,
     device: str,
     *,
-    model: Any,
     loss: Any,
     data: Any,
     validation_data: Any,
@@ -78,11 +58,11 @@ def build_parts(
     metrics: Any,
     replicas: Replicas | None = None,
 ) -> Parts:
-    """Check the data, build the model, make the optimizer, probe one forward pass.
+    """Check the data, build the subject, make the optimizer, probe one forward pass.
 
     With `replicas` (a strategy) everything is made in its scope, the variables must
     come from it, and the probe also tells whether the loss sums or averages."""
-    dtype = dtype_of(style)
+    dtype = subject.dtype_of(spec)
     data = prepare(data, dtype)
     if validation_data is not None and validation_split is not None:
         raise ValueError("pass validation_data= or validation_split=, not both")
@@ -92,15 +72,12 @@ def build_parts(
     elif validation_data is not None:
         val = prepare(validation_data, dtype, "validation_data")
     batch_size = check_batch_size(batch_size, data)
-    if isinstance(data, ArrayData):  # two samples to build and probe the model with
-        sample = data.take(0, min(2, data.n))
-        x1, y1 = sample.x, sample.y
-    else:
-        x1, y1 = data.first()
-    if model is not None and loss is None and style.kind == "model":
+    x1, y1 = _sample(data, 2)  # two samples to build and probe the model with
+    model = spec.model
+    if model is not None and loss is None and spec.kind == "model":
         loss = getattr(model, "loss", None)  # a compiled model brings its loss
-    needs_loss = style.kind != "step" or val is not None or bool(metrics)
-    if style.kind == "step" and needs_loss and style.forward is None:
+    needs_loss = spec.kind != "step" or val is not None or bool(metrics)
+    if spec.kind == "step" and needs_loss and spec.forward is None:
         raise ValueError(
             "validation and metrics with step= need predictions: also pass model= or "
             "params= with predict=, and loss="
@@ -111,16 +88,16 @@ def build_parts(
         given = optimizer if optimizer is not None else getattr(model, "optimizer", None)
         if replicas and isinstance(given, keras.Optimizer):
             replicas.check_optimizer(given)
-        build_model(style, x1)
+        if spec.kind == "step" and not (
+            optimizer is None or isinstance(optimizer, keras.optimizers.Optimizer)
+        ):
+            raise ValueError("with step=, optimizer= can only be the optimizer your step uses")
+        style = subject.build(spec, x1, y1)
         if replicas:
             same = len(style.weights) == len(style.names)  # params: the user's own names
-            names = style.names if same else variable_names(style.weights)
+            names = style.names if same else subject.variable_names(style.weights)
             replicas.check_variables(style.weights, names)
-        if style.kind == "step":
-            if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
-                raise ValueError("with step=, optimizer= can only be the optimizer your step uses")
-            discover_step(style, x1, y1)
-        else:
+        if style.kind != "step":
             if optimizer is None:
                 optimizer = getattr(model, "optimizer", None) or "sgd"
             optimizer = make_optimizer(optimizer, learning_rate)
@@ -129,12 +106,12 @@ def build_parts(
             user_loss = not isinstance(loss, str)
             pred = probe(style, loss_fn, x1, y1, user_loss=user_loss, sources=sources)
             if replicas:
-                _decide_reduction(replicas, style, loss_fn, data)
+                x, y = _sample(data, 16)  # sum or mean: the loss on these and their halves
+                replicas.decide_reduction(loss_fn, y, style.forward(x, False))
         if pred is None and metrics and style.forward is not None:
             pred = style.forward(x1, False)
-        where = None if replicas else device
-        m_train, m_val, names = resolve_metrics(metrics, where, _shape(y1), _shape(pred))
-    away = [] if replicas else misplaced(style.trainable, style.names, device)
+        m = resolve_metrics(metrics, None if replicas else device, y1, pred)
+    away = [] if replicas else subject.misplaced(style.trainable, style.names, device)
     if away:
         warnings.warn(
             f"{', '.join(away[:3])} {'is' if len(away) == 1 else 'are'} not on {device}: "
@@ -148,31 +125,29 @@ def build_parts(
     if replicas and isinstance(data, DatasetData):
         dist = replicas.distribute_dataset(data.ds, data.steps)
     return Parts(
+        style=style,
         data=data.to_device(home) if isinstance(data, ArrayData) else data,
         val=val.to_device(home) if isinstance(val, ArrayData) else val,
         batch_size=batch_size,
         loss=loss_fn,
         optimizer=optimizer,
-        train_metrics=m_train,
-        val_metrics=m_val if has_val else [],
-        metric_names=names + ([f"val_{n}" for n in names] if has_val else []),
+        train_metrics=m.train,
+        val_metrics=m.val if has_val else [],
+        metric_names=m.names + ([f"val_{n}" for n in m.names] if has_val else []),
         first_batch=int(tf.shape(tf.nest.flatten(y1)[0])[0]),
         dist_batches=dist,
     )
 
 
-def _decide_reduction(replicas: Replicas, style: Style, loss_fn: Any, data: Any) -> None:
-    """Sum or mean: the loss on up to 16 samples and on their halves."""
+def _sample(data: ArrayData | DatasetData, n: int) -> tuple[Any, Any]:
+    """Up to `n` samples of in-memory data, or a Dataset's first batch."""
     if isinstance(data, ArrayData):
-        sample = data.take(0, min(16, data.n))
-        x, y = sample.x, sample.y
-    else:
-        x, y = data.first()
-    replicas.decide_reduction(loss_fn, y, style.forward(x, False))
+        sample = data.take(0, min(n, data.n))
+        return sample.x, sample.y
+    return data.first()
 
 
 def make_loop(
-    style: Style,
     parts: Parts,
     *,
     state: list,
@@ -185,15 +160,17 @@ def make_loop(
     snapshot: list | None = None,
 ) -> CompiledLoop:
     """The compiled loop for the current optimizer and batch size."""
-    if replicas:
-        train_step, eval_step = replicas.make_steps(
-            style, parts.loss, parts.optimizer, parts.train_metrics, parts.val_metrics
-        )
-    else:
-        train_step, eval_step = make_steps(style, parts.loss, parts.optimizer)
+    style = parts.style
+    steps = make_steps(
+        style,
+        parts.loss,
+        parts.optimizer,
+        replicas=replicas,
+        train_metrics=parts.train_metrics,
+        val_metrics=parts.val_metrics,
+    )
     return CompiledLoop(
-        train_step=train_step,
-        eval_step=eval_step,
+        steps=steps,
         data=parts.data,
         val=parts.val,
         batch_size=parts.batch_size,
@@ -208,13 +185,6 @@ def make_loop(
         grads_are_values=all_scalar(style.trainable),
         collect_batches=per_batch,
         device=device,
-        metrics_in_step=replicas is not None,
         snapshot=snapshot,
         batch_iterator=parts.dist_batches,
     )
-
-
-def _shape(t: Any) -> tuple | None:
-    """The shape of a single tensor (None for structures: no accuracy guessing then)."""
-    leaves = tf.nest.flatten(t) if t is not None else []
-    return tuple(leaves[0].shape) if len(leaves) == 1 else None

@@ -1,32 +1,45 @@
-"""The three ways the seed trains, as one `Style`: raw Variables, a Keras model, a step.
+"""What is trained, in one of the seed's three styles: raw Variables, a Keras model, a step.
 
-Also the construction-time probe: one eager forward pass and gradient on two samples, so
-that shape mismatches and missing gradients (REFERENCE.md section 2, cause 17: Keras
-says only "No gradients provided for any variable") surface as one-line errors naming
-the variables, before any compiled code runs.
+Owns the Trainer's `params`, `predict`, `model` and `step`. `resolve` checks which style
+the arguments describe and builds nothing; `build` (on a sample batch, inside the device
+or strategy scope) creates an unbuilt model's weights, finds every variable a user step
+touches, and returns the complete, frozen `Style` the rest of training reads.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from tapemagic.training.objectives import scalar_loss, variable_names
 from tapemagic.variables import unwrap
 
+KINDS = ("params", "model", "step")
 
-@dataclass
+
+@dataclass(frozen=True)
+class SubjectSpec:
+    """The checked arguments of one style; nothing is built yet."""
+
+    kind: str  # one of KINDS
+    params: list | None  # the user's Variables (params=, also alongside a step)
+    names: list[str]  # their display names (empty without params)
+    forward: Callable[[Any, bool], Any] | None  # (x, training) -> y_pred
+    user_step: Callable[[Any, Any], Any] | None = None
+    model: Any = None
+
+
+@dataclass(frozen=True)
 class Style:
-    """What is trained and how its predictions are made."""
+    """What is trained and how its predictions are made, complete once built."""
 
-    kind: str  # "params", "model" or "step"
-    trainable: list  # variables the trainer differentiates (empty for a user step)
-    names: list[str]  # display names of `trainable` (or of the step's trainable ones)
+    kind: str  # one of KINDS
+    trainable: list  # variables the trainer differentiates (a step's trainable ones)
+    names: list[str]  # display names of `trainable`
     weights: list  # all model state: trainable, BatchNorm statistics, RNG seeds
     forward: Callable[[Any, bool], Any] | None  # (x, training) -> y_pred
     user_step: Callable[[Any, Any], Any] | None = None
@@ -34,12 +47,13 @@ class Style:
     lr_variable: Any = None  # a step's own optimizer learning rate, when found
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """'TypeError: the first line of its message', for one-line errors that wrap it."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def resolve(model: Any, params: Any, predict: Any, step: Any) -> Style:
+def resolve(model: Any, params: Any, predict: Any, step: Any) -> SubjectSpec:
     """Check which style the arguments describe; build nothing yet."""
     if model is not None and params is not None:
         raise ValueError("pass either model= or params= (with predict=), not both")
@@ -56,8 +70,8 @@ def resolve(model: Any, params: Any, predict: Any, step: Any) -> Style:
         )
     if model is not None and not isinstance(model, keras.Model | keras.layers.Layer):
         raise ValueError(f"model must be a Keras model or layer, got {type(model).__name__}")
-    names: list[str] | None = None
     if params is not None:
+        names: list[str] | None = None
         if isinstance(params, Mapping):
             names, params = [str(k) for k in params], list(params.values())
         elif isinstance(params, tf.Variable | keras.Variable):
@@ -66,15 +80,14 @@ def resolve(model: Any, params: Any, predict: Any, step: Any) -> Style:
             params = list(params)
         names = names or _names_in(predict or step, params)
         _check_params(params, names)
-        names = variable_names(params, names)
         forward = None if predict is None else (lambda x, training: predict(x))
         kind = "step" if step is not None else "params"
-        return Style(kind, params, names, list(params), forward, step)
+        return SubjectSpec(kind, params, variable_names(params, names), forward, step)
     if model is not None:
         forward = lambda x, training: model(x, training=training)  # noqa: E731
         kind = "step" if step is not None else "model"
-        return Style(kind, [], [], [], forward, step, model)
-    return Style("step", [], [], [], None, step)
+        return SubjectSpec(kind, None, [], forward, step, model)
+    return SubjectSpec("step", None, [], None, step)
 
 
 def _names_in(fn: Any, params: Sequence[Any]) -> list[str] | None:
@@ -123,24 +136,24 @@ def _float_hint(p: Any) -> str:
         return "..., dtype=tf.float32"
 
 
-def dtype_of(style: Style) -> tf.DType:
-    """The float dtype data should take: the trained variables', else Keras's floatx."""
-    for v in style.trainable:
+def dtype_of(spec: SubjectSpec) -> tf.DType:
+    """The float dtype data should take: the given Variables', else the model's or floatx."""
+    for v in spec.params or []:
         if tf.as_dtype(v.dtype).is_floating:
             return tf.as_dtype(v.dtype)
-    if style.model is not None:
-        policy = getattr(style.model, "dtype_policy", None)
+    if spec.model is not None:
+        policy = getattr(spec.model, "dtype_policy", None)
         name = getattr(policy, "compute_dtype", None) or keras.config.floatx()
         return tf.as_dtype(name)
     return tf.as_dtype(keras.config.floatx())
 
 
-def build_model(style: Style, x_sample: Any) -> None:
-    """Create an unbuilt Keras model's weights (on the current device scope)."""
-    model = style.model
-    if model is None:
-        return
-    if not model.built:
+def build(spec: SubjectSpec, x_sample: Any, y_sample: Any) -> Style:
+    """The complete `Style`: an unbuilt model built on `x_sample`, a step's variables found.
+
+    Run it inside the device (or strategy) scope: weights are created where it puts them."""
+    model = spec.model
+    if model is not None and not model.built:
         try:
             model(x_sample, training=False)
         except Exception as err:
@@ -148,168 +161,81 @@ def build_model(style: Style, x_sample: Any) -> None:
             hint = " (for 1-D X, pass X[:, None])" if any(len(s) == 1 for s in shapes) else ""
             raise ValueError(
                 f"the model cannot take a batch of X with shape "
-                f"{shapes[0] if len(shapes) == 1 else shapes}{hint}: {_first_line(err)}"
+                f"{shapes[0] if len(shapes) == 1 else shapes}{hint}: {first_line(err)}"
             ) from err
-    if style.kind == "model":
-        style.trainable = list(model.trainable_variables)
-        style.names = variable_names(style.trainable)
-    style.weights = list(model.variables)
+    if spec.kind == "params":
+        params = list(spec.params)
+        return Style("params", params, list(spec.names), params, spec.forward)
+    if spec.kind == "model":
+        trainable = list(model.trainable_variables)
+        weights = list(model.variables)
+        names = variable_names(trainable)
+        return Style("model", trainable, names, weights, spec.forward, None, model)
+    return _build_step(spec, x_sample, y_sample)
 
 
-def no_gradient_message(names: Sequence[str], kind: str) -> str:
-    """Cause 17 of the catalog, with the variables named."""
-    where = (
-        "predict must compute with these Variables through TensorFlow ops (no .numpy(), "
-        "float() or NumPy on the way)"
-        if kind == "params"
-        else "the loss must use the model's predictions (y_pred) through TensorFlow ops"
-    )
-    return f"no gradient reaches any of {', '.join(names)} from the loss: {where}"
-
-
-def probe(
-    style: Style, loss_fn: Callable, x: Any, y: Any, user_loss: bool, sources: Any = None
-) -> Any:
-    """One eager forward pass and gradient, for clear errors before compiling.
-
-    `sources`: what to differentiate against instead of `style.trainable` (under a
-    strategy: each variable's first local copy, the one read outside replicas).
-    Returns the predictions (their shape tells metrics what 'accuracy' means)."""
-    what = "predict" if style.kind == "params" else "the model"
-    with tf.GradientTape() as tape:
-        try:
-            pred = style.forward(x, False)
-        except Exception as err:
-            raise ValueError(
-                f"{what} fails on a batch of X with shape {_shape(x)}: {_first_line(err)}"
-            ) from err
-        if user_loss:
-            _warn_broadcast(pred, y)
-        try:
-            loss = scalar_loss(loss_fn(y, pred))
-        except Exception as err:
-            raise ValueError(
-                f"loss fails on (Y with shape {_shape(y)}, predictions with shape "
-                f"{_shape(pred)}): {_first_line(err)}"
-            ) from err
-    grads = tape.gradient(loss, sources if sources is not None else style.trainable)
-    missing = [n for n, g in zip(style.names, grads, strict=True) if g is None]
-    if len(missing) == len(style.names):
-        raise ValueError(no_gradient_message(style.names, style.kind))
-    if missing:
-        warnings.warn(
-            f"no gradient for {', '.join(missing)}: the loss does not depend on "
-            "these variables, so training leaves them as they are",
-            stacklevel=3,
-        )
-    return pred
-
-
-def _shape(t: Any) -> Any:
-    shapes = [tuple(s.shape) for s in tf.nest.flatten(t)]
-    return shapes[0] if len(shapes) == 1 else shapes
-
-
-def _warn_broadcast(pred: Any, y: Any) -> None:
-    """(n, 1) predictions against (n,) targets broadcast to (n, n) in a hand-written loss."""
-    if not (isinstance(pred, tf.Tensor) and isinstance(y, tf.Tensor)):
-        return
-    if pred.shape == y.shape:
-        return
-    try:
-        both = tf.broadcast_static_shape(pred.shape, y.shape)
-    except ValueError:
-        return
-    if both.num_elements() and both.num_elements() > max(
-        pred.shape.num_elements() or 0, y.shape.num_elements() or 0
-    ):
-        warnings.warn(
-            f"predictions have shape {tuple(pred.shape)} but Y has {tuple(y.shape)}; they "
-            f"broadcast to {tuple(both)} in the loss: reshape Y (e.g. Y[:, None]) or the "
-            "predictions so they match",
-            stacklevel=4,
-        )
-
-
-def discover_step(style: Style, x: Any, y: Any) -> None:
+def _build_step(spec: SubjectSpec, x: Any, y: Any) -> Style:
     """Trace the user's step once to find (and build) every variable it touches."""
-    spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), (x, y))
-    concrete = tf.function(style.user_step).get_concrete_function(*spec)
+    shapes = (x, y)
+    spec_in = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), shapes)
+    concrete = tf.function(spec.user_step).get_concrete_function(*spec_in)
     found = list(concrete.variables)
     lr = [v for v in found if not v.trainable and v.name.split("/")[-1] == "learning_rate:0"]
-    style.lr_variable = lr[0] if len(lr) == 1 else None
     state = [v for v in found if not any(v is r for r in lr)]
-    if style.model is not None:
-        style.weights = list(style.model.variables)
-    known = {id(unwrap(v)) for v in style.weights}
-    style.weights += [v for v in state if id(v) not in known]
-    if not style.trainable:
-        if style.model is not None:
-            style.trainable = list(style.model.trainable_variables)
+    model = spec.model
+    weights = list(model.variables) if model is not None else list(spec.params or [])
+    known = {id(unwrap(v)) for v in weights}
+    weights += [v for v in state if id(v) not in known]
+    if spec.params:
+        trainable, names = list(spec.params), list(spec.names)
+    else:
+        if model is not None:
+            trainable = list(model.trainable_variables)
         else:
-            style.trainable = [v for v in state if v.trainable]
-        style.names = variable_names(style.trainable)
+            trainable = [v for v in state if v.trainable]
+        names = variable_names(trainable)
+    lr_var = lr[0] if len(lr) == 1 else None
+    return Style("step", trainable, names, weights, spec.forward, spec.user_step, model, lr_var)
 
 
-def make_steps(
-    style: Style, loss_fn: Callable | None, optimizer: Any
-) -> tuple[Callable, Callable | None]:
-    """The compiled loop's train step and evaluation step for this style."""
-    forward = style.forward
-    eval_step = None
-    if forward is not None and loss_fn is not None:
-
-        def eval_step(x, y):
-            pred = forward(x, False)
-            return tf.cast(scalar_loss(loss_fn(y, pred)), tf.float32), pred
-
-    if style.kind == "step":
-        user = style.user_step
-
-        def train_step(x, y):
-            pred = forward(x, False) if forward is not None else None
-            out = user(x, y)
-            if isinstance(out, Mapping):
-                out = out["loss"]
-            elif isinstance(out, tuple | list):
-                out = out[0]
-            return tf.cast(scalar_loss(out), tf.float32), None, pred
-
-        return train_step, eval_step
-
-    trainable, names, model = style.trainable, style.names, style.model
-    values = all_scalar(trainable)
-
-    def train_step(x, y):
-        with tf.GradientTape() as tape:
-            pred = forward(x, True)
-            loss = scalar_loss(loss_fn(y, pred))
-            if model is not None and model.losses:
-                loss = loss + tf.cast(tf.add_n(model.losses), loss.dtype)
-        grads = tape.gradient(loss, trainable)
-        pairs = [(g, v) for g, v in zip(grads, trainable, strict=True) if g is not None]
-        if not pairs:
-            raise ValueError(no_gradient_message(names, style.kind))
-        optimizer.apply_gradients(pairs)
-        return tf.cast(loss, tf.float32), gradient_summaries(grads, values), pred
-
-    return train_step, eval_step
+# -- names -------------------------------------------------------------------------------
 
 
-def all_scalar(variables: Sequence[Any]) -> bool:
-    """Models made of scalars (the seed's a and b) report raw gradients: fewer ops."""
-    return all(len(v.shape) == 0 for v in variables)
-
-
-def gradient_summaries(grads: Sequence[Any], values: bool) -> list[tf.Tensor]:
-    """Per variable: the gradient itself (`values`, all scalar) or its squared norm."""
+def variable_names(variables: Sequence[Any], given: Sequence[str] | None = None) -> list[str]:
+    """Readable, distinct names: given ones, Keras paths, or tf names without ':0'."""
+    names = list(given) if given is not None else []
+    if not names:
+        for v in variables:
+            name = getattr(v, "path", None) or v.name
+            names.append(name[:-2] if name.endswith(":0") else name)
+    seen: dict[str, int] = {}
     out = []
-    for g in grads:
-        if g is None:
-            out.append(tf.constant(0.0))
-        elif values:
-            out.append(tf.cast(g, tf.float32))
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(name if count == 0 else f"{name}_{count}")
+    return out
+
+
+def scalar_names(variables: Sequence[Any], names: Sequence[str]) -> list[str]:
+    """One name per scalar entry: 'a' for a scalar, 'kernel[0,1]' inside a tensor."""
+    out = []
+    for v, name in zip(variables, names, strict=True):
+        shape = tuple(int(d) for d in v.shape)
+        if not shape:
+            out.append(name)
         else:
-            g = g.values if isinstance(g, tf.IndexedSlices) else g
-            out.append(tf.cast(2.0 * tf.nn.l2_loss(g), tf.float32))
+            out.extend(f"{name}[{','.join(map(str, i))}]" for i in np.ndindex(*shape))
+    return out
+
+
+def misplaced(variables: Sequence[Any], names: Sequence[str], device: str) -> list[str]:
+    """'name (on /GPU:0)' for each variable that lives elsewhere than `device`."""
+    out = []
+    for v, name in zip(variables, names, strict=True):
+        where = unwrap(v).device
+        if "device:" in where:
+            where = "/" + where.split("device:")[-1]
+            if where != device:
+                out.append(f"{name} (on {where})")
     return out

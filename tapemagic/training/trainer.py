@@ -1,13 +1,14 @@
-"""`Trainer`: the headless engine behind the training panel (issue 3).
+"""`Trainer`: the headless engine behind the training panel; its public API and bookkeeping.
 
 It trains the seed's three ways (raw Variables and a predict function, a Keras model, a
 user-written step) in compiled calls of about 0.1 s each, and between calls applies what
 a panel sets from another thread: stop, pause, one more epoch, a new learning rate.
-History, checkpoints and fault handling keep one invariant (`training_run.Position`):
-the weights always match the recorded epochs, plus a known part of the next one.
-With `strategy=` the same loop runs each step on the strategy's replicas
-(`training_replicas`); across workers the chief's decisions reach every worker before
-each call (`training_lockstep`).
+History, checkpoints and fault handling keep one invariant (`pacing.Position`): the
+weights always match the recorded epochs, plus a known part of the next one. With
+`strategy=` the same loop runs each step on the strategy's replicas
+(`distributed/replicas.py`); across workers the chief's decisions reach every worker
+before each call (`distributed/lockstep.py`). Which module owns which argument: the
+package docstring (`tapemagic/training/__init__.py`).
 """
 
 from __future__ import annotations
@@ -24,24 +25,26 @@ import tensorflow as tf
 
 from tapemagic import devices
 from tapemagic.training.callbacks import CallbackModel, Callbacks
-from tapemagic.training.checkpoints import CheckpointStore
+from tapemagic.training.checkpoints import CheckpointStore, check_every
 from tapemagic.training.controls import Controls
 from tapemagic.training.data import ArrayData, check_batch_size
 from tapemagic.training.distributed.lockstep import CALL, CLOSE, END, RESET, Lockstep, Order
 from tapemagic.training.distributed.replicas import Replicas
 from tapemagic.training.faults import (
     Fault,
+    FaultedCall,
     TrainingFault,
+    check_on_nonfinite,
     fault_message,
     locate_fault,
     replay_to_fault,
 )
 from tapemagic.training.history import EpochRecord, History
-from tapemagic.training.loop import ChunkResult, CompiledLoop, snapshot_variables
-from tapemagic.training.objectives import make_optimizer, optimizer_state, scalar_names
-from tapemagic.training.pacing import Pacer, Position, epoch_columns
-from tapemagic.training.parts import build_parts, check_options, make_loop
-from tapemagic.training.subject import resolve
+from tapemagic.training.loop import CallResult, CompiledLoop, snapshot_variables
+from tapemagic.training.objectives import make_optimizer, optimizer_state
+from tapemagic.training.pacing import CallPlan, Pacer, PartialEpoch, Position, epoch_columns
+from tapemagic.training.parts import build_parts, make_loop
+from tapemagic.training.subject import resolve, scalar_names
 from tapemagic.variables import unwrap
 
 MAX_RECORDED_PARAMS = 20  # models this small get their parameter values in the history
@@ -103,19 +106,19 @@ class Trainer:
         strategy: Any = None,
         loss_reduction: str | None = None,
     ):
-        check_options(on_nonfinite, checkpoint_every)
+        check_on_nonfinite(on_nonfinite)
+        check_every(checkpoint_every)
         self._controls = Controls()
-        self._style = resolve(model, params, predict, step)
+        spec = resolve(model, params, predict, step)
         self._replicas = Replicas(strategy, loss_reduction) if strategy is not None else None
         if self._replicas:
-            self._replicas.check_style(self._style.kind, device)
+            self._replicas.check_style(spec.kind, device)
             self.device = self._replicas.host
         else:
             self.device = devices.resolve(device)
         parts = build_parts(
-            self._style,
+            spec,
             self.device,
-            model=model,
             loss=loss,
             data=data,
             validation_data=validation_data,
@@ -127,6 +130,7 @@ class Trainer:
             replicas=self._replicas,
         )
         self._parts = parts  # its optimizer and batch_size change between runs
+        self._style = parts.style  # what is trained: fixed for the trainer's life
         self._batch_size_next = parts.batch_size
         if self._style.kind == "step" and learning_rate is not None:
             self.learning_rate = learning_rate
@@ -143,7 +147,7 @@ class Trainer:
         self._listeners: list[Callable[[EpochRecord], Any]] = []
         self._pos, self._pacer, self._target = Position(), Pacer(), 0
         self._engine: CompiledLoop | None = None
-        self._last_fault: tuple | None = None
+        self._last_fault: FaultedCall | None = None
         self.error: BaseException | None = None
         self.fault: Fault | None = None
         self.messages: deque[str] = deque(maxlen=100)
@@ -192,7 +196,6 @@ class Trainer:
     def _loop(self) -> CompiledLoop:
         if self._engine is None:
             self._engine = make_loop(
-                self._style,
                 self._parts,
                 state=self._state(),
                 record_vars=self._record_vars,
@@ -211,6 +214,11 @@ class Trainer:
     def epoch(self) -> int:
         """Completed epochs (the next epoch's index)."""
         return self._pos.epoch
+
+    @property
+    def batch(self) -> int:
+        """Steps done into the next epoch: 0 unless a run stopped inside a big epoch."""
+        return self._pos.batch
 
     @property
     def target_epoch(self) -> int:
@@ -477,12 +485,12 @@ class Trainer:
             self._parts.batch_size, self._engine = size, None
             self._pacer = Pacer()  # step times change with the batch size
 
-    def _call(self, engine: CompiledLoop, plan: tuple) -> bool:
+    def _call(self, engine: CompiledLoop, plan: CallPlan) -> bool:
         """One compiled call and its bookkeeping; False when the run must end."""
         pos, cbs = self._pos, self._callbacks
         if pos.batch == 0 and cbs:
             cbs.call("on_epoch_begin", pos.epoch, {})
-        lr, partial_before = self._current_lr(), dict(pos.partial)
+        lr, partial_before = self._current_lr(), pos.partial
         try:
             res = engine(*plan)
         except BaseException:
@@ -506,18 +514,18 @@ class Trainer:
             limit = min(limit, (self._pos.epoch // self._ckpt_every + 1) * self._ckpt_every)
         return limit
 
-    def _commit(self, res: ChunkResult, plan: tuple, lr: float | None) -> None:
+    def _commit(self, res: CallResult, plan: CallPlan, lr: float | None) -> None:
         """Record what the call completed; then listeners, callbacks, checkpoints."""
         first = self._pos.epoch
-        cols, after = epoch_columns(res, self._pos, plan[2], self._param_names)
-        self.history.extend(**cols, learning_rate=lr)
-        if after is not None:
-            self._pos.set(*after)
-        n = len(cols["epochs"])
+        done = epoch_columns(res, self._pos, plan, self._param_names)
+        self.history.extend(done.columns, learning_rate=lr)
+        if done.after is not None:
+            self._pos.move_to(done.after)
+        n = len(done.columns.epochs)
         self._pacer.measured(res)
         cbs = self._callbacks
         if cbs.per_batch and res.batch_losses is not None:
-            cbs.batches(plan[2], res.batch_losses)
+            cbs.batches(plan.b0, res.batch_losses)
         if self._listeners or cbs:
             for i in range(first, first + n):
                 record = self.history[i]
@@ -530,28 +538,30 @@ class Trainer:
 
     # -- faults ----------------------------------------------------------------------
 
-    def _handle_fault(self, res: ChunkResult, plan: tuple, partial_before: dict, lr) -> None:
-        epoch, batch, loss, bad, weights = locate_fault(
-            res, plan, self._style.names, self._param_names
-        )
-        self._last_fault = (plan, res, partial_before)
+    def _handle_fault(
+        self, res: CallResult, plan: CallPlan, partial_before: PartialEpoch, lr: float | None
+    ) -> None:
+        site = locate_fault(res, plan, self._style.names, self._param_names)
+        self._last_fault = FaultedCall(plan, res, partial_before)
         restored = None
         if self._on_nonfinite == "restore":
             restored = self._restore_fault()
-        elif epoch == plan[0]:  # keep the weights; the position stays before the fault
-            self._pos.set(epoch, plan[2], partial_before)
+        elif site.epoch == plan.epoch0:  # keep the weights; the position stays before the fault
+            self._pos.set(site.epoch, plan.b0, partial_before)
         else:
-            self._pos.set(epoch)
-        where_batch = None if self._loop().steps_per_epoch == 1 else batch
-        text = fault_message(epoch, where_batch, loss, bad, weights, lr, restored, self._style.kind)
-        self.fault = Fault(epoch, batch, loss, bad + weights, text)
+            self._pos.set(site.epoch)
+        where_batch = None if self._loop().steps_per_epoch == 1 else site.batch
+        text = fault_message(
+            site.epoch, where_batch, site.loss, site.variables, site.weights, lr, restored,
+            self._style.kind,
+        )  # fmt: skip
+        self.fault = Fault(site.epoch, site.batch, site.loss, site.variables + site.weights, text)
         self._say(text)
         warnings.warn(text, TrainingFault, stacklevel=6)
 
     def _restore_fault(self) -> str:
-        plan, res, partial_before = self._last_fault
-        self._last_fault = None
-        self._pos.set(*replay_to_fault(self._loop(), plan, res, partial_before))
+        fault, self._last_fault = self._last_fault, None
+        self._pos.move_to(replay_to_fault(self._loop(), fault))
         e, b = self._pos.epoch, self._pos.batch
         if len(self.history) > e:  # stepping back undid epochs recorded in this call
             self.history.truncate(e)
@@ -613,7 +623,8 @@ class Trainer:
         if meta is None:
             return
         self.history = History.from_json(meta["history"])
-        self._pos.set(int(meta["epoch"]), int(meta["batch"]), meta["partial"])
+        partial = PartialEpoch.from_json(meta["partial"])
+        self._pos.set(int(meta["epoch"]), int(meta["batch"]), partial)
         self.seed = int(meta["seed"])
         if self._pos.batch and meta.get("batch_size") != self._parts.batch_size:
             self._parts.batch_size = self._batch_size_next = meta.get("batch_size")

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tapemagic.training.pacing import CallPlan
+
 CALL, END, RESET, CLOSE = 1, 2, 3, 4
 WIDTH = 8  # numbers in one order
 
@@ -26,7 +28,7 @@ class Order:
     """One decision of the chief."""
 
     kind: int
-    plan: tuple = (0, 0, 0, None)  # (epoch0, n_epochs, b0, b1): what the call runs
+    plan: CallPlan = CallPlan(0, 0)  # what the call runs
     learning_rate: float | None = None
     batch_size: int | None = None
     target: int = 0
@@ -42,7 +44,7 @@ class Order:
     @classmethod
     def decode(cls, row: np.ndarray) -> Order:
         kind, e0, n, b0, b1, lr, bs, target = (float(v) for v in row[:WIDTH])
-        plan = (int(e0), int(n), int(b0), None if b1 < 0 else int(b1))
+        plan = CallPlan(int(e0), int(n), int(b0), None if b1 < 0 else int(b1))
         return cls(int(kind), plan, lr or None, int(bs) or None, int(target))
 
 

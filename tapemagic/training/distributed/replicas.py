@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from tapemagic.training.distributed.cluster import cluster_role
 from tapemagic.training.objectives import scalar_loss
-from tapemagic.training.subject import Style, all_scalar, gradient_summaries, no_gradient_message
+from tapemagic.training.steps import Steps, all_scalar, differentiate, gradient_summaries
+from tapemagic.training.subject import Style
 from tapemagic.variables import unwrap
 
 REDUCTIONS = ("sum", "mean")
@@ -188,23 +189,22 @@ class Replicas:
 
     # -- the steps -----------------------------------------------------------------------
 
-    def make_steps(
+    def split_steps(
         self,
         style: Style,
         loss_fn: Callable,
         optimizer: Any,
         train_metrics: Sequence[Any],
         val_metrics: Sequence[Any],
-    ) -> tuple[Callable, Callable]:
-        """Train and evaluation steps on a global batch, for the compiled loop.
+    ) -> Steps:
+        """Train and evaluation steps on a global batch (`steps.make_steps` under a strategy).
 
         They return what the single-device steps return (global loss, gradient summaries)
         and update the metrics in each replica (so the loop must not)."""
         strategy, count = self.strategy, self.count
         mean = self.reduction == "mean"
-        forward, model = style.forward, style.model
-        trainable, names = style.trainable, style.names
-        values = all_scalar(trainable)
+        forward = style.forward
+        values = all_scalar(style.trainable)
 
         def local_loss(y, pred, n_global):
             n_local = tf.shape(tf.nest.flatten(y)[0])[0]
@@ -217,24 +217,16 @@ class Replicas:
 
         def replica_train(x, y, n_global):
             ctx = tf.distribute.get_replica_context()
-            with tf.GradientTape() as tape:
-                pred = forward(x, True)
-                loss = local_loss(y, pred, n_global)
-                if model is not None and model.losses:
-                    loss = loss + tf.cast(tf.add_n(model.losses), loss.dtype) / count
-            grads = tape.gradient(loss, trainable)
-            pairs = [(g, v) for g, v in zip(grads, trainable, strict=True) if g is not None]
-            if not pairs:
-                raise ValueError(no_gradient_message(names, style.kind))
+            g = differentiate(style, lambda y, pred: local_loss(y, pred, n_global), x, y, count)
             for m in train_metrics:
-                m.update_state(y, pred)
+                m.update_state(y, g.pred)
             # The whole batch's loss and gradient, for the history and the NaN check;
             # apply_gradients sums the local gradients across replicas itself.
-            present = [g for g in grads if g is not None]
-            summed = ctx.all_reduce("sum", [tf.cast(loss, tf.float32), *present])
-            optimizer.apply_gradients(pairs)
+            present = [d for d in g.grads if d is not None]
+            summed = ctx.all_reduce("sum", [tf.cast(g.loss, tf.float32), *present])
+            optimizer.apply_gradients(g.pairs)
             it = iter(summed[1:])
-            whole = [next(it) if g is not None else None for g in grads]
+            whole = [next(it) if d is not None else None for d in g.grads]
             return summed[0], gradient_summaries(whole, values)
 
         def replica_eval(x, y, n_global):
@@ -256,4 +248,4 @@ class Replicas:
             (xd, yd), n = self._split(x, y)
             return first(strategy.run(replica_eval, args=(xd, yd, n))), None
 
-        return train_step, eval_step
+        return Steps(train_step, eval_step, True)
