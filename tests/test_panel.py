@@ -37,6 +37,16 @@ def seed_panel(**kwargs):
     return panel, a, b
 
 
+def images_in(root) -> list:
+    """Every Image widget in the panel's widget tree."""
+    found, todo = [], [root]
+    while todo:
+        item = todo.pop()
+        found += [item] if type(item).__name__ == "Image" else []
+        todo.extend(getattr(item, "children", ()))
+    return found
+
+
 def until(condition, timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -122,14 +132,17 @@ def test_reset_during_a_run_stops_it_first(panel):
     until(lambda: p.trainer.epoch > 10)
     p.reset_button.click()
     assert not p.trainer.running and (a.numpy(), b.numpy()) == (0.0, 0.0)
+    assert len(p.trainer.history) == 0 and p.status.value.startswith("stopped · epoch 0")
+    assert not p.train_button.disabled and p.stop_button.disabled
 
 
 def test_step_when_idle_trains_one_epoch(panel):
     p, a, b = panel()
     p.step_button.click()
-    p.wait(WAIT)
+    assert p.wait(WAIT) and len(p.trainer.history) == 1 and not p.trainer.running
+    assert "epoch 1" in p.status.value
     p.step_button.click()
-    p.wait(WAIT)
+    assert p.wait(WAIT) and len(p.trainer.history) == 2
     np.testing.assert_allclose(p.trainer.history["loss"], SGD_LOSSES[:2], rtol=1e-5)
 
 
@@ -164,10 +177,13 @@ def test_optimizer_and_batch_size_apply_when_stopped(panel):
 
 def test_device_lists_what_tensorflow_sees(panel):
     p, a, b = panel()
-    assert "/CPU:0" in p.device.options and p.device.value == "/CPU:0"
+    seen = [d.name.replace("/device:", "/") for d in tf.config.list_logical_devices()]
+    assert p.device.options == ("auto", *seen) and "/CPU:0" in seen
+    chosen = "/GPU:0" if "/GPU:0" in seen else "/CPU:0"  # auto: the first GPU, else the CPU
+    assert p.device.value == chosen
     p.run(2)
     p.device.value = "auto"  # history exists: refused, with a message
-    assert p.device.value == "/CPU:0"
+    assert p.device.value == chosen
     assert "press Reset first" in p.messages.value
 
 
@@ -208,7 +224,8 @@ def test_exception_in_user_code_then_a_new_run(panel):
         p.run()
         assert "flaky loss" in str(p.error)
         assert "<b>error</b>: RuntimeError: flaky loss" in p.messages.value
-        assert "training_loop.py" not in p.messages.value  # not TF's traceback, one line
+        # One line: not TensorFlow's "in user code:" traceback through tapemagic's files.
+        assert "in user code" not in p.messages.value and "File " not in p.messages.value
         assert len(p.trainer.history) == 0 and (a.numpy(), b.numpy()) == (0.0, 0.0)
         broken["now"] = False
         p.run()
@@ -247,19 +264,26 @@ def test_smoothing_matches_the_running_average():
 
 def test_plot_image_changes_in_place(panel):
     p, a, b = panel(epochs=3)
-    first = p.plot.value
+    image = p.plot
+    assert images_in(p.widget) == [image]  # one Image in the panel: the plot
+    first = image.value
     p.run()
-    assert bytes(p.plot.value) != bytes(first) and bytes(p.plot.value).startswith(b"\x89PNG")
-    linear = bytes(p.plot.value)
+    assert bytes(image.value) != bytes(first) and bytes(image.value).startswith(b"\x89PNG")
+    linear = bytes(image.value)
     p.log_scale.value = True
-    assert bytes(p.plot.value).startswith(b"\x89PNG") and bytes(p.plot.value) != linear
+    assert bytes(image.value).startswith(b"\x89PNG") and bytes(image.value) != linear
+    assert p.plot is image and images_in(p.widget) == [image]  # the same widget, new bytes
 
 
 def test_a_100000_epoch_run_keeps_the_plot_bounded(panel):
     p, a, b = panel(epochs=100_000)
     p.run()
-    assert len(p.trainer.history) == 100_000
-    assert p._plot.points_drawn() <= 2000  # one line (no validation), thinned
+    h = p.trainer.history
+    assert len(h) == 100_000
+    # The picture shown is the whole history drawn thinned: one line (no validation).
+    plot = LossPlot()
+    assert bytes(p.plot.value) == plot.render(h["loss"], h["val_loss"])
+    assert plot.points_drawn() <= 2000
 
 
 def test_twenty_panels_leave_no_thread_running():
@@ -295,13 +319,18 @@ def test_train_magic_builds_a_panel(ip):
         "model = tf.keras.Sequential([tf.keras.layers.Dense(1, kernel_initializer='zeros')])\n"
         "def loss_fn(y_true, y_pred):\n    return tf.reduce_sum(tf.square(y_true - y_pred))",
     )
-    with capture_output():
+    with capture_output() as cap:
         run(
             ip,
             "%train --model model --loss loss_fn --data X,Y --optimizer adam --lr 0.07 --epochs 5",
         )
     p = ip.user_ns["_panel"]
     try:
+        assert isinstance(p, TrainingPanel)
+        shown = [o.data.get("text/plain", "") for o in cap.outputs]
+        assert len(shown) == 1 and shown[0].startswith("TrainingPanel(")  # shown, once
+        assert p.optimizer.value == "adam" and p.epochs.value == 5
+        assert p.learning_rate.value == pytest.approx(0.07)
         p.run()
         np.testing.assert_allclose(p.trainer.history["loss"], ADAM_LOSSES, rtol=1e-4)
     finally:
@@ -328,14 +357,24 @@ def test_train_magic_bad_input(ip):
 
 
 def test_errors_from_compiled_code_keep_the_users_message():
-    from tapemagic.jupyter.panel import _one_line
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
 
-    text = (
-        "stopped by an error at epoch 0: InvalidArgumentError: Graph execution error:\n\n"
-        "Detected at node while/Assert/Assert defined at (most recent call last):\n"
-        '  File "<stdin>", line 10, in predict\n\nassertion failed: [user boom]\n'
-        "\t [[{{node while/Assert/Assert}}]] [Op:__inference__chunk_221]"
-    )
-    assert _one_line(text) == "stopped by an error at epoch 0: assertion failed: [user boom]"
-    tf_text = 'RuntimeError: in user code:\n\n    File "x.py", line 2\n\n    RuntimeError: flaky'
-    assert _one_line(tf_text) == "RuntimeError: flaky"
+    def predict(x):  # fails inside the compiled loop once a has moved (epoch 1)
+        tf.debugging.Assert(a < 0.05, ["user boom"])
+        return a * x + b
+
+    p = TrainingPanel(
+        params=[a, b], predict=predict, loss=sum_sq, data=(tf.constant(X), tf.constant(Y)),
+        optimizer="sgd", learning_rate=0.001, epochs=3, view="widget",
+    )  # fmt: skip
+    try:
+        p.run()
+        assert "Detected at node" in str(p.error)  # what TensorFlow raises: a node trace
+        shown = p.messages.value
+        assert "stopped by an error at epoch 1: assertion failed: [user boom]" in shown
+        assert "<b>error</b>: assertion failed: [user boom]</div>" in shown
+        for noise in ("Graph execution error", "Detected at node", "File ", "[[", "[Op:"):
+            assert noise not in shown, noise
+        assert len(p.trainer.history) == 1 and "stopped · epoch 1" in p.status.value
+    finally:
+        p.close()
