@@ -107,3 +107,18 @@ def test_a_plot_cell_shows_its_png_in_html_and_markdown(ip):
     assert src in cap.outputs[0].data["text/html"] and src in cap.outputs[0].data["text/markdown"]
     # the figure as before: 5.2 x 3.2 inches at 96 dpi
     assert imread(io.BytesIO(tangent_plot.tangent_png(c))).shape[:2] == (307, 499)
+
+
+def test_magics_loaded_lazily_register_the_formatters_too(ip):
+    """The auto-load file declares the magics lazily: their first use loads the extension."""
+    run(ip, "%unload_ext tapemagic")
+    try:
+        ip.magics_manager.register_lazy("tape", "tapemagic")
+        run(ip, "x = tf.constant(4.0)")
+        with capture_output() as cap:
+            run(ip, "%%tape\ny = x ** 2")
+    finally:
+        run(ip, "%load_ext tapemagic")
+    r = ip.user_ns["_tape"]
+    assert cap.outputs[0].data["text/html"] == render.to_html(r)
+    assert cap.outputs[0].data["text/plain"] == render.to_text(r)
