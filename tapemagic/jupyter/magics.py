@@ -161,7 +161,7 @@ class TapeMagics(Magics):
     def grad(self, line: str) -> Any:
         """Differentiate one expression and return the derivative.
 
-        %grad EXPR [--wrt x,y] [--at x=4.0,y=1] [-o N] [--check] [--plot] [--jacobian] [-q]
+        %grad EXPR [options]: the options below follow the expression.
 
         `--wrt` defaults to the float names EXPR reads; `--at` sets values for this
         evaluation only. Returns the derivative of order N (a tensor), a tuple of them
