@@ -59,18 +59,28 @@ def test_basics_persistent_tape_sgd_step(basics):
 
 
 def test_basics_grad_returns_a_value(basics):
-    assert "tf.Tensor(8.0" in output_of(basics, "g = %grad")
+    assert "tf.Tensor(8.0, shape=(), dtype=float32)" in output_of(basics, "g = %grad")
+    both = output_of(basics, "du, dv = %grad")  # cos(0.5) * 2 and sin(0.5)
+    assert "1.7551651" in both and "0.47942555" in both
 
 
 def test_basics_jacobian_hessian_check_plot(basics):
-    assert "J(y; w)" in output_of(basics, "%%tape --jacobian")
-    assert "H(f; w)" in output_of(basics, "%%tape --hessian")
+    jacobian = output_of(basics, "%%tape --jacobian")  # y = w ** 2 at w = [1, 2, 3]
+    assert "J(y; w)" in jacobian
+    assert "[[2., 0., 0.]," in jacobian and "[0., 4., 0.]," in jacobian
+    assert "[0., 0., 6.]]" in jacobian
+    hessian = output_of(basics, "%%tape --hessian")  # f = w . A w: H = A + A^T
+    assert "H(f; w)" in hessian
+    assert "[[2., 2., 1.]," in hessian and "[2., 2., 0.]," in hessian
+    assert "[1., 0., 6.]]" in hessian
     assert "check ok" in output_of(basics, "%%tape --check")
     assert "data:image/png;base64," in output_of(basics, "%%tape --plot", "text/html")
 
 
 def test_basics_diagnoses(basics):
     assert "no tape watches a constant" in output_of(basics, "%%tape\nx0 = ")
+    fixed = output_of(basics, "%%tape -w x0")  # the fix the diagnosis names
+    assert "∂y/∂x0" in fixed and "6.0" in fixed
     assert "n is an integer Variable (int32)" in output_of(basics, "%%tape\ny = n * n")
     assert "np.square(x.numpy()) leaves TensorFlow" in output_of(
         basics, 'print(_tape.why("y", "x"))'
@@ -96,7 +106,7 @@ def test_training_panels_are_widgets(training):
         assert any("application/vnd.jupyter.widget-view+json" in m for m in mimes), start
 
 
-def test_training_adam_step_and_mlp(training):
+def test_training_adam_own_step_mlp_resume_and_device(training):
     assert "[19.457001, 10.991247, 5.402445, 2.563472, 2.054192]" in output_of(
         training, "history = _panel.run(5)"
     )
