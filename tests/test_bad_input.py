@@ -52,6 +52,10 @@ def ns(ip):
         ("%grad x**", "is not a Python expression"),
         ("%grad x * missing", "NameError: name 'missing' is not defined"),
         ("%grad", "%grad needs an expression"),
+        ("%grad x**2 --at x=1,x=2", "--at gives x twice"),
+        ("%grad x**2 --at x=True", "--at x=True: not a number"),
+        ("%grad x**2 --at x=1 --jacobian -o 2", "--jacobian gives first derivatives"),
+        ("%%tape\n# only a comment", "the cell is empty"),
     ],
 )
 def test_one_line_error(ns, cell, expected):
@@ -61,6 +65,20 @@ def test_one_line_error(ns, cell, expected):
     for key, value in before.items():
         assert ns.user_ns[key] is value  # nothing replaced
     assert "y" not in ns.user_ns  # the cell did not run
+
+
+@pytest.mark.parametrize(
+    "cell, expected",
+    [
+        ("%%tape -t count\ny = x * 2.0", "-t count: count holds an int (3), not a tensor"),
+        ("%%tape -t z\nif False:\n    z = x\ny = x * 2.0", "-t z: the cell did not bind z"),
+    ],
+)
+def test_a_bad_target_is_one_line_after_the_cell_ran(ns, cell, expected):
+    """Whether a target is a tensor is known once the cell has run: what it bound stays."""
+    line = usage_error(ns, cell)
+    assert expected in line, line
+    assert float(ns.user_ns["y"]) == 4.0
 
 
 def test_syntax_error_is_shown_as_ipython_shows_it(ns):

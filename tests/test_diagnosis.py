@@ -1,11 +1,22 @@
-"""Every cause of a None or NaN gradient (REFERENCE.md section 2) gets its diagnosis."""
+"""Every cause of a None, zero, NaN or Inf gradient in docs/diagnosis.md gets its diagnosis.
+
+Tests are named after the cause's stable name (`test_left_tensorflow_...` for
+docs/diagnosis.md#left-tensorflow); the last tests check that the catalog and the code agree.
+"""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 from conftest import run
 
-from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, ZERO
+from tapemagic.tape import cellcode
+from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, VALUE, ZERO
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALOG = ROOT / "docs" / "diagnosis.md"
 
 
 @pytest.fixture
@@ -30,43 +41,75 @@ def only(result, target="y", source="x", order=1):
     return d
 
 
-def test_1_constant_made_in_the_cell_and_not_watched(ns):
+def test_unwatched_constant_made_in_the_cell(ns):
     r = tape(ns, "\nc = tf.constant(3.0)\ny = c * c")
     assert r.sources == []
     assert any("no tape watches a constant" in n and "-w c" in n for n in r.notes)
 
 
-def test_1_constant_outside_the_watch_list(ns):
+def test_unwatched_constant_outside_the_watch_list(ns):
     r = tape(ns, "-w x\ny = x * other")
     assert r.gradient("y", "other") is None
     why = r.why("y", "other")
     assert "other is a constant tensor" in why and "-w other" in why
 
 
-def test_2_integer_source(ns):
+def test_integer_source(ns):
     d = only(tape(ns, "\ny = k * k"), source="k")
     assert d.status == NONE
     assert "k is an integer tensor (int32)" in d.why and "tf.cast(k, tf.float32)" in d.why
 
 
-def test_3_numpy_trip(ns):
+def test_integer_source_left_out_is_named(ns):
+    r = tape(ns, "-w x\ny = x * tf.cast(k, tf.float32)")
+    assert r.sources == ["x"]
+    assert any(
+        n.startswith("not differentiated, integer: k (int32); tapes differentiate floats only")
+        for n in r.notes
+    ), r.notes
+
+
+def test_left_tensorflow_through_numpy(ns):
     d = only(tape(ns, "\ny = tf.constant(np.square(x.numpy()))"))
     assert d.status == NONE
     assert d.why.startswith("line 1: np.square(x.numpy()) leaves TensorFlow")
 
 
-def test_3_float_builtin(ns):
+def test_left_tensorflow_through_float(ns):
     d = only(tape(ns, "\nh = float(x) * 2.0\ny = tf.constant(h)"))
     assert "line 1: float(x) leaves TensorFlow" in d.why
 
 
-def test_3_target_is_a_numpy_value(ns):
+def test_left_tensorflow_target_is_a_numpy_value(ns):
     d = only(tape(ns, "\ny = np.square(x.numpy())"))
     assert d.status == NONE
     assert "y is a numpy.float32, not a tensor" in d.why and "x.numpy()" in d.why
 
 
-def test_4_target_computed_after_the_tape(ns):
+def test_left_tensorflow_through_numpy_imported_in_the_cell(ns):
+    d = only(tape(ns, "\nimport numpy as npp\ny = tf.constant(npp.square(x.numpy()))"))
+    assert d.status == NONE
+    assert d.why.startswith("line 2: npp.square(x.numpy()) leaves TensorFlow"), d.why
+
+
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        (
+            "return tf.constant(np.square(t.numpy()))",
+            "line 2 in f(): np.square(t.numpy()) leaves TensorFlow",
+        ),
+        ("return tf.round(t) * 2.0", "line 2 in f(): tf.round(t) is not differentiable"),
+    ],
+)
+def test_left_tensorflow_or_non_differentiable_op_inside_a_called_function(ns, body, why):
+    run(ns, f"def f(t):\n    {body}")
+    d = only(tape(ns, "\ny = f(x)"))
+    assert d.status == NONE
+    assert d.why.startswith(why), d.why
+
+
+def test_target_after_tape_in_a_later_cell(ns):
     r = tape(ns, "--persistent\ny = x * x")
     run(ns, "later = x * 3.0")
     assert r.gradient("later", "x") is None
@@ -74,20 +117,20 @@ def test_4_target_computed_after_the_tape(ns):
     assert ns.user_ns["tape"].gradient(ns.user_ns["later"], ns.user_ns["x"]) is None
 
 
-def test_4_inside_the_cell_own_tape(ns):
+def test_target_after_tape_of_the_cells_own_tape(ns):
     cell = "\nwith tf.GradientTape() as t:\n    t.watch(x)\ny = x * x\ng = t.gradient(y, x)"
     r = tape(ns, cell)
     assert any("y is computed on line 3, after the block of tape t closed" in n for n in r.notes)
 
 
-def test_5_variable_rebound_to_a_tensor(ns):
+def test_variable_rebound_to_a_tensor(ns):
     r = tape(ns, "\nv = v + 1.0\ny = v * v")
     assert only(r, source="v").value.numpy() == pytest.approx(6.0)
     note = next(n for n in r.notes if "rebinds the name to a Tensor" in n)
     assert note.startswith("line 1: v was a tf.Variable") and "v.assign" in note
 
 
-def test_6_stale_variable_after_rerunning_its_cell(ns):
+def test_stale_variable_after_rerunning_its_cell(ns):
     run(ns, "w = tf.Variable(1.0)")
     r = tape(ns, "\ny = w * w")
     run(ns, "w = tf.Variable(1.0)")
@@ -109,25 +152,19 @@ def test_6_stale_variable_after_rerunning_its_cell(ns):
         ("tf.cast(x > 1.0, tf.float32)", "x > 1.0"),
     ],
 )
-def test_7_non_differentiable_op(ns, expr, culprit):
+def test_non_differentiable_op(ns, expr, culprit):
     d = only(tape(ns, f"\ny = {expr}"))
     assert d.status == NONE
     assert d.why.startswith(f"line 1: {culprit} is not differentiable"), d.why
 
 
-def test_7_sign_gives_zeros_not_none(ns):
+def test_non_differentiable_op_sign_gives_zeros_not_none(ns):
     d = only(tape(ns, "\ny = tf.sign(x)"))
     assert d.status == ZERO
     assert "tf.sign(x) has a zero gradient everywhere" in d.why
 
 
-def test_7_inside_a_called_function(ns):
-    run(ns, "def f(t):\n    return tf.constant(np.square(t.numpy()))")
-    d = only(tape(ns, "\ny = f(x)"))
-    assert "in f(): np.square(t.numpy()) leaves TensorFlow" in d.why
-
-
-def test_8_op_without_registered_gradient(ns):
+def test_no_registered_gradient(ns):
     cell = (
         "\nimg = tf.reshape(tf.range(12.0), (2, 2, 3)) * x\ny = tf.image.adjust_contrast(img, 2.0)"
     )
@@ -137,7 +174,7 @@ def test_8_op_without_registered_gradient(ns):
     assert "tf.custom_gradient" in d.why
 
 
-def test_9_trainable_false(ns):
+def test_untrainable_variable(ns):
     r = tape(ns, "-w x\ny = x * frozen")
     assert r.gradient("y", "frozen") is None
     assert "frozen is a Variable with trainable=False" in r.why("y", "frozen")
@@ -146,7 +183,7 @@ def test_9_trainable_false(ns):
     assert any("frozen has trainable=False" in n for n in r.notes)
 
 
-def test_10_layer_not_built_when_watched(ns):
+def test_nothing_watched_on_a_layer_not_built_yet(ns):
     run(ns, "layer = tf.keras.layers.Dense(1)")
     cell = (
         "\nwith tf.GradientTape(watch_accessed_variables=False) as t:\n"
@@ -155,28 +192,30 @@ def test_10_layer_not_built_when_watched(ns):
         "g = t.gradient(out, layer.trainable_variables)"
     )
     r = tape(ns, "-w x" + cell)
-    assert any("watch_accessed_variables=False" in n and "first call" in n for n in r.notes)
+    assert ns.user_ns["g"] == [None, None]  # what TF gives: the kernel and bias were not watched
+    start = "line 2: t.watch(layer.trainable_variables) on a tape with watch_accessed_variables"
+    assert any(n.startswith(start) and "empty until its first call builds it" in n for n in r.notes)
 
 
-def test_11_state_on_the_path(ns):
+def test_state_on_path(ns):
     d = only(tape(ns, "-w x\nstate.assign(x * 2.0)\ny = state * 3.0"))
     assert d.status == NONE
     assert d.why.startswith("line 1: state.assign(x * 2.0) writes state")
 
 
-def test_12_used_only_in_control_flow(ns):
+def test_control_flow_only_in_an_if(ns):
     cell = "-w x\nif x > 0:\n    y = tf.constant(1.0)\nelse:\n    y = tf.constant(-1.0)"
     d = only(tape(ns, cell))
     assert d.why.startswith("x is used only in control flow (line 1: if x > 0:)")
 
 
-def test_12_used_only_as_a_loop_count(ns):
+def test_control_flow_only_as_a_loop_count(ns):
     cell = "-w x\nacc = tf.constant(0.0)\nfor i in range(int(x)):\n    acc = acc + 1.0"
     d = only(tape(ns, cell), target="acc")
     assert d.why.startswith("x is used only in control flow (line 2: for i in range(int(x)):)")
 
 
-def test_13_inner_gradient_after_the_outer_tape_closed(ns):
+def test_outer_tape_closed_before_the_inner_gradient(ns):
     cell = (
         "-w x\nwith tf.GradientTape() as t2:\n    t2.watch(x)\n"
         "    with tf.GradientTape() as t1:\n        t1.watch(x)\n        y = x ** 2\n"
@@ -189,26 +228,48 @@ def test_13_inner_gradient_after_the_outer_tape_closed(ns):
     )
 
 
-def test_14_structurally_zero_shows_as_zero(ns):
+def test_structural_zero_shows_as_zero(ns):
     d = only(tape(ns, "-o 2\ny = 3.0 * x"), order=2)
     assert d.status == STRUCTURAL
     assert d.value.numpy() == 0.0
     assert "the order-2 derivative is 0 (shown so)" in d.why
 
 
-def test_14_no_path_at_all(ns):
+def test_structural_zero_carries_to_higher_orders(ns):
+    r = tape(ns, "-o 3\ny = 3.0 * x")
+    assert [d.status for d in r.derivatives] == [VALUE, STRUCTURAL, STRUCTURAL]
+    assert float(r.gradient("y", "x", order=3)) == 0.0
+    assert only(r, order=3).why == "order 2 is already 0, so order 3 is 0"
+    assert float(ns.run_line_magic("grad", "3.0 * x --at x=2.0 -o 3 -q")) == 0.0
+
+
+def test_structural_zero_keeps_a_caveat_for_ops_without_higher_gradients(ns):
+    run(ns, "v4 = tf.constant([1., 2., 3., 4.])")
+    cell = "-o 2\nf = tf.reduce_sum(tf.image.resize(tf.reshape(v4, (1, 2, 2, 1)), (4, 4)) ** 2)"
+    d = only(tape(ns, cell), target="f", source="v4", order=2)
+    assert d.status == STRUCTURAL
+    assert "unless an op on the path has no gradient of order 2 (e.g. tf.image.resize)" in d.why
+
+
+def test_structural_zero_no_path_at_order_one(ns):
     d = only(tape(ns, "-w x,other\ny = other * 2.0"))
     assert d.status == NONE
-    assert "y does not depend on x" in d.why
+    assert d.why.startswith("y does not depend on x: nothing in the cell computes it from x")
 
 
-def test_15_non_scalar_target_is_summed(ns):
+def test_summed_targets_non_scalar_target(ns):
     d = only(tape(ns, "\ny = tf.stack([x * x, x ** 3])"))
     assert d.summed and d.notation == "∂Σy/∂x"
     assert d.value.numpy() == pytest.approx(33.0)  # 2x + 3x^2 at 3
 
 
-def test_15_gradient_of_a_list(ns):
+def test_summed_targets_list_target(ns):
+    d = only(tape(ns, "-t y\ny = [x * x, x ** 3]"))
+    assert d.summed and d.notation == "∂Σy/∂x"
+    assert float(d.value) == 33.0
+
+
+def test_summed_targets_gradient_of_a_list(ns):
     cell = (
         "\nwith tf.GradientTape() as t:\n    t.watch(x)\n    a = x * x\n    b = x ** 3\n"
         "g = t.gradient([a, b], x)"
@@ -217,13 +278,13 @@ def test_15_gradient_of_a_list(ns):
     assert any("silently sums the gradients of its 2 targets" in n for n in r.notes)
 
 
-def test_16_nan_from_the_unselected_where_branch(ns):
+def test_nan_from_where(ns):
     d = only(tape(ns, "\ny = tf.where(zero > 0, tf.math.log(zero), 0.)"), source="zero")
     assert d.status == NONFINITE
     assert "double where" in d.why and "tf.math.log(zero)" in d.why and "zero = 0" in d.why
 
 
-def test_16_singular_op_without_where(ns):
+def test_infinite_derivative_of_a_singular_op(ns):
     d = only(tape(ns, "\ny = zero ** 0.5"), source="zero")
     assert d.status == NONFINITE
     assert d.why.startswith(
@@ -231,7 +292,7 @@ def test_16_singular_op_without_where(ns):
     )
 
 
-def test_nan_target_itself(ns):
+def test_infinite_derivative_of_a_nan_target(ns):
     d = only(tape(ns, "\ny = tf.sqrt(-zero - 1.0)"), source="zero")
     assert d.status == NONFINITE
     assert d.why.startswith("y itself is NaN or Inf at this point (line 1)")
@@ -240,3 +301,98 @@ def test_nan_target_itself(ns):
 def test_why_is_none_for_a_proper_gradient(ns):
     r = tape(ns, "\ny = x * x")
     assert r.why("y", "x") is None
+
+
+def test_no_gradient_for_any_variable():
+    import tensorflow as tf
+
+    from tapemagic import Trainer
+
+    a = tf.Variable(1.0)
+    X, Y = tf.constant([1.0, 2.0, 3.0]), tf.constant([2.0, 4.0, 6.0])
+    with pytest.raises(ValueError) as err:  # Keras would say only "No gradients provided..."
+        Trainer(
+            params={"a": a},
+            predict=lambda x: tf.constant(x.numpy() * a.numpy()),  # leaves TensorFlow
+            loss=lambda y, p: tf.reduce_sum((y - p) ** 2),
+            data=(X, Y),
+        )
+    assert str(err.value).startswith(
+        "no gradient reaches any of a from the loss: predict must compute with these Variables "
+        "through TensorFlow ops"
+    )
+
+
+# -- docs/diagnosis.md and the code agree -------------------------------------------------
+def anchors(markdown: str) -> set[str]:
+    """The anchors of a Markdown page's headings, as GitHub makes them."""
+    found = set()
+    for heading in re.findall(r"^#+ +(.+?) *$", markdown, flags=re.MULTILINE):
+        text = re.sub(r"[^\w\- ]", "", heading.lower().replace("`", ""))
+        found.add(text.replace(" ", "-"))
+    return found
+
+
+def catalog() -> dict[str, int]:
+    """Stable name -> number, from the catalog's `## name` headings and `**N.**` lines."""
+    entry = r"^## ([a-z0-9]+(?:-[a-z0-9]+)+)\n\n\*\*(\d+)\.\*\*"
+    entries = re.findall(entry, CATALOG.read_text(), flags=re.MULTILINE)
+    return {name: int(number) for name, number in entries}
+
+
+def citations() -> dict[str, list[str]]:
+    """Every `docs/diagnosis.md#<name>` cited in the package and the tests -> where."""
+    cited: dict[str, list[str]] = {}
+    for folder in ("tapemagic", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for name in re.findall(r"docs/diagnosis\.md#([\w-]+)", path.read_text()):
+                cited.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    return cited
+
+
+def test_catalog_numbers_its_causes_one_to_n():
+    numbers = sorted(catalog().values())
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 18, numbers
+
+
+def test_every_name_the_code_cites_is_in_the_catalog():
+    cited = citations()
+    assert {"left-tensorflow", "non-differentiable-op", "state-on-path"} <= set(cited)
+    assert "tapemagic/tape/diagnosis.py" in cited["left-tensorflow"]
+    headings = anchors(CATALOG.read_text())
+    missing = {name: where for name, where in cited.items() if name not in headings}
+    assert not missing, f"cited but not a heading of docs/diagnosis.md: {missing}"
+
+
+def test_every_cause_in_the_catalog_has_a_test_named_after_it():
+    tests = re.findall(r"^def (test_\w+)", Path(__file__).read_text(), flags=re.MULTILINE)
+    prefixes = {name: "test_" + name.replace("-", "_") for name in catalog()}
+    untested = [n for n, p in prefixes.items() if not any(t.startswith(p) for t in tests)]
+    assert not untested, f"no test_<name> in {Path(__file__).name} for: {untested}"
+
+
+@pytest.mark.parametrize(
+    "name, cell",
+    [
+        (
+            "target-after-tape",
+            "with tf.GradientTape() as t:\n    t.watch(x)\ny = x * x\ng = t.gradient(y, x)",
+        ),
+        (
+            "nothing-watched",
+            "with tf.GradientTape(watch_accessed_variables=False) as t:\n"
+            "    t.watch(layer.trainable_variables)\n    out = layer(x)",
+        ),
+        (
+            "outer-tape-closed",
+            "with tf.GradientTape() as t2:\n    with tf.GradientTape() as t1:\n        y = x * x\n"
+            "    pass\ndy = t1.gradient(y, x)",
+        ),
+        (
+            "summed-targets",
+            "with tf.GradientTape() as t:\n    a = x * x\ng = t.gradient([a, a], x)",
+        ),
+    ],
+)
+def test_lints_carry_their_catalog_number(name, cell):
+    assert [lint.cause for lint in cellcode.analyse(cell).lints] == [catalog()[name]]

@@ -13,7 +13,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from tapemagic.display import heatmap, render  # noqa: E402
+from tapemagic.display import heatmap, render, tangent_plot  # noqa: E402
 from tapemagic.tape.result import (  # noqa: E402
     NONE,
     NONFINITE,
@@ -21,6 +21,7 @@ from tapemagic.tape.result import (  # noqa: E402
     ZERO,
     Check,
     Derivative,
+    TangentCurve,
     TapeResult,
 )
 
@@ -239,10 +240,11 @@ def test_check_verdicts(fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_notes_and_plots(fmt):
-    png = heatmap.encode_png(np.zeros((2, 3, 3), np.uint8))
+    xs = np.linspace(3.0, 5.0, 5)
     r = scalar_result()
     r.notes = ["y is an int32 tensor: integers have no gradient"]
-    r.plots = [png]
+    r.tangents = [TangentCurve("y", "x", xs, xs**2, x0=4.0, y0=16.0, slope=8.0)]
+    png = tangent_plot.tangent_png(r.tangents[0])
     out = FORMATS[fmt](r)
     assert "y is an int32 tensor: integers have no gradient" in out
     if fmt == "text":
@@ -274,13 +276,6 @@ def test_empty_result():
     r = TapeResult(notes=["the cell computed no tensors"])
     for f in (*FORMATS.values(), render.to_latex):
         assert "the cell computed no tensors" in f(r) or f is render.to_latex
-
-
-def test_reprs_use_render():
-    r = scalar_result()
-    assert r._repr_html_() == render.to_html(r)
-    assert r._repr_markdown_() == render.to_markdown(r)
-    assert repr(r) == render.to_text(r)
 
 
 # -- big tensors and heatmaps ------------------------------------------------------------------
