@@ -223,6 +223,17 @@ def test_training_panel_buttons_in_the_browser(lab, browser):
         time.sleep(1.0)
         assert epoch_of(panel) == held + 1, "Step ran more than one epoch"
 
+        panel.locator("button:has-text('Resume')").click()
+        wait_until(lambda: epoch_of(panel) > held + 100, 10, "the run to go on after Resume")
+
+        panel.locator("button:has-text('Stop')").click()
+        train = panel.locator("button:has-text('Train')")
+        wait_until(train.is_enabled, 10, "Train to be enabled again after Stop")
+        stopped = settled(panel)
+        time.sleep(1.0)
+        assert epoch_of(panel) == stopped, "the counter moved after Stop"
+        assert "stopped" in panel.locator(".tapemagic-status").inner_text()
+
         panel.locator("button:has-text('Reset')").click()
         wait_until(lambda: epoch_of(panel) == 0, 10, "the reset")
         screenshot(page, "02_training_panel_after.png")
