@@ -4,7 +4,7 @@ Run it as a script (pytest does not collect it: its name does not start with tes
 
     .venv/bin/python tests/bench_trainer.py [--quick]
 
-Targets of issue 3, measured side by side in one process:
+Targets, measured side by side in one process:
 
 1. the seed's linear regression (9 points, full batch, SGD): epochs/s of the Trainer at
    least 60x the seed's eager GradientTape loop (which prints, so reads, each loss);

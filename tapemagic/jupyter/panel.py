@@ -1,8 +1,8 @@
 """`TrainingPanel`: a `Trainer` bound to core ipywidgets, with a live loss plot.
 
 Training runs in a worker thread, so the kernel's main thread stays free to deliver
-button clicks (REFERENCE.md section 3, point 5); buttons only set the trainer's
-thread-safe controls. A second thread refreshes the view at most ten times a second
+button clicks (a kernel handles one message at a time there); buttons only set the
+trainer's thread-safe controls. A second thread refreshes the view at most ten times a second
 whatever the epoch rate: progress, parameters, messages, and the plot, a PNG in an
 `ipywidgets.Image` replaced in place (no `clear_output`, no flicker, no frontend
 extension). Where no widget can show (terminal IPython, scripts) it prints one line
@@ -21,9 +21,9 @@ import ipywidgets as w
 import numpy as np
 
 from tapemagic.display.lossplot import LossPlot
+from tapemagic.training.objectives import OPTIMIZERS
 from tapemagic.training.trainer import Trainer
 
-OPTIMIZERS = ["sgd", "momentum", "adam", "rmsprop", "adagrad"]
 BATCH_SIZES = [None, 1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 REFRESH_S = 0.1  # at most ten view refreshes a second
 WIDE = {"description_width": "initial"}  # labels in full, not cut to a fixed width
@@ -92,7 +92,7 @@ class TrainingPanel:
         )  # fmt: skip
         opt = _optimizer_name(t.optimizer)
         self.optimizer = w.Dropdown(
-            options=OPTIMIZERS if opt in OPTIMIZERS else [*OPTIMIZERS, opt],
+            options=list(OPTIMIZERS) if opt in OPTIMIZERS else [*OPTIMIZERS, opt],
             value=opt, description="optimizer", disabled=t.optimizer is None, style=WIDE,
         )  # fmt: skip
         sizes = BATCH_SIZES if t.batch_size in BATCH_SIZES else [*BATCH_SIZES, t.batch_size]

@@ -100,7 +100,7 @@ def snapshot_variables(state: Sequence[Any]) -> list[tf.Variable]:
 
 
 class CompiledLoop:
-    """The compiled chunk function and snapshot for one configuration."""
+    """The compiled call and its snapshot, for one configuration (steps, data, batch size)."""
 
     def __init__(
         self,
@@ -134,7 +134,7 @@ class CompiledLoop:
         self.n_grad_vars, self.grads_are_values = n_grad_vars, grads_are_values
         self.collect_batches, self.device = collect_batches, device
         # under a strategy the steps update the metrics in each replica themselves
-        self.metrics_in_step = steps.updates_metrics
+        self.steps_update_metrics = steps.updates_metrics
         # a distributed Dataset is iterated from the host: one iterator kept across calls
         self._new_iterator, self._iterator, self._aligned = batch_iterator, None, False
         if isinstance(data, ArrayData):
@@ -151,7 +151,7 @@ class CompiledLoop:
             with tf.device(device):
                 snapshot = snapshot_variables(self.state)
         self.snapshot = list(snapshot)
-        self._fn = tf.function(self._chunk)
+        self._fn = tf.function(self._compiled)
 
     # -- host side -------------------------------------------------------------------
 
@@ -254,19 +254,19 @@ class CompiledLoop:
     def _params(self) -> list:
         return [v.read_value() if hasattr(v, "read_value") else v for v in self.record_vars]
 
-    def _chunk(self, x, y, xv, yv, epoch0, n_epochs, b0, b1, it=None):
+    def _compiled(self, x, y, xv, yv, epoch0, n_epochs, b0, b1, it=None):
         for s, v in zip(self.snapshot, self.state, strict=True):
             s.assign(v)
         if self.fast:
-            return self._chunk_fast(x, y, xv, yv, n_epochs)
-        return self._chunk_batches(x, y, xv, yv, epoch0, n_epochs, b0, b1, it)
+            return self._call_fast(x, y, xv, yv, n_epochs)
+        return self._call_batches(x, y, xv, yv, epoch0, n_epochs, b0, b1, it)
 
     def _update(self, metrics, y, pred) -> None:
-        if not self.metrics_in_step:
+        if not self.steps_update_metrics:
             for m in metrics:
                 m.update_state(y, pred)
 
-    def _chunk_fast(self, x, y, xv, yv, n_epochs):
+    def _call_fast(self, x, y, xv, yv, n_epochs):
         width = self.layout.width
         rows = tf.TensorArray(tf.float32, size=n_epochs, element_shape=[width])
 
@@ -335,7 +335,7 @@ class CompiledLoop:
             perm = tf.random.experimental.stateless_shuffle(tf.range(self.data.n), seed)
         return self._loop_batches(body, lambda b, ok, *_: (b < stop) & ok, state)
 
-    def _chunk_batches(self, x, y, xv, yv, epoch0, n_epochs, b0, b1, it=None):
+    def _call_batches(self, x, y, xv, yv, epoch0, n_epochs, b0, b1, it=None):
         nb = self.steps_per_epoch
         rows = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
         if it is None and isinstance(self.data, DatasetData) and nb is not None:
