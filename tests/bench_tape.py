@@ -289,8 +289,8 @@ def main() -> int:
     html_bytes = len(html.encode())
     renders = {
         "render.to_html": lambda: render.to_html(result),
-        "_repr_html_": result._repr_html_,
-        "_repr_markdown_": result._repr_markdown_,
+        "html formatter": lambda: ip.display_formatter.formatters["text/html"](result),
+        "markdown formatter": lambda: ip.display_formatter.formatters["text/markdown"](result),
         "render.to_text (repr)": lambda: render.to_text(result),
         "display formatter, all": lambda: ip.display_formatter.format(result),
     }
