@@ -118,7 +118,7 @@ def mirrored() -> dict:
     out["mlp"] = {
         "one": {k: ref.history[k] for k in cols},
         "two": {k: dist.history[k] for k in cols},
-        "reduction": dist._replicas.reduction,
+        "reduction": dist.loss_reduction,
         "distribution": dist.distribution(),
     }
 
@@ -238,7 +238,7 @@ def mirrored() -> dict:
     }  # fmt: skip
     t = Trainer(params=[a_in], predict=lambda x: a_in * x, data=(X, Y), strategy=strategy,
                 loss=lambda y, p: tf.reduce_max(tf.abs(y - p)), loss_reduction="mean")  # fmt: skip
-    out["forced_reduction"] = t._replicas.reduction
+    out["forced_reduction"] = t.loss_reduction
     return out
 
 

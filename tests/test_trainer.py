@@ -519,7 +519,7 @@ def test_bad_model_arguments_get_one_line_errors():
             dict(params=[tf.Variable(3)], predict=lambda x: x, loss=sum_sq, data=(X, Y)),
             "int32 Variable; gradients exist only for float",
         ),
-        (  # REFERENCE cause 17, with the variables named
+        (  # docs/diagnosis.md#no-gradient-for-any-variable, with the variables named
             dict(params={"a": a}, predict=lambda x: x * 2.0, loss=sum_sq, data=(X, Y)),
             "no gradient reaches any of a from the loss",
         ),

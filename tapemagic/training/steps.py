@@ -6,8 +6,8 @@ a `tf.distribute` strategy `Replicas.split_steps` builds them from the same piec
 gradient on a sample batch, so that shape mismatches and missing gradients surface as
 one-line errors naming the variables, before any compiled code runs. When no gradient
 reaches any variable, Keras says only "No gradients provided for any variable"; here the
-message names the variables and the usual way the gradient is lost (see
-docs/diagnosis.md, 'no gradient for any variable').
+message names the variables and the usual way the gradient is lost
+(docs/diagnosis.md#no-gradient-for-any-variable).
 """
 
 from __future__ import annotations

@@ -247,6 +247,12 @@ class Trainer:
         return self._replicas.strategy if self._replicas else None
 
     @property
+    def loss_reduction(self) -> str | None:
+        """Under a strategy: whether the loss sums ('sum') or averages ('mean') over
+        samples, as given or probed; None without a strategy."""
+        return self._replicas.reduction if self._replicas else None
+
+    @property
     def num_replicas(self) -> int:
         """Replicas each batch is split across (1 without a strategy)."""
         return self._replicas.count if self._replicas else 1
