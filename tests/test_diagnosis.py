@@ -247,8 +247,11 @@ def test_structural_zero_keeps_a_caveat_for_ops_without_higher_gradients(ns):
     run(ns, "v4 = tf.constant([1., 2., 3., 4.])")
     cell = "-o 2\nf = tf.reduce_sum(tf.image.resize(tf.reshape(v4, (1, 2, 2, 1)), (4, 4)) ** 2)"
     d = only(tape(ns, cell), target="f", source="v4", order=2)
-    assert d.status == STRUCTURAL
-    assert "unless an op on the path has no gradient of order 2 (e.g. tf.image.resize)" in d.why
+    if d.status == NONE:  # TF 2.16/2.17 raise for the missing gradient instead of a silent None
+        assert "no gradient is registered for the op ResizeBilinearGrad" in d.why
+    else:  # later TF returns None silently: never claimed zero without the caveat
+        assert d.status == STRUCTURAL
+        assert "unless an op on the path has no gradient of order 2 (e.g. tf.image.resize)" in d.why
 
 
 def test_structural_zero_no_path_at_order_one(ns):

@@ -113,10 +113,16 @@ def _set_register_deadline(jobs: dict[str, list[str]], timeout: float) -> None:
     future TensorFlow moves it (then only the chief's own check bounds the wait).
     """
     try:
-        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2 as pb
         from tensorflow.python.eager import context
     except ImportError:
         return
+    try:  # TF 2.18 and later
+        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2 as pb
+    except ImportError:
+        try:  # TF 2.16 and 2.17
+            from tensorflow.tsl.protobuf import coordination_config_pb2 as pb
+        except ImportError:
+            return
     leader = "/job:chief/replica:0/task:0" if "chief" in jobs else "/job:worker/replica:0/task:0"
     coordinated = [
         pb.CoordinatedJob(name=k, num_tasks=len(jobs[k])) for k in ("chief", "worker") if k in jobs
