@@ -169,7 +169,7 @@ class TapeMagics(Magics):
 
             g = %grad x**2 --at x=4      # g == 8.0
         """
-        expr, opts = split_options(line, _GRAD_OPTIONS)
+        expr, opts = split_options(strip_comment(line), _GRAD_OPTIONS)
         args = parse_argstring(self.grad, opts)
         if not expr.strip():
             raise UsageError("%grad needs an expression: %grad x**2 --at x=4")
@@ -221,6 +221,28 @@ def option_start(parser: argparse.ArgumentParser) -> re.Pattern:
     word of its own (`--at x=1`, `--at=1`, `-q`), so `x - 2` or `x-o` stay expression."""
     names = sorted(parser._option_string_actions, key=len, reverse=True)
     return re.compile(rf"(?:^|\s)(?=(?:{'|'.join(map(re.escape, names))})(?![\w-]))")
+
+
+def strip_comment(line: str) -> str:
+    """The line without a trailing `# comment` (a `#` inside a string literal stays), as
+    Python reads any line: `g = %grad x**2 --at x=4  # 8.0`."""
+    quote = ""
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            if ch == "\\":
+                i += 1  # the escaped character cannot close the string
+            elif line.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+        elif ch == "#":
+            return line[:i].rstrip()
+        elif ch in "'\"":
+            quote = ch * 3 if line.startswith(ch * 3, i) else ch
+            i += len(quote) - 1
+        i += 1
+    return line
 
 
 def split_options(line: str, start: re.Pattern) -> tuple[str, str]:

@@ -5,6 +5,7 @@
 
 
 def _tapemagic_autoload() -> None:
+    import inspect
     import os
 
     if os.environ.get("TAPEMAGIC_AUTOLOAD", "1").strip().lower() in ("0", "false", "no", "off"):
@@ -15,8 +16,19 @@ def _tapemagic_autoload() -> None:
     manager = getattr(shell, "magics_manager", None)
     if manager is None or not hasattr(manager, "register_lazy"):  # IPython < 8.1
         return
-    for name in ("tape", "grad", "train"):
-        manager.register_lazy(name, "tapemagic")
+    # Only the kinds that exist: %%tape is a cell magic, %grad and %train line magics.
+    # IPython versions whose register_lazy takes a magic_kind list a lazy name under
+    # that kind only; without the argument, they declare both kinds (and %lsmagic and
+    # Tab would offer %tape, %%grad and %%train, which then fail to load). Older ones
+    # (before the argument existed) keep a lazy name out of %lsmagic and completion
+    # until it is loaded, so the bare call is the best they allow.
+    kinds = {"tape": "cell", "grad": "line", "train": "line"}
+    takes_kind = "magic_kind" in inspect.signature(manager.register_lazy).parameters
+    for name, kind in kinds.items():
+        if takes_kind:
+            manager.register_lazy(name, "tapemagic", magic_kind=kind)
+        else:
+            manager.register_lazy(name, "tapemagic")
 
 
 _tapemagic_autoload()
