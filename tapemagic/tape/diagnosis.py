@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from tapemagic.tape.cellcode import CellInfo, Finding, findings_in
+from tapemagic.tape.recording import to_numpy
 from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, ZERO, Derivative
 
 
@@ -234,7 +234,7 @@ def _point_text(ctx: Context, source: str) -> str:
     value = ctx.point.get(source)
     if value is None:
         return ""
-    arr = np.asarray(value)
+    arr = to_numpy(value)
     return f" at {source} = {arr.item():g}" if arr.size == 1 else ""
 
 

@@ -25,6 +25,17 @@ def is_float_tensor(value: Any) -> bool:
     )
 
 
+def to_numpy(value: Any) -> np.ndarray:
+    """A tensor, Variable or number as a NumPy array; bfloat16 comes back as float32 (exact):
+    `np.asarray` of a bfloat16 scalar tensor fails, and NumPy's own functions do not all know
+    the ml_dtypes type (its dtype kind is "V", not "f")."""
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        if value.dtype == tf.bfloat16:
+            value = tf.cast(value, tf.float32)
+        return np.asarray(value.numpy())
+    return np.asarray(value)
+
+
 def is_tensor_like(value: Any) -> bool:
     return isinstance(value, (tf.Tensor, tf.Variable))
 
@@ -229,7 +240,8 @@ class Recorder:
                 continue
             n = size_of(src)
             if value is None:  # as for order 2: no recorded dependence
-                zeros = tf.zeros((n, n), src.dtype)
+                # the shape a computed Hessian has: () for a scalar source, (n, n) otherwise
+                zeros = tf.zeros((n, n) if src.shape.rank else (), src.dtype)
                 why = structural_why(source, 2)
                 out.append(Derivative(target, source, 1, "hessian", zeros, STRUCTURAL, why=why))
                 continue
@@ -276,7 +288,7 @@ def classify(value: Any) -> str:
     # One pass answers both questions: the sum of squares is 0 only for zeros, and is
     # finite unless some element is not (or it overflows: then look closer). On the CPU
     # .numpy() shares the tensor's memory, and np.vdot is the fastest pass there is.
-    flat = np.asarray(value).ravel()
+    flat = to_numpy(value).ravel()
     total = abs(np.vdot(flat, flat)) if flat.dtype.kind in "fc" else np.count_nonzero(flat)
     if not np.isfinite(total) and not np.isfinite(flat).all():
         return NONFINITE

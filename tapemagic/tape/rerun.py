@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tapemagic.tape import cellcode
 from tapemagic.tape.cellcode import BIND_HOOK, LAST_HOOK
+from tapemagic.tape.recording import to_numpy
 from tapemagic.variables import unwrap
 
 
@@ -127,7 +128,7 @@ class Rerunner:
                 if value is missing:
                     value = last[0]
                 self.dtypes[t] = getattr(value, "dtype", None)
-                out[t] = np.real(np.asarray(value)).astype(np.float64)
+                out[t] = np.real(to_numpy(value)).astype(np.float64)
             return out
         finally:
             for name, value in saved_names.items():

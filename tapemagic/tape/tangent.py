@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tensorflow as tf
 
-from tapemagic.tape.recording import Recorder
+from tapemagic.tape.recording import Recorder, to_numpy
 from tapemagic.tape.rerun import Rerunner
 from tapemagic.tape.result import TangentCurve, TapeResult
 
@@ -41,7 +41,7 @@ def add_tangent_curve(
         return
     source, target = scalar_sources[0], scalar_targets[0]
     src = recorder.sources[source]
-    x0 = float(np.asarray(recorder.initial.get(source, src)))
+    x0 = float(to_numpy(recorder.initial.get(source, src)))
     width = max(1.0, abs(x0))
     xs = np.linspace(x0 - width, x0 + width, SAMPLES)
     rerun = Rerunner(code, namespace, recorder.sources, [target], before, opts.silence_reruns)
@@ -53,14 +53,14 @@ def add_tangent_curve(
             ys.append(np.nan)
     ys = np.array(ys)
     slope = result.find(target, source)
-    slope = float(np.asarray(slope.value)) if slope is not None and slope.value is not None else 0.0
+    slope = float(to_numpy(slope.value)) if slope is not None and slope.value is not None else 0.0
     curve = TangentCurve(
         target=target,
         source=source,
         xs=xs,
         ys=ys,
         x0=x0,
-        y0=float(np.asarray(result.values[target])),
+        y0=float(to_numpy(result.values[target])),
         slope=slope,
         order=opts.order,
     )
@@ -72,7 +72,7 @@ def add_tangent_curve(
 
 def _real_scalar(value: Any) -> bool:
     try:
-        a = np.asarray(value)
+        a = to_numpy(value)
     except Exception:
         return False
     return a.size == 1 and a.dtype.kind in "fi"

@@ -30,6 +30,7 @@ from tapemagic.tape.recording import (
     is_float_tensor,
     is_tensor_like,
     size_of,
+    to_numpy,
     unwrap,
 )
 from tapemagic.tape.rerun import snapshot, variables_in
@@ -147,6 +148,10 @@ def tape_cell(
                     namespace[name] = saved[name]
                 else:
                     del namespace[name]
+            elif name in saved and name in namespace:  # the cell rebound it
+                namespace[name] = _as_plain(
+                    name, saved[name], namespace[name], info, swaps, namespace
+                )
     if not ok:
         return None
     return _build_result(
@@ -169,6 +174,7 @@ def _resolve_sources(info: CellInfo, namespace: dict, opts: TapeOptions):
     sources: dict[str, Any] = {}
     swaps: dict[str, Any] = {}
     names = opts.watch if opts.watch is not None else info.reads
+    peer = _peer_dtype(info, namespace, names, opts.overrides)
     for name in names:
         if name in opts.overrides:
             value = opts.overrides[name]
@@ -186,7 +192,7 @@ def _resolve_sources(info: CellInfo, namespace: dict, opts: TapeOptions):
                 f"define {name} first, or check the spelling"
             )
         value = unwrap(value)  # a Keras Variable: its tf.Variable; the name keeps the Keras one
-        tensor = _as_source(name, value, explicit=opts.watch is not None)
+        tensor = _as_source(name, value, explicit=opts.watch is not None, peer=peer)
         if tensor is None:
             continue
         if tensor is not value or name in opts.overrides:  # a float or array made a tensor
@@ -201,8 +207,31 @@ def _resolve_sources(info: CellInfo, namespace: dict, opts: TapeOptions):
     return sources, {id(v) for v in sources.values()}, swaps
 
 
-def _as_source(name: str, value: Any, explicit: bool) -> Any:
-    """The tensor to differentiate with respect to, or None (not a source by default)."""
+def _peer_dtype(info: CellInfo, namespace: dict, names: list[str], overrides: dict):
+    """The dtype -w numbers take: that of the float tensors the cell reads when they agree
+    (TF converts a number to the dtype of the tensor it meets), else that of the NumPy
+    values watched when they agree (NumPy arithmetic keeps it), else None."""
+
+    def one(values) -> tf.DType | None:
+        dtypes = {tf.as_dtype(v.dtype).base_dtype for v in values}
+        return dtypes.pop() if len(dtypes) == 1 else None
+
+    read = [unwrap(namespace.get(n)) for n in info.reads]
+    tensors = [v for v in read if isinstance(v, (tf.Tensor, tf.Variable)) and v.dtype.is_floating]
+    watched = [overrides.get(n, namespace.get(n)) for n in names]
+    arrays = [
+        v for v in watched if isinstance(v, (np.ndarray, np.floating)) and v.dtype.kind == "f"
+    ]
+    return one(tensors) if tensors else one(arrays)
+
+
+def _as_source(name: str, value: Any, explicit: bool, peer: tf.DType | None = None) -> Any:
+    """The tensor to differentiate with respect to, or None (not a source by default).
+
+    A Python or NumPy number given with -w becomes a tensor of the dtype it would take in
+    the plain cell: TF converts such values to the dtype of the tensor they meet, so that of
+    the float tensors the cell reads (`peer`) when they agree, else its own (a Python float:
+    float32, as tf.constant(2.0))."""
     if isinstance(value, (tf.Tensor, tf.Variable)):
         if value.dtype.is_floating or value.dtype.is_complex or explicit:
             return value
@@ -214,11 +243,11 @@ def _as_source(name: str, value: Any, explicit: bool) -> Any:
             f"{name} is an int ({value!r}): tapes differentiate floats only; "
             f"make it {name} = {float(value)!r} (or pass --at {name}={float(value)!r})"
         )
-    if isinstance(value, (float, np.floating)):
-        return tf.constant(value, dtype=tf.float32 if isinstance(value, float) else None)
-    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-        # float64, NumPy's default, would not mix with float32 tensors: use TF's default.
-        return tf.constant(value, tf.float32 if value.dtype == np.float64 else None)
+    if isinstance(value, (float, np.floating)) or (
+        isinstance(value, np.ndarray) and value.dtype.kind == "f"
+    ):
+        own = tf.float32 if isinstance(value, float) else tf.as_dtype(np.asarray(value).dtype)
+        return tf.constant(value, dtype=peer or own)
     if isinstance(value, np.ndarray):
         raise TapeError(
             f"{name} is a NumPy {value.dtype} array: tapes differentiate floats only; "
@@ -229,6 +258,28 @@ def _as_source(name: str, value: Any, explicit: bool) -> Any:
         f"{name} is a {kind}, not a number or tensor: tapes differentiate float tensors; "
         f"make it one, e.g. {name} = tf.constant(...)"
     )
+
+
+def _as_plain(
+    name: str, original: Any, now: Any, info: CellInfo, swaps: dict, namespace: dict
+) -> Any:
+    """What a plain cell leaves in `name` when the cell rebinds a number given with -w:
+    a number of the original's type when the new value was computed from numbers alone
+    (`pf = pf * 3.0`), the tensor when TensorFlow was involved (`pf = tf.sin(pf)`)."""
+    if not isinstance(now, tf.Tensor) or isinstance(original, (tf.Tensor, tf.Variable)):
+        return now
+    for dep in info.depends_on(name):
+        if dep in info.binds or dep in swaps:
+            continue  # made in the cell: what it was made from is in the closure too
+        value = namespace.get(dep)
+        if isinstance(value, (tf.Tensor, tf.Variable, types.ModuleType)) or callable(value):
+            return now  # TensorFlow (or code that may use it) computed the new value
+    array = to_numpy(now)
+    if isinstance(original, (float, np.floating)) and array.size == 1:
+        return type(original)(array.item())
+    if isinstance(original, np.ndarray):
+        return array.astype(original.dtype)
+    return now
 
 
 def _check_target_names(info: CellInfo, namespace: dict, opts: TapeOptions) -> None:
