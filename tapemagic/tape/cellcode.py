@@ -17,6 +17,13 @@ from dataclasses import dataclass, field
 BIND_HOOK = "__tapemagic_bind__"
 LAST_HOOK = "__tapemagic_last__"
 
+# Magics whose argument is code IPython runs in the user's namespace: `transform_cell` writes
+# `%time y = x ** 2` as `get_ipython().run_line_magic('time', 'y = x ** 2')`, and the magic
+# parses, transforms (with our rewriter among the shell's AST transformers) and runs it. The
+# value says whether its assignments land in the namespace (%timeit runs the code inside a
+# function of its own, so they do not).
+CODE_MAGICS = {"time": True, "timeit": False, "prun": True, "capture": True}
+
 # Ways a value leaves TensorFlow: the tape cannot follow it back
 # (docs/diagnosis.md#left-tensorflow).
 _LEAVE_METHODS = {"numpy", "item", "tolist", "astype", "__array__"}
@@ -100,6 +107,7 @@ class CellInfo:
     tapes: list[TapeBlock]
     lints: list[Lint]
     bind_lines: dict[str, list[int]]
+    quiet: bool = False  # the last expression ends with `;`: IPython shows no value
 
     def line(self, lineno: int) -> str:
         lines = self.source.splitlines()
@@ -107,15 +115,20 @@ class CellInfo:
 
     def depends_on(self, target: str) -> set[str]:
         """Every name `target` was computed from, by the cell's dataflow (order ignored)."""
+        binders = self.__dict__.get("_binders")
+        if binders is None:  # name -> what its binding statements read, built once
+            binders = {}
+            for st in self.statements:
+                for name in st.binds:
+                    binders.setdefault(name, set()).update(st.reads)
+            self.__dict__["_binders"] = binders
         seen: set[str] = set()
         todo = [target]
         while todo:
-            name = todo.pop()
-            for st in self.statements:
-                if name in st.binds:
-                    for r in st.reads - seen:
-                        seen.add(r)
-                        todo.append(r)
+            for r in binders.get(todo.pop(), ()):
+                if r not in seen:
+                    seen.add(r)
+                    todo.append(r)
         return seen
 
     def path(self, source: str, target: str) -> list[Statement]:
@@ -148,6 +161,105 @@ def analyse(source: str, numeric_modules: frozenset[str] = frozenset()) -> CellI
     return _Analyser(source, numeric_modules).run(tree)
 
 
+def ends_quiet(source: str, tree: ast.Module) -> bool:
+    """Whether the cell's last statement is an expression followed by `;`, which tells
+    IPython not to display its value (the text after the node, before any comment)."""
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
+        return False
+    last = tree.body[-1]
+    tail = Segments(source).after(last.end_lineno or 0, last.end_col_offset or 0)
+    return tail.lstrip().startswith(";")
+
+
+class Segments:
+    """Source segments of AST nodes in time linear in the source (`ast.get_source_segment`
+    splits the whole source on every call). Offsets are in UTF-8 bytes, as the AST's."""
+
+    def __init__(self, source: str) -> None:
+        self.lines = source.splitlines(keepends=True)
+        self._encoded: dict[int, bytes] = {}
+
+    def _line(self, index: int) -> bytes:
+        line = self._encoded.get(index)
+        if line is None:
+            line = self._encoded[index] = self.lines[index].encode()
+        return line
+
+    def __call__(self, node: ast.AST) -> str:
+        try:
+            first, last = node.lineno - 1, node.end_lineno - 1
+            start, end = node.col_offset, node.end_col_offset
+        except AttributeError:
+            return ""
+        if end is None or not 0 <= first <= last < len(self.lines):
+            return ""
+        if first == last:
+            return self._line(first)[start:end].decode(errors="replace")
+        parts = [self._line(first)[start:]]
+        parts += [self._line(i) for i in range(first + 1, last)]
+        parts.append(self._line(last)[:end])
+        return b"".join(parts).decode(errors="replace")
+
+    def after(self, lineno: int, col: int) -> str:
+        """The rest of the source from a position, comments cut off line by line."""
+        if not 0 < lineno <= len(self.lines):
+            return ""
+        rest = [self._line(lineno - 1)[col:].decode(errors="replace")]
+        rest += self.lines[lineno:]
+        return "".join(r.split("#", 1)[0] for r in rest)
+
+
+def magic_code(node: ast.AST) -> tuple[str, str, ast.Module, int] | None:
+    """(magic, code, its parse, line offset) for a call that runs code through a magic
+    (`get_ipython().run_line_magic('time', 'y = x ** 2')`, or run_cell_magic's body);
+    line k of the code is line k + offset of the cell. None for anything else."""
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("run_line_magic", "run_cell_magic")
+        and isinstance(node.func.value, ast.Call)
+        and isinstance(node.func.value.func, ast.Name)
+        and node.func.value.func.id == "get_ipython"
+        and node.args
+        and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)
+    ):
+        return None
+    name = node.args[0].value
+    if name not in CODE_MAGICS:
+        return None
+    if node.func.attr == "run_line_magic" and len(node.args) == 2:
+        code = _code_after_options(node.args[1].value)
+        offset = node.lineno - 1
+    elif node.func.attr == "run_cell_magic" and len(node.args) == 3:
+        code = _code_after_options(node.args[2].value)
+        offset = node.lineno  # the magic's body starts on the line after `%%time`
+    else:
+        return None
+    return None if code is None else (name, code, parse_cached(code), offset)
+
+
+@functools.lru_cache(maxsize=256)
+def parse_cached(code: str) -> ast.Module | None:
+    """The parse of a magic's code, shared: never mutate it."""
+    try:
+        return ast.parse(code)
+    except SyntaxError:
+        return None
+
+
+def _code_after_options(line: str) -> str | None:
+    """The code of a magic's line, after its options (`-n 10 y = x ** 2`)."""
+    words = line.split(" ")
+    for skip in range(len(words)):
+        if skip and not words[0].startswith("-"):
+            break
+        code = " ".join(words[skip:]).strip() if skip else line
+        tree = parse_cached(code)
+        if tree is not None and tree.body:
+            return code
+    return None
+
+
 def findings_in(source: str) -> list[Finding]:
     """Every culprit anywhere in a piece of code (used to look inside called functions)."""
     analyser = _Analyser(source)
@@ -157,6 +269,8 @@ def findings_in(source: str) -> list[Finding]:
 class _Analyser:
     def __init__(self, source: str, numeric_modules: frozenset[str] = frozenset()):
         self.source = source
+        self.segment = Segments(source)
+        self.offset = 0  # added to line numbers: inside a magic's code, where its line 1 is
         self.numeric_modules = set(numeric_modules)
         self.reads: list[str] = []
         self.binds: list[str] = []
@@ -167,10 +281,12 @@ class _Analyser:
         self.gradient_calls: list[tuple[str, ast.Call]] = []
         self.watch_calls: list[tuple[str, ast.Call]] = []
         self.no_auto_watch: set[str] = set()  # tapes made with watch_accessed_variables=False
+        self.functions: dict[str, list[str]] = {}  # a function the cell defines -> free names
 
     def run(self, tree: ast.Module) -> CellInfo:
         self._body(tree.body, set())
         has_last = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
+        quiet = ends_quiet(self.source, tree)
         return CellInfo(
             source=self.source,
             reads=self.reads,
@@ -181,6 +297,7 @@ class _Analyser:
             tapes=self.tapes,
             lints=self._lints(),
             bind_lines=self.bind_lines,
+            quiet=quiet,
         )
 
     # -- walking statements in execution order --------------------------------------
@@ -189,10 +306,17 @@ class _Analyser:
             self._stmt(node, conds)
 
     def _stmt(self, node: ast.stmt, conds: set[str]) -> None:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            self._bind([node.name], node.lineno)
+        if not isinstance(node, _COMPOUND):
+            self._magics_in(node, conds)  # the magic's code runs before the statement ends
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            self._bind([node.name], node.lineno + self.offset)
+            self.functions[node.name] = _free_names(node)  # read when it is called
+            self._function_globals(node)
+        elif isinstance(node, ast.ClassDef):
+            self._bind([node.name], node.lineno + self.offset)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            self._bind([(a.asname or a.name).split(".")[0] for a in node.names], node.lineno)
+            names = [(a.asname or a.name).split(".")[0] for a in node.names]
+            self._bind(names, node.lineno + self.offset)
             if isinstance(node, ast.Import):  # `import numpy as npp` in the cell itself
                 self.numeric_modules |= {
                     (a.asname or a.name).split(".")[0]
@@ -202,9 +326,13 @@ class _Analyser:
         elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
             value = node.value
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            reads = self._read(value) if value is not None else set()
-            if isinstance(node, ast.AugAssign):
-                reads |= self._read(node.target)
+            if isinstance(node, ast.AugAssign):  # `x += 1` reads x first, as x = x + 1 does
+                target = node.target
+                if isinstance(target, ast.Name):
+                    target = ast.Name(target.id, ast.Load(), **_pos(target))
+                reads = self._read(target) | self._read(node.value)
+            else:
+                reads = self._read(value) if value is not None else set()
             names = [n for t in targets for n in _target_names(t)]
             for t in targets:  # `a[i] = ...` and `obj.attr = ...` read a and obj
                 if not isinstance(t, (ast.Name, ast.Tuple, ast.List, ast.Starred)):
@@ -214,21 +342,37 @@ class _Analyser:
             reads = self._read(node.iter)
             self._record(node, _target_names(node.target), reads, node.iter, conds)
             for name in reads:  # how many times the body runs is control flow too
-                self.conditions.setdefault(name, node.lineno)
+                self.conditions.setdefault(name, node.lineno + self.offset)
             self._body(node.body, conds | reads)
             self._body(node.orelse, conds | reads)
         elif isinstance(node, (ast.If, ast.While)):
             test_reads = self._read(node.test)
+            self._walrus_statement(node, node.test, test_reads, conds)
             for name in test_reads:
-                self.conditions.setdefault(name, node.lineno)
+                self.conditions.setdefault(name, node.lineno + self.offset)
             self._body(node.body, conds | test_reads)
             self._body(node.orelse, conds | test_reads)
+        elif type(node).__name__ == "Match":  # Python 3.10+
+            reads = self._read(node.subject)
+            self._walrus_statement(node, node.subject, reads, conds)
+            for name in reads:  # which case runs is control flow
+                self.conditions.setdefault(name, node.lineno + self.offset)
+            for case in node.cases:
+                reads_here = reads | self._read(case.pattern)  # `case Color.RED` reads Color
+                names = _pattern_names(case.pattern)
+                if names:
+                    self._record(case.pattern, names, reads_here, None, conds)
+                guard = self._read(case.guard) if case.guard is not None else set()
+                for name in guard:
+                    self.conditions.setdefault(name, case.guard.lineno + self.offset)
+                self._body(case.body, conds | reads_here | guard)
         elif isinstance(node, (ast.With, ast.AsyncWith)):
             for item in node.items:
                 reads = self._read(item.context_expr)
                 names = _target_names(item.optional_vars) if item.optional_vars else []
                 if names and _is_tape_ctor(item.context_expr):
-                    self.tapes.append(TapeBlock(names[0], node.lineno, node.end_lineno or 0))
+                    end = (node.end_lineno or 0) + self.offset
+                    self.tapes.append(TapeBlock(names[0], node.lineno + self.offset, end))
                     if any(
                         k.arg == "watch_accessed_variables"
                         and isinstance(k.value, ast.Constant)
@@ -243,7 +387,7 @@ class _Analyser:
             self._body(node.body, conds)
             for handler in node.handlers:
                 if handler.name:
-                    self._bind([handler.name], handler.lineno)
+                    self._bind([handler.name], handler.lineno + self.offset)
                 self._body(handler.body, conds)
             self._body(node.orelse, conds)
             self._body(node.finalbody, conds)
@@ -258,19 +402,69 @@ class _Analyser:
                 and isinstance(call.func.value, ast.Name)
             ):
                 self._record(node, [call.func.value.id], reads, call, conds)
-            else:
+            elif not self._walrus_statement(node, node.value, reads, conds):
                 self._findings_only(node.value)
-        else:
+        else:  # return, raise, assert, del, global...: reads, and a walrus binds
+            reads = set()
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.expr):
-                    self._read(child)
+                    reads |= self._read(child)
+            self._walrus_statement(node, node, reads, conds)
 
-    def _record(self, node, names, reads, value, conds) -> None:
+    def _record(self, node, names, reads, value, conds, walrus=()) -> None:
+        """A statement that binds `names` (and the names its walruses bound while read)."""
         findings = self._find(value) if value is not None else []
-        text = ast.get_source_segment(self.source, node) or ""
-        st = Statement(node.lineno, names, set(reads), findings, set(conds), text)
+        text = self.segment(node)
+        binds = list(dict.fromkeys([*walrus, *names]))
+        st = Statement(node.lineno + self.offset, binds, set(reads), findings, set(conds), text)
         self.statements.append(st)
-        self._bind(names, node.lineno)
+        self._bind(names, node.lineno + self.offset)
+
+    def _walrus_statement(self, node, expr, reads, conds) -> bool:
+        """Record the names a walrus in `expr` binds (already bound by `_read`)."""
+        names = walrus_names(expr)
+        if names:
+            self._record(node, [], reads, expr, conds, walrus=names)
+        return bool(names)
+
+    def _magics_in(self, node: ast.stmt, conds: set[str]) -> None:
+        """Follow the dataflow through `%time y = x ** 2` and its kin: their code is
+        analysed as if written on their line."""
+        for sub in ast.walk(node):
+            found = magic_code(sub)
+            if found is None:
+                continue
+            name, code, tree, offset = found
+            saved = self.segment, self.offset
+            self.segment, self.offset = Segments(code), offset  # positions index its code
+            try:
+                if CODE_MAGICS[name]:
+                    self._body(tree.body, conds)
+                else:  # %timeit: reads the namespace, binds nothing in it
+                    inner = _Analyser(code, frozenset(self.numeric_modules))
+                    inner.offset = offset
+                    inner._body(tree.body, conds)
+                    for r in inner.reads:
+                        if r not in self.binds and r not in self.reads:
+                            self.reads.append(r)
+                    for st in inner.statements:
+                        self.statements.append(
+                            Statement(st.lineno, [], st.reads, st.findings, st.conditions, st.text)
+                        )
+            finally:
+                self.segment, self.offset = saved
+
+    def _function_globals(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        """A function that declares `global g` binds g in the namespace when it is called:
+        g is bound by the cell, computed from what the function reads."""
+        declared = _declared_globals(node)
+        if not declared:
+            return
+        reads = set(self.functions[node.name])
+        names = sorted(declared)
+        lineno = node.lineno + self.offset
+        self.statements.append(Statement(lineno, names, reads, [], set(), self.segment(node)))
+        self._bind(names, lineno)
 
     def _findings_only(self, value: ast.expr) -> None:
         self._find(value)
@@ -282,17 +476,34 @@ class _Analyser:
             self.bind_lines.setdefault(n, []).append(lineno)
 
     def _read(self, expr: ast.AST) -> set[str]:
-        """Names an expression reads; the first read of an unbound name is a namespace read."""
-        loads = [
-            node
-            for node in ast.walk(expr)  # names inside lambdas and comprehensions count too
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
-        ]
-        loads.sort(key=lambda n: (n.lineno, n.col_offset))  # in the order they are written
-        for node in loads:
-            if node.id not in self.binds and node.id not in self.reads:
-                self.reads.append(node.id)
-        return {node.id for node in loads}
+        """Names an expression reads; the first read of an unbound name is a namespace read.
+        A walrus binds its name where it ends: later reads of it are the cell's own."""
+        events = []  # (position, 0 read / 1 bind, name), in the order they are written
+        for node in ast.walk(expr):  # names inside lambdas and comprehensions count too
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                events.append(((node.lineno, node.col_offset), 0, node.id))
+        for node in _walruses(expr):
+            events.append(((node.end_lineno, node.end_col_offset), 1, node.target.id))
+        events.sort()
+        called = [e for e in events if not e[1] and e[2] in self.functions]
+        seen = {e[2] for e in called}
+        while called:  # calling a function the cell defined reads what its body reads
+            position, _, function = called.pop()
+            for name in self.functions.get(function, ()):
+                events.append((position, 0, name))
+                if name in self.functions and name not in seen:
+                    seen.add(name)
+                    called.append((position, 0, name))
+        events.sort()
+        reads = set()
+        for _, bind, name in events:
+            if bind:
+                self._bind([name], self.offset + (getattr(expr, "lineno", 0) or 0))
+            else:
+                reads.add(name)
+                if name not in self.binds and name not in self.reads:
+                    self.reads.append(name)
+        return reads
 
     # -- what matters to a gradient -------------------------------------------------
     def _find(self, expr: ast.AST) -> list[Finding]:
@@ -300,8 +511,8 @@ class _Analyser:
         for node in ast.walk(expr):
             kind = self._classify(node)
             if kind:
-                text = ast.get_source_segment(self.source, node) or ""
-                found.append(Finding(kind, getattr(node, "lineno", 0), text))
+                lineno = getattr(node, "lineno", 0) + self.offset
+                found.append(Finding(kind, lineno, self.segment(node)))
             if _is_method_call(node, "gradient"):
                 self.gradient_calls.append((node.func.value.id, node))
             if _is_method_call(node, "watch"):
@@ -365,7 +576,7 @@ class _Analyser:
             if tape_name not in self.no_auto_watch or not isinstance(arg, ast.Attribute):
                 continue
             if arg.attr in _WEIGHT_LISTS:
-                text = ast.get_source_segment(self.source, call) or ""
+                text = self.segment(call)
                 lints.append(
                     Lint(  # docs/diagnosis.md#nothing-watched
                         10,
@@ -429,6 +640,72 @@ class _Analyser:
 
 
 _WEIGHT_LISTS = {"trainable_variables", "trainable_weights", "variables", "weights"}
+# Statements with a body: their header is read by _stmt, their body statement by statement.
+_COMPOUND = tuple(
+    getattr(ast, n)
+    for n in (
+        "For", "AsyncFor", "While", "If", "With", "AsyncWith", "Try", "TryStar", "Match",
+        "FunctionDef", "AsyncFunctionDef", "ClassDef",
+    )
+    if hasattr(ast, n)
+)  # fmt: skip
+
+
+def _pos(node: ast.AST) -> dict:
+    return {k: getattr(node, k) for k in ("lineno", "col_offset", "end_lineno", "end_col_offset")}
+
+
+def _walruses(expr: ast.AST) -> list[ast.NamedExpr]:
+    """The walrus expressions in `expr` that bind in the cell's scope (not a lambda's)."""
+    out, todo = [], [expr]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.NamedExpr) and isinstance(node.target, ast.Name):
+            out.append(node)
+        if isinstance(node, (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def walrus_names(expr: ast.AST) -> list[str]:
+    nodes = sorted(_walruses(expr), key=lambda n: (n.end_lineno, n.end_col_offset))
+    return list(dict.fromkeys(n.target.id for n in nodes))
+
+
+def _pattern_names(pattern: ast.AST) -> list[str]:
+    """Names a `case` pattern binds: `case (a, b)`, `case {"k": v, **rest}`, `case [*xs]`."""
+    names = []
+    for sub in ast.walk(pattern):
+        name = getattr(sub, "name", None) or (
+            getattr(sub, "rest", None) if type(sub).__name__ == "MatchMapping" else None
+        )
+        if isinstance(name, str):
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def _free_names(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    """Names a function's body reads from the namespace when it runs: those it loads and
+    neither takes as a parameter nor assigns (unless it declares them `global`)."""
+    local = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+    loads = []
+    for stmt in node.body:
+        for sub in ast.walk(stmt):
+            if isinstance(sub, ast.Name):
+                if isinstance(sub.ctx, ast.Load):
+                    loads.append(sub)
+                else:
+                    local.add(sub.id)
+            elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                local.add(sub.name)
+    local -= _declared_globals(node)
+    loads.sort(key=lambda n: (n.lineno, n.col_offset))
+    return list(dict.fromkeys(n.id for n in loads if n.id not in local))
+
+
+def _declared_globals(node: ast.AST) -> set[str]:
+    return {n for sub in ast.walk(node) if isinstance(sub, ast.Global) for n in sub.names}
 
 
 def _target_names(node: ast.AST | None) -> list[str]:
@@ -490,45 +767,112 @@ def _mentions_int_dtype(node: ast.AST) -> bool:
 
 
 class Rewriter(ast.NodeTransformer):
-    """Insert a `__tapemagic_bind__` call after every binding statement and wrap
-    the cell's last expression in `__tapemagic_last__(...)` (it stays an expression, so
-    IPython still displays it)."""
+    """Insert a `__tapemagic_bind__` call after every binding statement (and around every
+    walrus's value) and wrap the cell's last expression in `__tapemagic_last__(...)` (it
+    stays an expression, so IPython still displays it, unless `quiet`: a trailing `;`).
+
+    Under IPython the rewriter sits among the shell's AST transformers for the cell's run,
+    so the code a magic in the cell runs (`%time y = x ** 2`) comes through `visit` too,
+    after the cell itself: it gets its hooks, numbered with the cell's line numbers.
+    """
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.offset = 0  # added to hook line numbers inside a magic's code
+        self._only: set[str] | None = None  # inside a function: its `global` names only
+        self._seen_cell = False
+        self._magic_offsets: dict[str, int] = {}  # ast.dump of a magic's code -> offset
 
     def visit_Module(self, node: ast.Module) -> ast.Module:
+        if self._seen_cell:  # the code of a magic in the cell
+            self.offset = self._magic_offsets.get(ast.dump(node), 0)
+            node.body = self._body(node.body)
+            return ast.fix_missing_locations(node)
+        self._seen_cell = True
+        for sub in ast.walk(node):
+            found = magic_code(sub)
+            if found is not None:
+                self._magic_offsets.setdefault(ast.dump(found[2]), found[3])
         node.body = self._body(node.body)
         if node.body and isinstance(node.body[-1], ast.Expr):
             last = node.body[-1]
             call = ast.Call(ast.Name(LAST_HOOK, ast.Load()), [last.value], [])
             node.body[-1] = ast.copy_location(ast.Expr(ast.copy_location(call, last)), last)
+            if self.quiet:  # the value is not the cell's last statement: nothing displayed
+                node.body.append(ast.copy_location(ast.Pass(), last))
         return ast.fix_missing_locations(node)
 
     def _body(self, body: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
         for node in body:
+            self._walrus_hooks(node)
             self._descend(node)
             out.append(node)
-            names = _bound_by(node)
+            names = self._wanted(_bound_by(node))
             if names:
-                out.append(_hook(node, names))
+                out.append(_hook(node, names, self.offset))
         return out
+
+    def _wanted(self, names: list[str]) -> list[str]:
+        return names if self._only is None else [n for n in names if n in self._only]
+
+    def _walrus_hooks(self, node: ast.stmt) -> None:
+        """`(n := value)` becomes `(n := __tapemagic_bind__(line, ("n",), (value,))[0])`."""
+        if isinstance(node, _COMPOUND):
+            exprs = [getattr(node, f, None) for f in ("test", "iter", "subject")]
+            exprs += [item.context_expr for item in getattr(node, "items", [])]
+            exprs += [case.guard for case in getattr(node, "cases", [])]
+        else:
+            exprs = [node]
+        for expr in exprs:
+            for walrus in _walruses(expr) if expr is not None else []:
+                name = walrus.target.id
+                if not self._wanted([name]):
+                    continue
+                line = ast.Constant(walrus.lineno + self.offset)
+                call = ast.Call(
+                    ast.Name(BIND_HOOK, ast.Load()),
+                    [line, ast.Tuple([ast.Constant(name)], ast.Load()),
+                     ast.Tuple([walrus.value], ast.Load())],
+                    [],
+                )  # fmt: skip
+                walrus.value = ast.Subscript(call, ast.Constant(0), ast.Load())
+                for sub in ast.walk(walrus.value):
+                    if not hasattr(sub, "lineno") or sub is call or sub is walrus.value:
+                        ast.copy_location(sub, walrus)
 
     def _descend(self, node: ast.stmt) -> None:
         if isinstance(node, (ast.For, ast.AsyncFor)):
-            loop_names = _target_names(node.target)
-            node.body = ([_hook(node, loop_names)] if loop_names else []) + self._body(node.body)
+            loop_names = self._wanted(_target_names(node.target))
+            hook = [_hook(node, loop_names, self.offset)] if loop_names else []
+            node.body = hook + self._body(node.body)
             node.orelse = self._body(node.orelse)
         elif isinstance(node, (ast.While, ast.If)):
             node.body = self._body(node.body)
             node.orelse = self._body(node.orelse)
         elif isinstance(node, (ast.With, ast.AsyncWith)):
             names = [n for item in node.items for n in _target_names(item.optional_vars)]
-            node.body = ([_hook(node, names)] if names else []) + self._body(node.body)
+            names = self._wanted(names)
+            node.body = ([_hook(node, names, self.offset)] if names else []) + self._body(node.body)
         elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
             node.body = self._body(node.body)
             for handler in node.handlers:
                 handler.body = self._body(handler.body)
             node.orelse = self._body(node.orelse)
             node.finalbody = self._body(node.finalbody)
+        elif type(node).__name__ == "Match":
+            for case in node.cases:
+                names = self._wanted(_pattern_names(case.pattern))
+                hook = [_hook(case.pattern, names, self.offset)] if names else []
+                case.body = hook + self._body(case.body)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            declared = _declared_globals(node)
+            if declared:  # `global g; g = ...` binds the cell's g when the function runs
+                saved, self._only = self._only, declared
+                try:
+                    node.body = self._body(node.body)
+                finally:
+                    self._only = saved
 
 
 def _bound_by(node: ast.stmt) -> list[str]:
@@ -539,13 +883,14 @@ def _bound_by(node: ast.stmt) -> list[str]:
     return []
 
 
-def _hook(node: ast.stmt, names: list[str]) -> ast.stmt:
+def _hook(node: ast.AST, names: list[str], offset: int = 0) -> ast.stmt:
     """`a, b = __tapemagic_bind__(line, ("a", "b"), (a, b))`: the hook sees each value
     as it is bound and may hand back another (the finite-difference check does)."""
     unique = list(dict.fromkeys(names))
     values = ast.Tuple([ast.Name(n, ast.Load()) for n in unique], ast.Load())
     keys = ast.Tuple([ast.Constant(n) for n in unique], ast.Load())
-    call = ast.Call(ast.Name(BIND_HOOK, ast.Load()), [ast.Constant(node.lineno), keys, values], [])
+    line = ast.Constant(node.lineno + offset)
+    call = ast.Call(ast.Name(BIND_HOOK, ast.Load()), [line, keys, values], [])
     store = ast.Tuple([ast.Name(n, ast.Store()) for n in unique], ast.Store())
     stmt = ast.Assign(targets=[store], value=call)
     for sub in ast.walk(stmt):
