@@ -130,7 +130,7 @@ def tape_cell(
         namespace.update(swaps)
         recorder.start(sources)
         namespace[BIND_HOOK], namespace[LAST_HOOK] = recorder.bind, recorder.last
-        ok = execute(cellcode.Rewriter())
+        ok = execute(cellcode.Rewriter(quiet=info.quiet))
         if ok:
             targets = _collect_targets(info, namespace, opts, recorder)
             _add_accessed_variables(recorder, opts)
