@@ -70,17 +70,18 @@ def colorize(a: np.ndarray) -> tuple[np.ndarray, float]:
     return rgb, vmax
 
 
-def encode_png(rgb: np.ndarray, level: int = 6) -> bytes:
-    """The smallest valid PNG for 8-bit RGB pixels: no filters, one IDAT chunk."""
-    h, w, _ = rgb.shape
-    raw = np.zeros((h, 1 + 3 * w), dtype=np.uint8)  # column 0: filter type 0 (none)
-    raw[:, 1:] = np.asarray(rgb, dtype=np.uint8).reshape(h, 3 * w)
+def encode_png(pixels: np.ndarray, level: int = 6) -> bytes:
+    """The smallest valid PNG for 8-bit RGB or RGBA pixels: no filters, one IDAT chunk."""
+    h, w, channels = pixels.shape
+    raw = np.zeros((h, 1 + channels * w), dtype=np.uint8)  # column 0: filter type 0 (none)
+    raw[:, 1:] = np.asarray(pixels, dtype=np.uint8).reshape(h, channels * w)
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(tag + data) & 0xFFFFFFFF
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, RGB, no interlace
+    color_type = {3: 2, 4: 6}[channels]  # PNG's colour types: 2 is RGB, 6 RGBA
+    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)  # 8 bits, no interlace
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)

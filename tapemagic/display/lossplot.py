@@ -59,21 +59,43 @@ def smooth(y: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
+# Readable on light and dark notebook themes alike: a transparent background (the page's
+# own colour shows through) and mid-grey ink, which has enough contrast on white and on
+# JupyterLab's dark grey; the default blue and orange lines read on both.
+INK = "#8a8a8a"
+MARKERS_UP_TO = 60  # points per line drawn with markers: a first epoch is a visible dot
+MIN_EPOCHS_SHOWN = 10  # the x axis spans at least this many epochs, so it starts sensible
+
+
 class LossPlot:
-    """Train and validation loss against epoch, rendered to PNG on demand."""
+    """Train and validation loss against epoch, rendered to PNG (RGBA) on demand."""
 
     def __init__(self, width: float = 6.0, height: float = 3.2, dpi: int = 80):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         self.figure = Figure(figsize=(width, height), dpi=dpi)
         FigureCanvasAgg(self.figure)
-        self.axes = self.figure.add_subplot()
-        (self.train_line,) = self.axes.plot([], [], color="C0", lw=1.4, label="loss")
-        (self.val_line,) = self.axes.plot([], [], color="C1", lw=1.4, label="val_loss")
-        self.axes.set_xlabel("epoch")
-        self.axes.grid(alpha=0.3)
-        self.figure.subplots_adjust(left=0.12, right=0.97, top=0.93, bottom=0.16)
+        self.figure.patch.set_alpha(0.0)
+        ax = self.axes = self.figure.add_subplot()
+        ax.set_facecolor("none")
+        (self.train_line,) = ax.plot([], [], color="C0", lw=1.4, ms=3.5, label="loss")
+        (self.val_line,) = ax.plot([], [], color="C1", lw=1.4, ms=3.5, label="val_loss")
+        # An epoch in progress: a dotted line at how far into it the run is.
+        self.progress_line = ax.axvline(0.0, color=INK, lw=1.0, ls=":", visible=False)
+        self.empty_text = ax.text(
+            0.5, 0.5, "no epochs yet", transform=ax.transAxes, ha="center", va="center",
+            color=INK, fontsize=10,
+        )  # fmt: skip
+        ax.set_xlabel("epoch", color=INK)
+        ax.set_ylabel("loss", color=INK)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(colors=INK, labelcolor=INK)
+        for spine in ax.spines.values():
+            spine.set_color(INK)
+        ax.grid(alpha=0.3, color=INK)
+        self.figure.subplots_adjust(left=0.13, right=0.97, top=0.93, bottom=0.16)
 
     def render(
         self,
@@ -81,8 +103,12 @@ class LossPlot:
         val_loss: Sequence[float | None] = (),
         log_scale: bool = False,
         smoothing: float = 0.0,
+        progress: float | None = None,
     ) -> bytes:
-        """PNG bytes of the curves; points drawn stay bounded whatever the history length."""
+        """PNG bytes of the curves; points drawn stay bounded whatever the history length.
+
+        `progress`: where an unfinished epoch has got to, in epochs (3.4: 40% into the 4th),
+        drawn as a dotted line so an epoch slower than the redraws still shows movement."""
         y = np.asarray(loss, dtype=float)
         x = np.arange(1, len(y) + 1, dtype=float)
         lines = [(self.train_line, x, smooth(y, smoothing))]
@@ -96,6 +122,7 @@ class LossPlot:
         for line, xs, ys in lines:
             xs, ys = thin(xs, ys)
             line.set_data(xs, ys)
+            line.set_marker("o" if len(xs) <= MARKERS_UP_TO else "")
             good = ys[np.isfinite(ys) & ((ys > 0) if log_scale else True)]
             if good.size:
                 tops.append(good.max())
@@ -105,7 +132,13 @@ class LossPlot:
         scale = "log" if log_scale else "linear"
         if ax.get_yscale() != scale:  # switching scales is costly: only when it changes
             ax.set_yscale(scale)
-        ax.set_xlim(0.5, max(len(y), 1) + 0.5)
+        shown = progress is not None and progress > len(y)
+        self.progress_line.set_visible(shown)
+        if shown:
+            self.progress_line.set_xdata([progress, progress])
+        right = max(len(y), int(np.ceil(progress)) if shown else 0, MIN_EPOCHS_SHOWN)
+        ax.set_xlim(0.5, right + 0.5)
+        self.empty_text.set_visible(len(y) == 0)
         if tops:
             lo, hi = min(bottoms), max(tops)
             if log_scale:
@@ -116,12 +149,17 @@ class LossPlot:
         else:  # nothing to draw yet (or nothing positive on a log scale): a neutral frame
             ax.set_ylim(*((0.1, 10.0) if log_scale else (0.0, 1.0)))
         if bool(has_val) != (ax.get_legend() is not None):
-            ax.legend(loc="upper right", fontsize=8) if has_val else ax.get_legend().remove()
+            if has_val:
+                legend = ax.legend(loc="upper right", fontsize=8, frameon=False)
+                for text in legend.get_texts():
+                    text.set_color(INK)
+            else:
+                ax.get_legend().remove()
         # Agg's own PNG writer compresses hard; a fast zlib level gives the same picture
         # in a third of the time, which matters at ten redraws a second.
         self.figure.canvas.draw()
         rgba = np.asarray(self.figure.canvas.buffer_rgba())
-        return encode_png(rgba[:, :, :3], level=1)
+        return encode_png(rgba, level=1)
 
     def points_drawn(self) -> int:
         """How many points the last render drew, over both lines (for tests)."""
