@@ -99,11 +99,27 @@ class Callbacks:
             if fn is not None:
                 fn(*args)
 
-    def batches(self, first: int, losses: Sequence[float]) -> None:
-        """Replay batch hooks after the compiled call, one per step, with its loss."""
-        for i, loss in enumerate(losses):
+    def batches(
+        self,
+        first: int,
+        rows: np.ndarray,
+        metric_names: Sequence[str],
+        carried_loss: float = 0.0,
+        carried_samples: float = 0.0,
+    ) -> None:
+        """Replay batch hooks after the compiled call, one per step, with the logs `fit`
+        gives: the epoch's running loss (sample-weighted mean so far, counting the
+        `carried` sums of steps done in earlier calls) and the metrics' running results.
+
+        `rows`: per step, its loss, its batch size, then each metric's result after it."""
+        # in float32, step by step, as Keras's loss tracker adds them up
+        total, count = np.float32(carried_loss), np.float32(carried_samples)
+        for i, row in enumerate(np.asarray(rows, dtype=np.float32)):
+            total, count = total + row[0] * row[1], count + row[1]
+            logs = {"loss": float(total / count) if count else float(row[0])}
+            logs.update(zip(metric_names, row[2:].tolist(), strict=True))
             self.call("on_train_batch_begin", first + i, {})
-            self.call("on_train_batch_end", first + i, {"loss": float(loss)})
+            self.call("on_train_batch_end", first + i, logs)
 
     @property
     def stop_requested(self) -> bool:

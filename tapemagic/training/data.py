@@ -10,6 +10,7 @@ MLP). A Dataset is iterated as given, one step per element, whole epochs at a ti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,13 +144,13 @@ def split(data: ArrayData | DatasetData, fraction: float) -> tuple[ArrayData, Ar
         )
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation_split must be between 0 and 1 (exclusive), got {fraction}")
-    n_val = int(round(data.n * fraction))
-    if n_val < 1 or n_val >= data.n:
+    # Keras keeps the first floor(n * (1 - fraction)) samples to train on
+    cut = int(math.floor(data.n * (1.0 - fraction)))
+    if cut < 1 or cut >= data.n:
         raise ValueError(
             f"validation_split={fraction} of {data.n} samples leaves "
-            f"{data.n - n_val} to train on and {n_val} to validate; choose another fraction"
+            f"{cut} to train on and {data.n - cut} to validate; choose another fraction"
         )
-    cut = data.n - n_val
     return data.take(0, cut), data.take(cut, data.n)
 
 

@@ -36,13 +36,13 @@ class EpochRecord:
     params: dict[str, float] | None = None
 
     def logs(self) -> dict[str, float]:
-        """Keras-style logs for `on_epoch_end` (only the values that exist)."""
+        """The logs `fit` gives `on_epoch_end`: loss, metrics, then the validation ones
+        (no learning rate: `fit` has none there; ReduceLROnPlateau adds its own)."""
         logs: dict[str, float] = {"loss": self.loss}
+        logs.update({k: v for k, v in self.metrics.items() if not k.startswith("val_")})
         if self.val_loss is not None:
             logs["val_loss"] = self.val_loss
-        logs.update(self.metrics)
-        if self.learning_rate is not None:
-            logs["learning_rate"] = self.learning_rate
+        logs.update({k: v for k, v in self.metrics.items() if k.startswith("val_")})
         return logs
 
 

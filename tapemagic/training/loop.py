@@ -40,33 +40,35 @@ class RowLayout:
     """Where each number sits in an epoch's row, one float32 vector per epoch.
 
     Full-batch ("fast") rows: loss, then each variable's gradient summary. Batched rows:
-    loss and gradient-norm sums, steps done, 1.0 if the epoch completed. Then, in both:
-    the validation loss (with validation data), the metrics, the recorded parameters."""
+    the sum of each step's loss times its batch size, the sum of gradient norms, steps
+    done, 1.0 if the epoch completed, samples done. Then, in both: the validation loss
+    (with validation data), the metrics, the recorded parameters."""
 
     width: int
     grads: slice  # fast rows: per-variable gradient summaries (empty otherwise)
     gn: int | None  # batched rows: sum of the steps' gradient norms
     steps: int | None  # batched rows: steps done in the epoch
     complete: int | None  # batched rows: 1.0 when every batch ran and all were finite
+    samples: int | None  # batched rows: samples in the steps done
     val_loss: int | None  # None: no validation data
     metrics: slice  # training metrics, then "val_" ones, as `metric_names`
     params: slice  # scalar entries of the recorded variables
 
-    LOSS = 0  # the epoch's loss (sum over its steps) is always first
+    LOSS = 0  # the epoch's loss (sample-weighted sum over its steps) is always first
 
     @classmethod
     def make(
         cls, fast: bool, n_grad_vars: int, has_val: bool, n_metrics: int, n_params: int
     ) -> RowLayout:
-        head = 1 + n_grad_vars if fast else 4
+        head = 1 + n_grad_vars if fast else 5
         grads = slice(1, head) if fast else slice(1, 1)
-        gn, steps, complete = (None, None, None) if fast else (1, 2, 3)
+        gn, steps, complete, samples = (None,) * 4 if fast else (1, 2, 3, 4)
         val_loss = head if has_val else None
         m0 = head + int(has_val)
         p0 = m0 + n_metrics
         width = p0 + n_params
         metrics, params = slice(m0, p0), slice(p0, width)
-        return cls(width, grads, gn, steps, complete, val_loss, metrics, params)
+        return cls(width, grads, gn, steps, complete, samples, val_loss, metrics, params)
 
 
 @dataclass
@@ -74,7 +76,8 @@ class CallResult:
     """What one call did, as NumPy; per-epoch arrays have one entry per epoch touched."""
 
     touched: int  # epochs worked on; the last may be partial (span) or faulty
-    loss_sum: np.ndarray
+    loss_sum: np.ndarray  # per epoch: sum over its steps of loss x batch size
+    samples: np.ndarray  # per epoch: samples in its steps (loss_sum / samples: Keras's mean)
     gn_sum: np.ndarray | None
     steps: np.ndarray
     complete: np.ndarray  # per touched epoch: all its batches done, all finite
@@ -83,7 +86,9 @@ class CallResult:
     val_loss: np.ndarray | None = None
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     params: np.ndarray | None = None
-    batch_losses: np.ndarray | None = None
+    # per step, when batch callbacks need them: loss, batch size, then each training
+    # metric's running result after that step (the logs `fit` gives on_train_batch_end)
+    batch_rows: np.ndarray | None = None
     last_sq: np.ndarray | None = None  # per-variable squared gradient norm at the fault
     bad_params: np.ndarray | None = None  # per scalar parameter: non-finite after the fault
     seconds: float = 0.0
@@ -202,13 +207,14 @@ class CompiledLoop:
             res = CallResult(
                 touched=touched,
                 loss_sum=rows[:touched, 0].astype(np.float64),
+                samples=np.ones(touched),  # one step an epoch: its loss is the epoch's
                 gn_sum=np.sqrt(sq[:touched].sum(axis=1)) if self.n_grad_vars else None,
                 steps=np.ones(touched),
                 complete=finite[:touched],
                 ok=bool(finite.all()),
                 end_batch=1,
                 last_sq=sq[touched - 1] if self.n_grad_vars else None,
-                batch_losses=rows[:touched, 0] if self.collect_batches else None,
+                batch_rows=self._fast_batch_rows(rows[:touched]) if self.collect_batches else None,
             )
             if params is not None and not res.ok:
                 res.bad_params = ~np.isfinite(params[touched - 1])
@@ -217,13 +223,14 @@ class CompiledLoop:
             res = CallResult(
                 touched=touched,
                 loss_sum=rows[:, c.LOSS].astype(np.float64),
+                samples=rows[:, c.samples].astype(np.float64),
                 gn_sum=rows[:, c.gn].astype(np.float64) if self.n_grad_vars else None,
                 steps=rows[:, c.steps].astype(np.float64),
                 complete=rows[:, c.complete] > 0.5,
                 ok=bool(out["ok"]),
                 end_batch=int(out["end_batch"]),
                 last_sq=out["last_sq"] if self.n_grad_vars else None,
-                batch_losses=out.get("batch_losses"),
+                batch_rows=out.get("batch_rows"),
             )
         n = res.touched
         res.params = None if params is None else params[:n]
@@ -234,6 +241,12 @@ class CompiledLoop:
             k: rows[:n, first + i].astype(np.float64) for i, k in enumerate(self.metric_names)
         }
         return res
+
+    def _fast_batch_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Full-batch epochs as batch rows: the loss, the samples, the training metrics."""
+        n_train = len(self.train_metrics)
+        m = rows[:, self.layout.metrics][:, :n_train]
+        return np.concatenate([rows[:, :1], np.full((len(rows), 1), self.data.n), m], 1)
 
     def restore_snapshot(self) -> None:
         """Put the state back as it was when the last call started."""
@@ -310,24 +323,27 @@ class CompiledLoop:
         collect, values = self.collect_batches, self.grads_are_values
         perm = None
 
-        def body(b, ok, total, gsum, last_sq, bta, elem=None):
+        def body(b, ok, total, count, gsum, last_sq, bta, elem=None):
             if it is not None:
                 elem = it.get_next()
             xb, yb = elem if elem is not None else self._batch(x, y, perm, b)
             loss, grads, pred = self.train_step(xb, yb)
             self._update(self.train_metrics, yb, pred)
+            # Keras `fit` reports the mean of the steps' losses weighted by their batch
+            # sizes (its loss tracker); a short last batch counts for what it holds
+            size = batch_samples(xb)
             if collect:
-                bta = bta.write(b - start, loss)
+                bta = bta.write(b - start, self._row([loss, size, *self._running()]))
             ok = tf.math.is_finite(loss)
             if grads is not None:
                 sq = tf.stack(grads)
                 sq = sq * sq if values else sq
                 gn = tf.sqrt(tf.reduce_sum(sq))
                 gsum, last_sq, ok = gsum + gn, sq, tf.math.is_finite(loss + gn)
-            return b + 1, ok, total + loss, gsum, last_sq, bta
+            return b + 1, ok, total + loss * size, count + size, gsum, last_sq, bta
 
         zero = tf.constant(0.0)
-        state = (start, tf.constant(True), zero, zero, last_sq, batch_ta)
+        state = (start, tf.constant(True), zero, zero, zero, last_sq, batch_ta)
         if isinstance(self.data, DatasetData) and it is None:
             return self._loop_batches(body, lambda b, ok, *_: ok, state, iter(self.data.ds))
         if self.shuffle and it is None:
@@ -345,11 +361,12 @@ class CompiledLoop:
             start = tf.where(e == 0, b0, 0)
             stop = tf.where(e == n_epochs - 1, b1, nb or 0)
             epoch = epoch0 + tf.cast(e, tf.int64)
-            b, ok, total, gsum, last_sq, batch_ta = self._epoch(
+            b, ok, total, count, gsum, last_sq, batch_ta = self._epoch(
                 x, y, epoch, start, stop, last_sq, batch_ta, it
             )
             complete = ok & (b == nb) if nb is not None else ok
-            parts = [total, gsum, tf.cast(b - start, tf.float32), tf.cast(complete, tf.float32)]
+            steps, done = tf.cast(b - start, tf.float32), tf.cast(complete, tf.float32)
+            parts = [total, gsum, steps, done, count]
             if self.val is not None or self.metric_names:
                 values = tf.cond(complete, lambda: self._epoch_end_flat(xv, yv), self._skipped)
                 parts += values
@@ -360,7 +377,9 @@ class CompiledLoop:
             tf.constant(True),
             tf.constant(0),
             tf.zeros([self.n_grad_vars]),
-            tf.TensorArray(tf.float32, size=0, dynamic_size=True),
+            tf.TensorArray(
+                tf.float32, size=0, dynamic_size=True, element_shape=[2 + len(self.train_metrics)]
+            ),
             rows,
         )
         _, ok, end_batch, last_sq, batch_ta, rows = tf.while_loop(
@@ -368,7 +387,7 @@ class CompiledLoop:
         )
         out = {"rows": rows.stack(), "ok": ok, "end_batch": end_batch, "last_sq": last_sq}
         if self.collect_batches:
-            out["batch_losses"] = batch_ta.stack()
+            out["batch_rows"] = batch_ta.stack()
         return out
 
     # -- end of epoch: metrics and validation ----------------------------------------
@@ -390,6 +409,10 @@ class CompiledLoop:
         n = len(self.metric_names) + (1 if self.val is not None else 0)
         return [tf.constant(np.nan, tf.float32)] * n
 
+    def _running(self) -> list[tf.Tensor]:
+        """The training metrics' results so far this epoch (not reset)."""
+        return [tf.cast(tf.reshape(m.result(), []), tf.float32) for m in self.train_metrics]
+
     @staticmethod
     def _results(metrics) -> list[tf.Tensor]:
         out = [tf.cast(tf.reshape(m.result(), []), tf.float32) for m in metrics]
@@ -404,7 +427,7 @@ class CompiledLoop:
             xb, yb = elem if elem is not None else self._val_batch(xv, yv, b)
             loss, pred = self.eval_step(xb, yb)
             self._update(self.val_metrics, yb, pred)
-            size = tf.cast(tf.shape(tf.nest.flatten(yb)[0])[0], tf.float32)
+            size = batch_samples(xb)
             return b + 1, total + loss * size, count + size
 
         state = (tf.constant(0), tf.constant(0.0), tf.constant(0.0))
@@ -426,3 +449,13 @@ class CompiledLoop:
     def _val_batch(self, x, y, b):
         lo = b * self.batch_size
         return tf.nest.map_structure(lambda t: t[lo : lo + self.batch_size], (x, y))
+
+
+def batch_samples(x: Any) -> tf.Tensor:
+    """Samples in a batch (float32), as Keras counts them: the first input's first dimension;
+    a distributed batch's local parts added up (a worker's count is proportional to the
+    global one, which is all a weighted mean needs)."""
+    leaf = tf.nest.flatten(x)[0]
+    if isinstance(leaf, tf.distribute.DistributedValues):
+        return tf.cast(tf.add_n([tf.shape(v)[0] for v in leaf.values]), tf.float32)
+    return tf.cast(tf.shape(leaf)[0], tf.float32)

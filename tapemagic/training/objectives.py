@@ -70,10 +70,63 @@ def resolve_loss(spec: Any) -> Callable:
                 f"unknown loss {spec!r}: use a Keras loss name ('mse', 'mae', "
                 "'binary_crossentropy', ...) or pass a function fn(y_true, y_pred)"
             )
-        return fn
-    if not callable(spec):
+    elif not callable(spec):
         raise ValueError(f"loss must be callable or a Keras loss name, got {type(spec).__name__}")
-    return spec
+    else:
+        fn = spec
+    if isinstance(fn, keras.losses.Loss):
+        return fn  # Keras calls Loss objects as they are (its wrappers align shapes themselves)
+    return KerasShapedLoss(fn)
+
+
+class KerasShapedLoss:
+    """A loss function called as Keras `fit` calls it (`compile` wraps every function in a
+    `LossFunctionWrapper`): targets and predictions first brought to the same rank, so a
+    `(n,)` Y against `(n, 1)` predictions is compared sample by sample, not as an `(n, n)`
+    broadcast; non-float targets take the predictions' dtype (Keras converts both)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, y_true: Any, y_pred: Any) -> Any:
+        y_true, y_pred = same_rank(y_true, y_pred)
+        return self.fn(y_true, y_pred)
+
+    def __repr__(self) -> str:
+        return f"KerasShapedLoss({self.fn!r})"
+
+
+def same_rank(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+    """Keras's `squeeze_or_expand_to_same_rank(y_true, y_pred)` leaf by leaf (same structure
+    only), plus its conversion of integer or boolean targets to the predictions' float dtype."""
+    try:
+        tf.nest.assert_same_structure(y_true, y_pred)
+    except (TypeError, ValueError):
+        return y_true, y_pred
+    leaves = zip(tf.nest.flatten(y_true), tf.nest.flatten(y_pred), strict=True)
+    pairs = [_same_rank(t, p) for t, p in leaves]
+    return (
+        tf.nest.pack_sequence_as(y_true, [t for t, _ in pairs]),
+        tf.nest.pack_sequence_as(y_pred, [p for _, p in pairs]),
+    )
+
+
+def _same_rank(t: Any, p: Any) -> tuple[Any, Any]:
+    if not (tf.is_tensor(t) and tf.is_tensor(p)):
+        return t, p
+    if p.dtype.is_floating and not t.dtype.is_floating:
+        t = tf.cast(t, p.dtype)
+    rt, rp = t.shape.rank, p.shape.rank
+    if rt is None or rp is None or rt == rp:
+        return t, p
+    # As Keras: a trailing 1 on the higher rank is dropped, except that a rank-1 tensor
+    # against (n, 1) gains the axis instead; ranks further apart are left as they are.
+    if rt == rp + 1 and t.shape[-1] == 1:
+        return (t, p[..., None]) if rp == 1 else (tf.squeeze(t, -1), p)
+    if rp == rt + 1 and p.shape[-1] == 1:
+        return (t[..., None], p) if rt == 1 else (t, tf.squeeze(p, -1))
+    return t, p
 
 
 def scalar_loss(value: Any) -> tf.Tensor:

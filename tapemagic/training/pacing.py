@@ -36,10 +36,11 @@ class CallPlan(NamedTuple):
 class PartialEpoch:
     """Sums over the steps done so far of an epoch that a call left unfinished."""
 
-    loss: float = 0.0
+    loss: float = 0.0  # sum of the steps' losses times their batch sizes
     gn: float = 0.0  # sum of the steps' gradient norms
     steps: float = 0.0
     seconds: float = 0.0
+    samples: float = 0.0
 
     @classmethod
     def after(cls, res: CallResult, carried: PartialEpoch, seconds: float) -> PartialEpoch:
@@ -51,15 +52,27 @@ class PartialEpoch:
             gn=gn + carried.gn,
             steps=float(res.steps[-1]) + carried.steps,
             seconds=seconds + carried.seconds,
+            samples=float(res.samples[-1]) + carried.samples,
         )
 
     def to_json(self) -> dict[str, float]:
-        return {"loss": self.loss, "gn": self.gn, "steps": self.steps, "seconds": self.seconds}
+        return {
+            "loss": self.loss,
+            "gn": self.gn,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "samples": self.samples,
+        }
 
     @classmethod
     def from_json(cls, data: dict | None) -> PartialEpoch:
         data = data or {}
-        return cls(*(float(data.get(k, 0.0)) for k in ("loss", "gn", "steps", "seconds")))
+        loss, gn, steps, seconds = (
+            float(data.get(k, 0.0)) for k in ("loss", "gn", "steps", "seconds")
+        )
+        # saved before losses were weighted by batch size: its loss is a plain sum over steps
+        samples = float(data.get("samples", steps))
+        return cls(loss, gn, steps, seconds, samples)
 
 
 @dataclass
@@ -142,10 +155,12 @@ def epoch_columns(
     share = steps * (res.seconds / max(steps.sum(), 1.0))  # each epoch's part of the call
     seconds = share.copy()
     loss = res.loss_sum.copy()
+    samples = res.samples.astype(np.float64)
     gn = None if res.gn_sum is None else res.gn_sum.copy()
     carried = pos.partial if plan.b0 > 0 else PartialEpoch()
     if plan.b0 > 0 and len(steps):
         loss[0] += carried.loss
+        samples[0] += carried.samples
         steps[0] += carried.steps
         seconds[0] += carried.seconds
         if gn is not None:
@@ -154,7 +169,8 @@ def epoch_columns(
     first = pos.epoch
     columns = EpochColumns(
         epochs=range(first, first + n),
-        loss=loss[:n] / steps[:n],
+        # Keras's epoch loss: the sample-weighted mean, divided in float32 as its tracker does
+        loss=(loss[:n].astype(np.float32) / samples[:n].astype(np.float32)).astype(np.float64),
         val_loss=None if res.val_loss is None else res.val_loss[:n],
         grad_norm=None if gn is None else gn[:n] / steps[:n],
         seconds=seconds[:n],

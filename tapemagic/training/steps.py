@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import tensorflow as tf
 
-from tapemagic.training.objectives import scalar_loss
+from tapemagic.training.objectives import same_rank, scalar_loss
 from tapemagic.training.subject import Style, first_line
 
 if TYPE_CHECKING:
@@ -165,14 +165,15 @@ def probe(
                 f"{what} fails on a batch of X with shape {_shapes(x)}: {first_line(err)}"
             ) from err
         if user_loss:
-            _warn_broadcast(pred, y)
+            _warn_broadcast(*same_rank(y, pred))
         try:
-            loss = scalar_loss(loss_fn(y, pred))
+            value = loss_fn(y, pred)
         except Exception as err:
             raise ValueError(
                 f"loss fails on (Y with shape {_shapes(y)}, predictions with shape "
                 f"{_shapes(pred)}): {first_line(err)}"
             ) from err
+        loss = scalar_loss(_check_loss_value(value))
     grads = tape.gradient(loss, sources if sources is not None else style.trainable)
     missing = [n for n, g in zip(style.names, grads, strict=True) if g is None]
     if len(missing) == len(style.names):
@@ -192,8 +193,38 @@ def _shapes(t: Any) -> Any:
     return shapes[0] if len(shapes) == 1 else shapes
 
 
-def _warn_broadcast(pred: Any, y: Any) -> None:
-    """(n, 1) predictions against (n,) targets broadcast to (n, n) in a hand-written loss."""
+def _check_loss_value(value: Any) -> tf.Tensor:
+    """What the loss returned must be a float tensor (a scalar, or per-sample values that
+    are averaged): anything else cannot carry a gradient."""
+    if value is None:
+        raise ValueError(
+            "loss returned None: end the loss function with `return` and the loss value, "
+            "e.g. return tf.reduce_mean(tf.square(y_true - y_pred))"
+        )
+    try:
+        tensor = tf.convert_to_tensor(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"loss returned a {type(value).__name__}, not a number: return a float tensor "
+            "computed from y_pred, e.g. tf.reduce_mean(tf.square(y_true - y_pred))"
+        ) from err
+    if not tensor.dtype.is_floating:
+        raise ValueError(
+            f"loss returned {tensor.dtype.name} {_value_text(tensor)}, which has no gradient: "
+            "compute it in floats from y_pred (no int(), round() or integer casts), e.g. "
+            "tf.reduce_mean(tf.square(y_true - y_pred))"
+        )
+    return tensor
+
+
+def _value_text(t: tf.Tensor) -> str:
+    return repr(t.numpy().item()) if t.shape.rank == 0 else f"of shape {tuple(t.shape)}"
+
+
+def _warn_broadcast(y: Any, pred: Any) -> None:
+    """Targets and predictions that still broadcast to more elements than either has after
+    Keras's rank alignment (e.g. (n,) against (n, 1, 1)): Keras would compute the loss on
+    that broadcast too, so it is not refused, but never silently."""
     if not (isinstance(pred, tf.Tensor) and isinstance(y, tf.Tensor)):
         return
     if pred.shape == y.shape:
@@ -207,7 +238,7 @@ def _warn_broadcast(pred: Any, y: Any) -> None:
     ):
         warnings.warn(
             f"predictions have shape {tuple(pred.shape)} but Y has {tuple(y.shape)}; they "
-            f"broadcast to {tuple(both)} in the loss: reshape Y (e.g. Y[:, None]) or the "
+            f"broadcast to {tuple(both)} in the loss (as under Keras fit): reshape Y or the "
             "predictions so they match",
             stacklevel=4,
         )

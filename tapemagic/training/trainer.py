@@ -523,6 +523,7 @@ class Trainer:
     def _commit(self, res: CallResult, plan: CallPlan, lr: float | None) -> None:
         """Record what the call completed; then listeners, callbacks, checkpoints."""
         first = self._pos.epoch
+        carried = self._pos.partial if plan.b0 > 0 else None  # this epoch's earlier steps
         done = epoch_columns(res, self._pos, plan, self._param_names)
         self.history.extend(done.columns, learning_rate=lr)
         if done.after is not None:
@@ -530,8 +531,10 @@ class Trainer:
         n = len(done.columns.epochs)
         self._pacer.measured(res)
         cbs = self._callbacks
-        if cbs.per_batch and res.batch_losses is not None:
-            cbs.batches(plan.b0, res.batch_losses)
+        if cbs.per_batch and res.batch_rows is not None:
+            names = self._parts.metric_names[: len(self._parts.train_metrics)]
+            sums = (carried.loss, carried.samples) if carried else ()
+            cbs.batches(plan.b0, res.batch_rows, names, *sums)
         if self._listeners or cbs:
             for i in range(first, first + n):
                 record = self.history[i]
