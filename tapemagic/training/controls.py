@@ -72,7 +72,8 @@ class Controls:
             return self._cv.wait_for(lambda: not self._running, timeout)
 
     def set_learning_rate(self, value: float, apply: Callable[[float], None]) -> None:
-        """Apply now when idle; else keep it for the loop to apply before its next call."""
+        """Apply now when idle; else keep it for the loop to apply before its next call,
+        or, when the run has no next call, before its final checkpoint (see `end`)."""
         with self._cv:
             if self._running:
                 self._lr_pending = value
@@ -97,11 +98,51 @@ class Controls:
             self._running, self._stop, self._pause = True, False, False
             self._waiting, self._step_until = False, None
 
-    def end(self) -> None:
+    def end(
+        self,
+        apply_lr: Callable[[float], None] | None = None,
+        persist: Callable[[], None] = lambda: None,
+        again: bool = True,
+    ) -> None:
+        """End a run. The rule for a learning rate set while it ran: one that no call
+        took yet is applied now, before `persist` (the run's final checkpoint) records
+        it; with `again`, one set while `persist` runs is applied and persisted in turn,
+        until none comes. When this returns the run is over and no rate is pending: the
+        next run, the checkpoint and a trainer resumed from it use the last rate set.
+        (`again=False` where `persist` must run the same number of times everywhere, as
+        with several workers: a rate set during it is applied, and saved next time.
+        Without `apply_lr`, for a run that never started training, a rate stays pending.)"""
+        try:
+            self._apply_pending(apply_lr)
+            persist()
+            while again and apply_lr is not None:
+                with self._cv:
+                    if self._lr_pending is None:
+                        self._finish()  # in the same hold as the check: nothing slips in
+                        return
+                self._apply_pending(apply_lr)
+                persist()
+        finally:
+            with self._cv:
+                if self._running:
+                    self._finish(apply_lr)
+
+    def _apply_pending(self, apply_lr: Callable[[float], None] | None) -> None:
+        if apply_lr is None:
+            return
         with self._cv:
-            self._running = self._pause = self._waiting = False
-            self._step_until = None
-            self._cv.notify_all()
+            value, self._lr_pending = self._lr_pending, None
+            if value is not None:
+                apply_lr(value)
+
+    def _finish(self, apply_lr: Callable[[float], None] | None = None) -> None:
+        """With the lock held: the run is over (a rate still pending applies now)."""
+        if apply_lr is not None and self._lr_pending is not None:
+            apply_lr(self._lr_pending)
+            self._lr_pending = None
+        self._running = self._pause = self._waiting = False
+        self._step_until = None
+        self._cv.notify_all()
 
     def wait_turn(self, epoch: int, apply_lr: Callable[[float], None]) -> bool:
         """Between calls: hold while paused; apply a pending learning rate; False = stop."""

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tapemagic import devices
 from tapemagic.training.callbacks import CallbackModel, Callbacks
-from tapemagic.training.checkpoints import CheckpointStore, check_every
+from tapemagic.training.checkpoints import CheckpointStore, check_arguments
 from tapemagic.training.controls import Controls
 from tapemagic.training.data import ArrayData, check_batch_size
 from tapemagic.training.distributed.lockstep import CALL, CLOSE, END, RESET, Lockstep, Order
@@ -69,9 +69,13 @@ class Trainer:
     model with `stop_training` and `optimizer`; with any callback each compiled call
     runs one epoch, so what they change applies from the very next epoch).
     `checkpoint_dir`: save there when a run ends and every `checkpoint_every` epochs; a
-    new Trainer on the same directory resumes. `on_nonfinite`: 'restore' (go back to the
-    last finite step when a loss or gradient turns NaN/Inf) or 'keep' (leave the weights
-    for inspection; `restore_last_finite()` later).
+    new Trainer on the same directory resumes (`resume=True`), refusing a damaged one;
+    `resume='latest_valid'` resumes from its newest valid checkpoint, `resume=False`
+    starts at epoch 0 (nothing there is deleted). One trainer writes a directory at a
+    time: a newer one here takes it from an idle one; `close()` lets it go.
+    `on_nonfinite`: 'restore' (go back to the last finite step when a loss or gradient
+    turns NaN/Inf) or 'keep' (leave the weights for inspection; `restore_last_finite()`
+    later).
 
     `strategy`: a `tf.distribute` strategy (MirroredStrategy, MultiWorkerMirroredStrategy)
     whose scope the model or Variables were made in; each batch is split across its
@@ -102,12 +106,13 @@ class Trainer:
         callbacks: Sequence[Any] | None = None,
         checkpoint_dir: str | None = None,
         checkpoint_every: int | None = None,
+        resume: bool | str = True,
         on_nonfinite: str = "restore",
         strategy: Any = None,
         loss_reduction: str | None = None,
     ):
         check_on_nonfinite(on_nonfinite)
-        check_every(checkpoint_every)
+        checkpoint_dir = check_arguments(checkpoint_dir, checkpoint_every, resume)
         self._controls = Controls()
         spec = resolve(model, params, predict, step)
         self._replicas = Replicas(strategy, loss_reduction) if strategy is not None else None
@@ -157,13 +162,20 @@ class Trainer:
         self._lockstep = Lockstep(strategy, role.chief) if role and role.workers > 1 else None
         self._closed = False  # a worker's follow() ends when the chief closes
         self._ckpt_every = checkpoint_every
-        self._store = None
-        if checkpoint_dir:
-            self._store = CheckpointStore(checkpoint_dir, writer=role is None or role.chief)
-        self._saved_at: tuple[int, int] | None = None
-        if self._store:
-            self._store.bind(self._checkpoint_variables())
-            self._resume(learning_rate)
+        self._store: CheckpointStore | None = None
+        self._saved_at: tuple | None = None  # what the last save recorded (_save_key)
+        if checkpoint_dir is not None:
+            controls = self._controls  # not self: the store must not keep the trainer alive
+            writer = role is None or role.chief
+            store = CheckpointStore(checkpoint_dir, writer=writer, busy=lambda: controls.running)
+            store.claim()  # unwritable, or another trainer writing there: an error now
+            try:
+                store.bind(self._checkpoint_variables())
+                self._store = store
+                self._resume(learning_rate, resume)
+            except BaseException:
+                store.release()
+                raise
         if self._lockstep:
             self._agree_with_chief()
 
@@ -418,6 +430,8 @@ class Trainer:
         """Train `epochs` more epochs (blocking); returns the history of all epochs so far."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        if self._store:
+            self._store.check_owner()  # another trainer writes its checkpoint_dir now
         self._controls.begin()
         self._target = self._pos.epoch + epochs
         self.error = self.fault = self._last_fault = None
@@ -428,11 +442,8 @@ class Trainer:
             self._say(f"stopped by an error at epoch {self.epoch}: {type(err).__name__}: {err}")
             raise
         finally:
-            try:
-                if self._store and self._saved_at != (self._pos.epoch, self._pos.batch):
-                    self.save_checkpoint()
-            finally:
-                self._controls.end()
+            # A rate set during the last call is applied before the final checkpoint.
+            self._controls.end(self._set_lr, self._final_save, again=not self._lockstep)
         return self.history
 
     def _train(self) -> None:
@@ -619,17 +630,30 @@ class Trainer:
             "seed": self.seed,
             "batch_size": self._parts.batch_size,
             "optimizer": type(self._parts.optimizer).__name__ if self._parts.optimizer else None,
-            "learning_rate": self._current_lr(),
+            "learning_rate": self.learning_rate,  # a pending rate is the next call's
             "history": self.history.to_json(),
         }
         path = self._store.save(meta)
-        self._saved_at = (self._pos.epoch, self._pos.batch)
+        self._saved_at = self._save_key()
         return path
 
-    def _resume(self, learning_rate: float | None) -> None:
+    def _save_key(self) -> tuple:
+        """What a save records that a run's end must not leave unsaved: the position and,
+        but with several workers (whose saves must match in number), the learning rate."""
+        where = (self._pos.epoch, self._pos.batch)
+        return where if self._lockstep else (*where, self.learning_rate)
+
+    def _final_save(self) -> None:
+        if self._store and self._saved_at != self._save_key():
+            self.save_checkpoint()
+
+    def _resume(self, learning_rate: float | None, mode: bool | str) -> None:
         opt_name = type(self._parts.optimizer).__name__ if self._parts.optimizer else None
-        meta = self._store.resume(opt_name)
+        resumed = self._store.resume(opt_name, mode)
+        meta = resumed.meta
         if meta is None:
+            if resumed.note:
+                self._say(resumed.note)
             return
         self.history = History.from_json(meta["history"])
         partial = PartialEpoch.from_json(meta["partial"])
@@ -640,9 +664,9 @@ class Trainer:
         same_opt = meta.get("optimizer") == opt_name
         if learning_rate is None and same_opt and meta.get("learning_rate"):
             self._set_lr(float(meta["learning_rate"]))
-        self._saved_at = (self._pos.epoch, self._pos.batch)
+        self._saved_at = self._save_key()
         note = "" if same_opt else f" (optimizer state not restored: it was {meta['optimizer']})"
-        self._say(f"resumed from {self._store.latest} at epoch {self._pos.epoch}{note}")
+        self._say(f"resumed from {resumed.path} at epoch {self._pos.epoch}{note}{resumed.note}")
 
     # -- several workers -------------------------------------------------------------
 
@@ -664,10 +688,14 @@ class Trainer:
         return self.history
 
     def close(self) -> None:
-        """On the chief of several workers: end their `follow()`. Elsewhere: nothing."""
+        """On the chief of several workers: end their `follow()`. And let checkpoint_dir go
+        (to another process too): this trainer saves no more there."""
         if self._lockstep and self._lockstep.chief:
             self._require_idle("close")
             self._lockstep.send(Order(CLOSE))
+        if self._store:
+            self._require_idle("close")
+            self._store.release()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "idle"
