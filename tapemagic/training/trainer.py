@@ -13,7 +13,10 @@ package docstring (`tapemagic/training/__init__.py`).
 
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -24,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tapemagic import devices
+from tapemagic.training import ownership
 from tapemagic.training.callbacks import CallbackModel, Callbacks
 from tapemagic.training.checkpoints import CheckpointStore, check_arguments
 from tapemagic.training.controls import Controls
@@ -134,6 +138,9 @@ class Trainer:
             metrics=metrics,
             replicas=self._replicas,
         )
+        # An older trainer's run on these variables stops before this one reads its
+        # starting weights or resumes a checkpoint; `claim` below supersedes it.
+        ownership.stop_owners(parts.style.weights, self)
         self._parts = parts  # its optimizer and batch_size change between runs
         self._style = parts.style  # what is trained: fixed for the trainer's life
         self._batch_size_next = parts.batch_size
@@ -178,6 +185,7 @@ class Trainer:
                 raise
         if self._lockstep:
             self._agree_with_chief()
+        ownership.claim(self, self._style.weights)  # last: a failed construction takes nothing
 
     # -- state -----------------------------------------------------------------------
 
@@ -373,6 +381,13 @@ class Trainer:
     # -- controls (thread-safe) ------------------------------------------------------
 
     @property
+    def superseded_by(self) -> Any:
+        """The newer trainer made on (some of) these variables, which owns them now; None
+        while this one does. A superseded trainer refuses to run or reset."""
+        event = ownership.superseded(self)
+        return event.new if event is not None else None
+
+    @property
     def running(self) -> bool:
         """True while `run` (or `step`) is training, in whatever thread."""
         return self._controls.running
@@ -433,10 +448,17 @@ class Trainer:
         if self._store:
             self._store.check_owner()  # another trainer writes its checkpoint_dir now
         self._controls.begin()
+        try:
+            ownership.check(self)  # after begin: a claim made meanwhile has stopped this run
+        except RuntimeError:
+            self._controls.end()
+            raise
         self._target = self._pos.epoch + epochs
         self.error = self.fault = self._last_fault = None
+        ctrl_c = _CtrlCStops(self._controls.request_stop)
         try:
-            self._train()
+            with ctrl_c:
+                self._train()
         except BaseException as err:
             self.error = err
             self._say(f"stopped by an error at epoch {self.epoch}: {type(err).__name__}: {err}")
@@ -444,6 +466,8 @@ class Trainer:
         finally:
             # A rate set during the last call is applied before the final checkpoint.
             self._controls.end(self._set_lr, self._final_save, again=not self._lockstep)
+        if ctrl_c.fired:  # raised here, not from deep inside the loop: one short traceback
+            raise KeyboardInterrupt(f"training stopped at epoch {self.epoch}")
         return self.history
 
     def _train(self) -> None:
@@ -603,6 +627,7 @@ class Trainer:
     def reset(self) -> None:
         """Weights and optimizer state as at construction; the history is cleared."""
         self._require_idle("reset")
+        ownership.check(self)  # the variables are another trainer's now
         if self._lockstep:
             if not self._lockstep.chief:
                 raise RuntimeError("a worker resets when the chief does: call reset() there")
@@ -705,3 +730,40 @@ class Trainer:
             f"Trainer({self._style.kind}, {opt}, lr={self.learning_rate}, epoch {self.epoch}, "
             f"{state}, {where})"
         )
+
+class _CtrlCStops:
+    """Ctrl-C (or a kernel's Interrupt) during a run in the main thread ends it between
+    steps: a KeyboardInterrupt raised wherever the main thread happens to be could land
+    between a step and its bookkeeping. `run` raises one short KeyboardInterrupt after.
+    A second Ctrl-C raises at once, for a step that never ends (that call is rolled back).
+    Other threads cannot receive signals: a panel's worker is stopped by the panel."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self._stop = stop
+        self._prev: Any = None
+        self._installed = False
+        self.fired = False
+
+    def __enter__(self) -> _CtrlCStops:
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.getsignal(signal.SIGINT)
+            if prev not in (signal.SIG_IGN, None):  # ignored, or handled outside Python
+                self._prev, self._installed = prev, True
+                signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._prev)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.fired:
+            raise KeyboardInterrupt
+        self.fired = True
+        self._stop()
+        prev = self._prev
+        if callable(prev) and prev is not signal.default_int_handler:
+            # e.g. a notebook layer's handler, which stops its own runs too; its
+            # KeyboardInterrupt is dropped: this run ends cleanly instead
+            with contextlib.suppress(KeyboardInterrupt):
+                prev(signum, frame)
