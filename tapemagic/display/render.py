@@ -20,7 +20,19 @@ from typing import Any
 import numpy as np
 
 from tapemagic.display import heatmap, tangent_plot
-from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, ZERO, Check, Derivative, TapeResult
+from tapemagic.tape.result import (
+    CHECK_OK,
+    INCONCLUSIVE,
+    MISMATCH,
+    NONE,
+    NONFINITE,
+    NOT_CHECKED,
+    STRUCTURAL,
+    ZERO,
+    Check,
+    Derivative,
+    TapeResult,
+)
 
 SMALL = 100  # tensors with at most this many elements are printed whole
 FIRST = 6  # elements shown of a summarised tensor
@@ -214,6 +226,17 @@ def _check_text(c: Check) -> str:
     return f"check {c.summary()}"
 
 
+# Only a real disagreement is red: finite differences that cannot decide, or a source that
+# cannot be checked, are not a verdict against the derivative.
+_CHECK_TONE = {
+    CHECK_OK: "ok",
+    MISMATCH: "mismatch",
+    INCONCLUSIVE: STRUCTURAL,
+    NOT_CHECKED: STRUCTURAL,
+}
+_CHECK_MARK = {CHECK_OK: "✅ ", MISMATCH: "❌ ", INCONCLUSIVE: "❔ ", NOT_CHECKED: "➖ "}
+
+
 def _header(result: TapeResult) -> tuple[int, list[str], list[str]]:
     ds = result.derivatives
     targets = result.targets or list(dict.fromkeys(d.target for d in ds))
@@ -289,7 +312,7 @@ def _row_html(r: _Row) -> str:
     status = [_badge(r.label, d.status)] if r.label else []
     status += [_badge(note, "sum") for note in r.notes]
     if d.check is not None:
-        status.append(_badge(_check_text(d.check), "ok" if d.check.ok else "mismatch"))
+        status.append(_badge(_check_text(d.check), _CHECK_TONE.get(d.check.verdict, "mismatch")))
     why = _why(d)
     line = "" if why else _LINE
     cells = [
@@ -401,7 +424,7 @@ def to_markdown(result: TapeResult) -> str:
         d = r.d
         status = ([f"**{_md(r.label)}**"] if r.label else []) + [_md(n) for n in r.notes]
         if d.check is not None:
-            status.append(("✅ " if d.check.ok else "❌ ") + _md(_check_text(d.check)))
+            status.append(_CHECK_MARK.get(d.check.verdict, "❌ ") + _md(_check_text(d.check)))
         cells = [f"${_tex_notation(d)}$", _tex_at(r), _code(r.value), _code(r.shape), r.dtype]
         lines.append("| " + " | ".join(cells + ["<br>".join(status)]) + " |")
         why = _why(d)

@@ -1,120 +1,414 @@
-"""`--check`: compare each first derivative with central finite differences.
+"""`--check`: compare each first derivative with finite differences, and say how sure that is.
 
-Differences are taken in float64 where the cell allows it (tensor sources are cast,
-the cell re-run); where it does not (a float32 Variable, a float32 constant inside
-the cell) they are taken in the source's own dtype, with a looser tolerance. Large
-sources are checked along a few random directions (a directional derivative costs
-two runs whatever the size), small ones along every coordinate.
+The numeric derivative comes from Ridders' method: central differences at steps shrinking
+by 2, extrapolated (Richardson) in a Neville table, which also gives an error estimate; the
+table stops when that estimate stops improving (rounding has taken over). Differences are
+taken in float64 where the cell allows it (tensor sources are cast, Variables reached by
+name are replaced by float64 copies for the re-run), else in the source's own dtype.
+
+The verdict compares |analytic - numeric| with what rounding explains: the analytic
+derivative's own (its dtype's unit roundoff, times its size and times the curvature the
+rounding of the point itself meets) plus the differences' error estimate. A gap beyond that
+is a MISMATCH only when the differences are sure of themselves: at a kink, or when their
+error estimate is of the size of the gap, the verdict is "inconclusive", with the reason.
+Sources finite differences cannot perturb get "not checked", with the reason.
+
+Large sources are checked along a few random directions (a directional derivative costs the
+same whatever the size), small ones along every coordinate.
 """
 
 from __future__ import annotations
 
+import ast
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from tapemagic.tape.rerun import Rerunner
-from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, Check, TapeResult
+from tapemagic.tape.recording import to_numpy
+from tapemagic.tape.rerun import Rerunner, written_before_read
+from tapemagic.tape.result import (
+    CHECK_OK,
+    INCONCLUSIVE,
+    MISMATCH,
+    NONE,
+    NONFINITE,
+    NOT_CHECKED,
+    STRUCTURAL,
+    Check,
+    Derivative,
+    TapeResult,
+)
 
-# Tolerance on |analytic - numeric| / max(|analytic|, |numeric|, 1), by the precision of
-# the differences and of the analytic derivative (float32 gradients carry ~1e-7 rounding
-# per op; float32 differences with h ~ eps^(1/3) carry ~1e-5 of truncation and noise).
-TOLERANCE = {("float64", "float64"): 1e-6, ("float64", "float32"): 1e-3}
-LOOSE = {"float32": 1e-2, "float16": 1e-1, "bfloat16": 1e-1}
+# Machine epsilon by dtype (bfloat16 keeps 8 significant bits, float16 11).
+EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 MAX_COORDINATES = 8
 RANDOM_DIRECTIONS = 3
+SHRINK = 2.0  # step ratio between levels of the Ridders table
+LEVELS = 14  # at most this many steps (2 runs each) per direction
+SAFE = 2.0  # stop when the extrapolation's error grows by this factor (rounding took over)
+CONVINCED = 20.0  # a gap this many times the differences' error estimate is a mismatch
+
+
+@dataclass
+class _Point:
+    """The recorded point and how to evaluate the target around it."""
+
+    start: dict[str, Any]  # source name -> value at the point
+    dtype: tf.DType  # the dtype the perturbed source is given in
+    precision: str  # the dtype the target is computed in (the lower of the two)
 
 
 def check_result(result: TapeResult, code: str, namespace: dict, recorder, opts, before) -> None:
     """Attach a `Check` to every first derivative and Jacobian of `result`."""
-    rerun = Rerunner(code, namespace, recorder.sources, result.targets, before, opts.silence_reruns)
-    random = [f for st in rerun.info.statements for f in st.findings if f.kind == "random"]
+    set_after, ambiguous = {}, set()
+    for name, source in recorder.sources.items():
+        if isinstance(source, tf.Variable) and name.isidentifier():
+            index = written_before_read(code, name)
+            if index is not None and index >= 0:
+                set_after[name] = index
+            elif index == -1:
+                ambiguous.add(name)
+    rerun = Rerunner(
+        code, namespace, recorder.sources, result.targets, before, opts.silence_reruns, set_after
+    )
+    draws = random_draws(code, rerun.info, namespace)
     rng = np.random.default_rng(0)
     for d in result.derivatives:
         if d.order != 1 or d.kind == "hessian" or d.status in (NONFINITE, STRUCTURAL):
             continue
-        if d.source not in recorder.sources or d.source.count("/"):
-            continue  # weights reached through a model: not re-bindable by name
-        source = recorder.sources[d.source]
-        if source.dtype.is_complex:
-            d.check = Check(False, float("nan"), float("nan"), "-", note="complex: not checked")
+        reason = _unchecked_reason(d, recorder.sources.get(d.source), ambiguous)
+        if reason:
+            d.check = _not_checked(reason)
             continue
         try:
-            d.check = _check_one(d, recorder, rerun, rng)
+            d.check = _check_one(d, result, recorder.sources, rerun, rng, namespace, draws)
         except Exception as exc:  # the cell cannot run at other points: say so
-            d.check = Check(False, float("nan"), float("nan"), "-", note=f"could not re-run: {exc}")
+            first = (str(exc).strip().splitlines() or [""])[0]
+            d.check = _not_checked(
+                f"the cell fails when {d.source} moves ({type(exc).__name__}: {first})"
+            )
             continue
-        if random:
+        if draws and not d.check.note:
+            lineno, text = draws[0]
             d.check.note = (
-                f"line {random[0].lineno}: {random[0].text} draws new numbers at every run, so "
-                f"the differences mean little; fix the draws (a seed, or a tensor made before)"
+                f"line {lineno}: {text} draws random numbers, the same at every re-run here "
+                f"(seeded in the cell), so the differences still hold"
             )
 
 
-def _check_one(d, recorder, rerun: Rerunner, rng) -> Check:
-    sources = recorder.sources
-    # The point is where the tape recorded, before the cell changed anything.
-    start = {n: recorder.initial.get(n, v) for n, v in sources.items()}
-    x0 = np.asarray(start[d.source], dtype=np.float64)
-    analytic = np.zeros_like(x0) if d.value is None else np.asarray(d.value, dtype=np.float64)
-    analytic_dtype = "float64" if getattr(d.value, "dtype", None) == tf.float64 else "float32"
-    own = sources[d.source].dtype
-    # A Variable is perturbed in place, so in its own dtype; a tensor is tried in float64,
-    # which counts only if the target then comes out in float64 too (no cast on the way).
-    candidates = [own] if isinstance(sources[d.source], tf.Variable) else [tf.float64, own]
-    for i, dtype in enumerate(candidates):
-        try:
-            evaluate = _evaluator(rerun, d, start, dtype)
-            f0 = evaluate(x0)
-            out_dtype = rerun.dtypes.get(d.target)
-            precision = dtype.name
-            if out_dtype is not None and getattr(out_dtype, "name", "") in LOOSE:
-                precision = out_dtype.name  # the cell computes the target in lower precision
-            break
-        except Exception:
-            if i == len(candidates) - 1:
-                raise
-    eps = np.finfo(np.float64 if precision == "float64" else np.float32).eps
-    h = eps ** (1 / 3) * max(1.0, float(np.max(np.abs(x0))) if x0.size else 1.0)
+def random_draws(code: str, info, namespace: dict) -> list[tuple[int, str]]:
+    """(line, text) of every random draw in the cell: `tf.random.*`, `np.random.*` and
+    calls on a `tf.random.Generator` (seeded or not: each draw advances its state)."""
+    found = [
+        (f.lineno, f.text) for st in info.statements for f in st.findings if f.kind == "random"
+    ]
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return found
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        root = node.func.value
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        if isinstance(root, ast.Name) and isinstance(namespace.get(root.id), tf.random.Generator):
+            text = ast.get_source_segment(code, node) or root.id
+            if (node.lineno, text) not in found:
+                found.append((node.lineno, text))
+        elif "random" in _dotted(node.func).split(".")[:-1]:
+            text = ast.get_source_segment(code, node) or ""
+            if (node.lineno, text) not in found:
+                found.append((node.lineno, text))
+    return sorted(found)
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def _not_checked(reason: str) -> Check:
+    return Check(False, math.nan, math.nan, "-", note=reason, verdict=NOT_CHECKED)
+
+
+def _unchecked_reason(d: Derivative, source: Any, ambiguous: set[str]) -> str | None:
+    if source is None:
+        return f"{d.source} is not a source of the recorded run"
+    if not isinstance(source, (tf.Tensor, tf.Variable)):
+        return f"{d.source} is not a tensor"
+    if source.dtype.is_complex:
+        return f"{d.source} is complex ({source.dtype.name}); finite differences here are real"
+    if not source.dtype.is_floating:
+        return f"{d.source} is an integer ({source.dtype.name}): there is no step to take"
+    if not isinstance(source, tf.Variable) and not d.source.isidentifier():
+        return f"{d.source} is a tensor reached through an object; it cannot be set by name"
+    if d.source in ambiguous:
+        return (
+            f"the cell writes {d.source} both before and after reading it, so the point the "
+            f"derivative is taken at cannot be set from outside"
+        )
+    return None
+
+
+def _check_one(d, result: TapeResult, sources, rerun: Rerunner, rng, namespace, draws) -> Check:
+    start = {n: result.point.get(n, v) for n, v in sources.items()}
+    x0 = to_numpy(start[d.source]).astype(np.float64)
+    analytic_dtype = getattr(d.value, "dtype", sources[d.source].dtype).name
+    exact = np.zeros_like(x0) if d.value is None else to_numpy(d.value).astype(np.float64)
+    evaluate, point = _evaluator(d, start, sources, rerun, namespace)
+    f0 = evaluate(x0)
+    again = evaluate(x0)
+    if not np.array_equal(f0, again, equal_nan=True):  # the cell draws new numbers each run
+        where = f"line {draws[0][0]}: {draws[0][1]}" if draws else "something in the cell"
+        return Check(
+            False, math.nan, math.nan, point.precision,
+            note=f"{where} draws new numbers at every run, so finite differences cannot "
+            f"decide; fix the draws (a seed set in the cell, or a tensor made before)",
+            verdict=INCONCLUSIVE,
+        )  # fmt: skip
+    eps_p = EPS.get(point.precision, EPS["float32"])
+    u_a = EPS.get(analytic_dtype, EPS["float32"]) / 2
+    scale_x = max(1.0, float(np.max(np.abs(x0)))) if x0.size else 1.0
     directions = _directions(x0.size, rng)
-    worst, kink = 0.0, False
+    worst_ratio, worst = -1.0, (0.0, 0.0)
+    verdicts, kinks, noisy = [], [], []
     for v in directions:
         v = v.reshape(x0.shape)
-        fp, fm = evaluate(x0 + h * v), evaluate(x0 - h * v)
-        numeric = (fp - fm) / (2 * h)
-        exact = _apply(analytic, v, d, f0)
-        err = np.abs(exact - numeric) / np.maximum(np.maximum(np.abs(exact), np.abs(numeric)), 1)
-        worst = max(worst, float(np.max(err)) if err.size else 0.0)
-        forward, backward = (fp - f0) / h, (f0 - fm) / h
-        gap = np.abs(forward - backward)
-        scale = np.maximum(np.maximum(np.abs(forward), np.abs(backward)), 1)
-        kink = kink or bool(np.any(gap > 0.05 * scale))
-    tol = TOLERANCE.get((precision, analytic_dtype), LOOSE.get(precision, 1e-2))
+        want = _apply(exact, v, d, f0)
+        est = _ridders(
+            lambda t, v=v: evaluate(x0 + t * v), f0, 0.1 * scale_x, eps_p, point, x0, v,
+            enough=0.01 * math.sqrt(u_a),
+        )  # fmt: skip
+        diff = float(np.max(np.abs(want - est.value)))
+        size = max(float(np.max(np.abs(want))), float(np.max(np.abs(est.value))))
+        # What rounding in the analytic derivative explains: its own (sqrt(u) of its size
+        # covers the growth of rounding through reductions), and the rounding of the point
+        # itself times the curvature (d f' = f'' dx, with |dx| = u |x|).
+        rounding = math.sqrt(u_a) * size + u_a * float(np.max(np.abs(x0))) * est.curvature
+        tol = rounding + 2 * est.error
+        denom = size if size > 0 else 1.0
+        ratio = diff / tol if tol > 0 else (math.inf if diff > 0 else 0.0)
+        if ratio > worst_ratio:
+            worst_ratio, worst = ratio, (diff / denom, tol / denom)
+        if diff <= tol:
+            verdicts.append(CHECK_OK)
+        elif est.kink:
+            verdicts.append(INCONCLUSIVE)
+            kinks.append(est)
+        elif not math.isfinite(est.error) or CONVINCED * est.error >= diff:
+            verdicts.append(INCONCLUSIVE)
+            noisy.append(est)
+        else:
+            verdicts.append(MISMATCH)
+        if est.kink and est not in kinks:
+            kinks.append(est)
+    verdict = (
+        MISMATCH
+        if MISMATCH in verdicts
+        else INCONCLUSIVE
+        if INCONCLUSIVE in verdicts or kinks
+        else CHECK_OK
+    )
     note = ""
-    if d.status == NONE and worst > tol:
+    if verdict == MISMATCH and d.status == NONE:
         note = (
             f"finite differences say {d.target} does depend on {d.source}: the tape lost the path"
         )
-    if x0.size > MAX_COORDINATES:
-        note = note or f"{len(directions)} random directions"
-    return Check(worst <= tol, worst, tol, precision, kink=kink, note=note)
+    elif kinks:
+        k = kinks[0]
+        note = (
+            f"kink: one-sided slopes differ ({k.left:.3g} and {k.right:.3g}), so the "
+            f"derivative is not defined here; TF gives one convention for it"
+        )
+    elif verdict == INCONCLUSIVE:
+        note = (
+            f"finite differences in {point.precision} are too coarse here (their error "
+            f"estimate {noisy[0].error:.1e} is of the size of the gap)"
+        )
+    if x0.size > MAX_COORDINATES and not note:
+        note = f"{len(directions)} random directions"
+    return Check(
+        verdict == CHECK_OK, worst[0], worst[1], point.precision, kink=bool(kinks), note=note,
+        verdict=verdict,
+    )  # fmt: skip
 
 
-def _evaluator(rerun: Rerunner, d, base: dict[str, Any], dtype: tf.DType):
-    """x -> the target's value (summed unless this is a Jacobian) with source = x."""
+def _evaluator(d, start, sources, rerun: Rerunner, namespace):
+    """x -> the target (summed unless a Jacobian) with the source at x, and the precision
+    that runs in: float64 when the cell accepts float64 sources and computes the target in
+    float64 from them, else the source's own dtype."""
+    own = sources[d.source].dtype.base_dtype
+    x0 = to_numpy(start[d.source]).astype(np.float64)
+    if own != tf.float64:
+        made = _values(start, sources, d.source, tf.float64, namespace)
+        if made is not None:
+            evaluate = _make_evaluate(d, rerun, tf.float64, *made)
+            originals = {id(v) for v in sources.values() if isinstance(v, tf.Variable)}
+            try:
+                evaluate(x0)
+                took = rerun.dtypes.get(d.target) == tf.float64 and not (
+                    rerun.accessed & originals  # a Variable reached otherwise than by name
+                )
+            except Exception:
+                took = False
+            if took:
+                return evaluate, _Point(start, tf.float64, "float64")
+    made = _values(start, sources, d.source, own, namespace)
+    evaluate = _make_evaluate(d, rerun, own, *made)
+    evaluate(x0)  # raises if the cell cannot run at all
+    target = getattr(rerun.dtypes.get(d.target), "name", own.name)
+    precision = max(own.name, target, key=lambda n: EPS.get(n, 0.0))
+    return evaluate, _Point(start, own, precision)
 
+
+def _make_evaluate(d, rerun: Rerunner, dtype: tf.DType, values: dict, as_variables: set[str]):
     def evaluate(x: np.ndarray) -> np.ndarray:
-        values = {
-            n: tf.cast(v, dtype) if v.dtype.is_floating and not isinstance(v, tf.Variable) else v
-            for n, v in base.items()
-            if n != d.source
-        }
-        values[d.source] = tf.constant(x, dtype=dtype)
-        out = rerun(values)[d.target]
+        # Fresh copies at every run: the cell may change them (an SGD step inside it).
+        run_values = {**values, d.source: tf.constant(x, dtype=dtype)}
+        run_values = {n: tf.Variable(v) if n in as_variables else v for n, v in run_values.items()}
+        out = rerun(run_values)[d.target]
         return out.reshape(-1) if d.kind == "jacobian" else np.asarray(np.sum(out))
 
     return evaluate
+
+
+def _values(start, sources, checked: str, dtype: tf.DType, namespace):
+    """The other sources at the point, in `dtype` where they are float tensors, and whether
+    the checked source is given as a Variable of that dtype (a Variable of another dtype,
+    replaced by name for the run); None when a Variable cannot be replaced so."""
+
+    def replaceable(name: str, var: tf.Variable) -> bool:
+        # trainable: the re-run's probe tape sees it if the cell reaches it some other way
+        return name.isidentifier() and namespace.get(name) is var and var.trainable
+
+    values, as_variables = {}, set()
+    for name, value in start.items():
+        src = sources[name]
+        if name == checked or not (
+            isinstance(src, (tf.Tensor, tf.Variable)) and src.dtype.is_floating
+        ):
+            if name != checked:
+                values[name] = value
+            continue
+        if isinstance(src, tf.Variable) and src.dtype.base_dtype != dtype:
+            if not replaceable(name, src):
+                return None
+            values[name] = tf.cast(value, dtype)
+            as_variables.add(name)
+        elif isinstance(src, tf.Variable):
+            values[name] = value
+        else:
+            values[name] = tf.cast(value, dtype)
+    source = sources[checked]
+    as_variable = isinstance(source, tf.Variable) and source.dtype.base_dtype != dtype
+    if as_variable and not replaceable(checked, source):
+        return None
+    return values, as_variables | ({checked} if as_variable else set())
+
+
+@dataclass
+class _Estimate:
+    value: np.ndarray  # the extrapolated derivative
+    error: float  # its error estimate (absolute, max over elements)
+    curvature: float  # |second derivative| along the direction, at the best step
+    kink: bool = False
+    left: float = 0.0
+    right: float = 0.0
+
+
+def _ridders(g, f0, h0: float, eps_p: float, point: _Point, x0, v, enough: float) -> _Estimate:
+    """Ridders' extrapolated central difference of t -> g(t) at 0, with its error; it stops
+    once the error is below `enough` times the derivative's size, or when it grows again
+    (rounding took over) after the steps reached the range where the table converges."""
+    low = point.precision != "float64"
+    table: list[list[np.ndarray]] = []
+    best, error, best_h = None, math.inf, h0
+    levels = []  # (h_plus, h_minus, f(+), f(-)) at each step
+    h = h0
+    for _ in range(LEVELS):
+        fp, fm = g(h), g(-h)
+        hp, hm = h, h
+        if low:  # the steps the perturbed source really takes, rounded to its dtype
+            hp, hm = _realised(x0, v, h, point.dtype), _realised(x0, v, -h, point.dtype)
+        levels.append((hp, hm, fp, fm))
+        if hp <= 0 or hm <= 0:
+            h /= SHRINK
+            continue
+        central = (fp - fm) / (hp + hm)
+        if not np.all(np.isfinite(central)):
+            table = []  # a singularity within reach: start again from smaller steps
+            h /= SHRINK
+            continue
+        row = [central]
+        stop = False
+        if table:
+            prev = table[-1]
+            fac = SHRINK**2
+            for j in range(1, len(prev) + 1):
+                row.append((row[j - 1] * fac - prev[j - 1]) / (fac - 1))
+                fac *= SHRINK**2
+                err = max(
+                    float(np.max(np.abs(row[j] - row[j - 1]))),
+                    float(np.max(np.abs(row[j] - prev[j - 1]))),
+                )
+                if err <= error:
+                    best, error, best_h = row[j], err, h
+            size = float(np.max(np.abs(best))) if best is not None else 0.0
+            converging = error <= 0.1 * size  # steps large for the function do not count
+            stop = converging and float(np.max(np.abs(row[-1] - prev[-1]))) >= SAFE * error
+        elif best is None:
+            best, best_h = central, h
+        table.append(row)
+        size = float(np.max(np.abs(best))) if best is not None else 0.0
+        if stop or (len(table) >= 3 and error <= enough * max(size, 1e-300)):
+            break
+        h /= SHRINK
+    if best is None:
+        raise ValueError("the target is not finite at any step around the point")
+    # Rounding in the function values sets a floor on what the differences can resolve.
+    fscale = max(float(np.max(np.abs(f0))), 1e-300)
+    error = max(error, 4 * eps_p * fscale / best_h)
+    est = _Estimate(np.asarray(best), error, 0.0)
+    finite = [lv for lv in levels if lv[0] > 0 and lv[1] > 0 and np.all(np.isfinite(lv[2]))]
+    finite = [lv for lv in finite if np.all(np.isfinite(lv[3]))]
+    at_best = [lv for lv in finite if lv[0] <= best_h * 1.5] or finite
+    if at_best:
+        hp, hm, fp, fm = at_best[0]
+        est.curvature = float(np.max(np.abs((fp - f0) / hp - (f0 - fm) / hm))) / ((hp + hm) / 2)
+    _kink(est, finite, f0, eps_p, fscale)
+    return est
+
+
+def _realised(x0: np.ndarray, v: np.ndarray, t: float, dtype: tf.DType) -> float:
+    """The step along v the point really moves by when x0 + t v is rounded to `dtype`."""
+    moved = to_numpy(tf.cast(tf.constant(x0 + t * v, tf.float64), dtype)).astype(np.float64)
+    return abs(float(np.vdot(moved - x0, v)))
+
+
+def _kink(est: _Estimate, levels, f0, eps_p: float, fscale: float) -> None:
+    """One-sided slopes whose gap does not shrink with the step: a kink. For a smooth
+    function the gap is h |f''| and halves with h; at a kink it stays the jump in slope."""
+    if len(levels) < 2:
+        return
+    gaps = []
+    for hp, hm, fp, fm in levels[-2:]:
+        right, left = (fp - f0) / hp, (f0 - fm) / hm
+        noise = 8 * eps_p * fscale / min(hp, hm)
+        gaps.append((float(np.max(np.abs(right - left))), noise, left, right))
+    (g1, n1, _, _), (g2, n2, left, right) = gaps
+    if g2 > 10 * n2 and g1 > 10 * n1 and g2 > 0.7 * g1:
+        est.kink = True
+        est.left = float(np.max(left)) if np.size(left) else 0.0
+        est.right = float(np.max(right)) if np.size(right) else 0.0
 
 
 def _directions(n: int, rng) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ file) do repeat: the README says so.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 from collections.abc import Callable, Iterable, Iterator
@@ -59,8 +60,59 @@ def snapshot(variables: Iterable[tf.Variable]) -> list[tuple[tf.Variable, tf.Ten
     return [(v, tf.identity(v)) for v in variables]
 
 
+SET_HOOK = "__tapemagic_set__"
+
+
+def written_before_read(code: str, name: str) -> int | None:
+    """For a Variable the cell writes (`name.assign(...)`) before it first reads it: the
+    index of the last top-level statement before that read, after which its value is the
+    point the derivative is taken at; -1 when it is also written after the read (or the
+    writes are not top-level statements); None when it is read first (the usual case)."""
+    try:
+        body = ast.parse(code).body
+    except SyntaxError:
+        return None
+    last_write = None
+    for i, statement in enumerate(body):
+        writes, reads = _uses(statement, name)
+        if reads and last_write is None:
+            return None
+        if reads:
+            later = any(_uses(st, name)[0] for st in body[i:])
+            return -1 if later else last_write
+        if writes:
+            last_write = i
+    return None
+
+
+def _uses(statement: ast.stmt, name: str) -> tuple[bool, bool]:
+    """(writes, reads) of `name` in a statement: writes are `name.assign*(...)` calls."""
+    receivers = set()
+    writes = False
+    for node in ast.walk(statement):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("assign", "assign_add", "assign_sub")
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == name
+        ):
+            writes = True
+            receivers.add(id(node.func.value))
+    reads = any(
+        isinstance(node, ast.Name) and node.id == name and id(node) not in receivers
+        for node in ast.walk(statement)
+    )
+    return writes, reads
+
+
 class Rerunner:
-    """Evaluate `targets` of `code` with some sources replaced by other values."""
+    """Evaluate `targets` of `code` with some sources replaced by other values.
+
+    A value given for a Variable source is assigned to it (in its dtype), unless the value
+    is itself a Variable: then the name is bound to it for the run (a float64 copy, for
+    differences in float64). `set_after` maps sources the cell writes before reading them
+    to the top-level statement after which their value is set."""
 
     def __init__(
         self,
@@ -70,13 +122,19 @@ class Rerunner:
         targets: list[str],
         before: list[tuple[tf.Variable, tf.Tensor]] = (),
         silence: Callable[[], contextlib.AbstractContextManager] | None = None,
+        set_after: dict[str, int] | None = None,
     ):
         self.namespace = namespace
         self.sources = sources
         self.targets = targets
         self.before = list(before)  # Variable values from before the recorded run
         self.silence = silence or silence_output  # makes the context each run is under
-        tree = cellcode.Rewriter().visit(cellcode.ast.parse(code))
+        self.set_after = dict(set_after or {})
+        parsed = ast.parse(code)
+        for name, index in sorted(self.set_after.items(), key=lambda kv: -kv[1]):
+            call = ast.Call(ast.Name(SET_HOOK, ast.Load()), [ast.Constant(name)], [])
+            parsed.body.insert(index + 1, ast.Expr(call))
+        tree = cellcode.Rewriter().visit(ast.fix_missing_locations(parsed))
         self.info = cellcode.analyse(code)
         # Sources the cell binds before reading them are replaced as they are bound.
         self.made_in_cell = {n for n in sources if n in self.info.binds} - set(self.info.reads)
@@ -84,15 +142,18 @@ class Rerunner:
         known = [v for v, _ in self.before]
         self.variables = variables_in([*known, *namespace.values(), *sources.values()])
         self.dtypes: dict[str, Any] = {}  # the targets' dtypes in the last evaluation
+        self.accessed: set[int] = set()  # ids of the trainable Variables the last run read
 
     def __call__(self, values: dict[str, Any]) -> dict[str, np.ndarray]:
         """Target values (as float64 arrays) with the given sources replaced."""
         ns = self.namespace
-        names = set(self.info.binds) | set(values) | {BIND_HOOK, LAST_HOOK}
+        names = set(self.info.binds) | set(values) | {BIND_HOOK, LAST_HOOK, SET_HOOK}
         missing = object()
         saved_names = {n: ns.get(n, missing) for n in names}
         saved_vars = snapshot(self.variables)
         pending = {n: v for n, v in values.items() if n in self.made_in_cell}
+        # Sources the cell writes before reading them: set (again) after those writes.
+        deferred = {n: tf.identity(v) for n, v in values.items() if n in self.set_after}
         last: list[Any] = [None]
 
         def bind(_line, bound_names, bound_values):
@@ -101,27 +162,35 @@ class Rerunner:
                 if name in pending:
                     new = pending.pop(name)
                     is_var = isinstance(unwrap(out[i]), tf.Variable)
-                    out[i] = tf.Variable(new) if is_var else new
+                    out[i] = (tf.Variable(new) if is_var else new) if not _is_var(new) else new
             return tuple(out)
 
         def keep_last(value):
             last[0] = value
             return value
 
+        def put(name: str, value: Any) -> None:
+            source = self.sources[name]
+            if isinstance(source, tf.Variable) and not _is_var(value):
+                source.assign(tf.cast(value, source.dtype))
+            else:
+                ns[name] = value
+
+        def set_now(name: str) -> None:
+            var = unwrap(ns.get(name))  # the source, or the copy bound in its place
+            if name in deferred and isinstance(var, tf.Variable):
+                var.assign(tf.cast(deferred.pop(name), var.dtype))
+
         try:
             for var, value in self.before:
                 var.assign(value)
             for name, value in values.items():
-                if name in self.made_in_cell:
-                    continue
-                source = self.sources[name]
-                if isinstance(source, tf.Variable):
-                    source.assign(tf.cast(value, source.dtype))
-                else:
-                    ns[name] = value
-            ns[BIND_HOOK], ns[LAST_HOOK] = bind, keep_last
-            with self.silence():
+                if name not in self.made_in_cell:
+                    put(name, value)
+            ns[BIND_HOOK], ns[LAST_HOOK], ns[SET_HOOK] = bind, keep_last, set_now
+            with self.silence(), tf.GradientTape() as probe:
                 exec(self.code, ns)
+            self.accessed = {id(v) for v in probe.watched_variables()}
             out = {}
             for t in self.targets:
                 value = ns.get(t, missing) if t in self.info.binds else missing
@@ -138,6 +207,10 @@ class Rerunner:
                     ns[name] = value
             for var, value in saved_vars:
                 var.assign(value)
+
+
+def _is_var(value: Any) -> bool:
+    return isinstance(value, tf.Variable)
 
 
 @contextlib.contextmanager

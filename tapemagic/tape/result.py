@@ -24,9 +24,20 @@ NONFINITE = "nonfinite"  # contains NaN or Inf; `why` says where it came from
 KINDS = ("gradient", "jacobian", "hessian")
 
 
+# The verdicts of a finite-difference check.
+CHECK_OK = "ok"
+MISMATCH = "MISMATCH"
+INCONCLUSIVE = "inconclusive"  # finite differences cannot decide here: `note` says why
+NOT_CHECKED = "not checked"  # the source cannot be checked: `note` says why
+
+
 @dataclass
 class Check:
-    """Verdict of comparing an analytic derivative with central finite differences."""
+    """Verdict of comparing an analytic derivative with finite differences.
+
+    ``max_rel_error`` is the worst |analytic - numeric| over the scale of the derivative,
+    ``tolerance`` the largest that rounding in the analytic derivative and the finite
+    differences' own error estimate explain (both relative to the same scale)."""
 
     ok: bool
     max_rel_error: float
@@ -34,16 +45,24 @@ class Check:
     precision: str  # dtype the finite differences were computed in, e.g. "float64"
     kink: bool = False  # one-sided differences disagree: the derivative is not defined here
     note: str = ""
+    verdict: str = ""  # one of the verdicts above; "" means CHECK_OK or MISMATCH from `ok`
+
+    def __post_init__(self) -> None:
+        self.verdict = self.verdict or (CHECK_OK if self.ok else MISMATCH)
 
     def summary(self) -> str:
-        verdict = "ok" if self.ok else "MISMATCH"
-        text = (
-            f"{verdict}: max rel. error {self.max_rel_error:.1e} "
+        if self.verdict == NOT_CHECKED:
+            return f"not checked: {self.note}"
+        text = f"{self.verdict}: "
+        if self.verdict == INCONCLUSIVE and self.note:
+            text += f"{self.note}; "
+        text += (
+            f"max rel. error {self.max_rel_error:.1e} "
             f"(tolerance {self.tolerance:.0e}, {self.precision} differences)"
         )
-        if self.kink:
+        if self.kink and "kink" not in self.note:
             text += "; kink: one-sided slopes differ"
-        if self.note:
+        if self.note and self.verdict != INCONCLUSIVE:
             text += f"; {self.note}"
         return text
 

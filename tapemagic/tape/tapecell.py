@@ -33,7 +33,7 @@ from tapemagic.tape.recording import (
     to_numpy,
     unwrap,
 )
-from tapemagic.tape.rerun import snapshot, variables_in
+from tapemagic.tape.rerun import snapshot, variables_in, written_before_read
 from tapemagic.tape.result import NONE, Derivative, TapeResult
 
 MAX_ORDER = 4
@@ -366,6 +366,9 @@ def _add_accessed_variables(recorder: Recorder, opts: TapeOptions) -> None:
 
 def _build_result(info, namespace, opts, recorder, targets, derivatives, watched, code, before):
     point = {name: recorder.initial.get(name, v) for name, v in recorder.sources.items()}
+    for name, v in recorder.sources.items():  # written before it is read: the value read
+        if isinstance(v, tf.Variable) and written_before_read(code, name) not in (None, -1):
+            point[name] = tf.identity(v)
     values = {name: v for name, v in targets.items()}
     ctx = Context(
         info=info,
