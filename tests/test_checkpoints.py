@@ -8,6 +8,7 @@ variables untouched, or the resumed weights and history those of the checkpoint.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -149,7 +150,7 @@ def test_garbled_state_file_is_an_error_and_its_bytes_are_kept(saved):
 def test_latest_index_missing_offers_the_one_before(saved):
     (saved / "ckpt-3.index").unlink()
     assert refused(saved) == (
-        f"checkpoint_dir {saved} is damaged: the latest checkpoint is damaged: ckpt-3 has no "
+        f"checkpoint_dir {saved} is damaged: its latest checkpoint is unusable: ckpt-3 has no "
         ".index file; valid checkpoints there, newest first: ckpt-2 (epoch 2), ckpt-1 "
         "(epoch 1); pass resume='latest_valid' to resume from ckpt-2 (epoch 2) (nothing is "
         "deleted), or another checkpoint_dir to start afresh"
@@ -165,7 +166,7 @@ def test_truncated_latest_data_names_the_file_and_restores_nothing(saved):
     data.write_bytes(data.read_bytes()[:10])
     message = refused(saved)
     assert message.startswith(
-        f"checkpoint_dir {saved} is damaged: the latest checkpoint is damaged: {data} is "
+        f"checkpoint_dir {saved} is damaged: its latest checkpoint is unusable: {data} is "
         "truncated or corrupt ("
     )
     assert message.endswith(
@@ -181,14 +182,14 @@ def test_truncated_latest_index_names_the_file(saved):
     index = saved / "ckpt-3.index"
     index.write_bytes(index.read_bytes()[:5])
     message = refused(saved)
-    assert f"the latest checkpoint is damaged: {index} is truncated or corrupt (" in message
+    assert f"its latest checkpoint is unusable: {index} is truncated or corrupt (" in message
     assert "resume from ckpt-2 (epoch 2)" in message
 
 
 def test_missing_latest_data_names_the_file(saved):
     (saved / f"ckpt-3.{DATA}").unlink()
     message = refused(saved)
-    assert f"the latest checkpoint is damaged: {saved}/ckpt-3.{DATA} is missing;" in message
+    assert f"its latest checkpoint is unusable: {saved}/ckpt-3.{DATA} is missing;" in message
     assert "resume from ckpt-2 (epoch 2)" in message
 
 
@@ -196,7 +197,7 @@ def test_no_valid_checkpoint_left_says_so_whatever_resume_asks(saved):
     for n in (1, 2, 3):
         (saved / f"ckpt-{n}.{DATA}").write_bytes(b"")
     expected = (
-        f"checkpoint_dir {saved} is damaged: the latest checkpoint is damaged: "
+        f"checkpoint_dir {saved} is damaged: its latest checkpoint is unusable: "
         f"{saved}/ckpt-3.{DATA} is truncated or corrupt ("
     )
     for resume in (True, "latest_valid"):
@@ -221,6 +222,19 @@ def test_a_save_newer_than_the_state_file(saved):
     )
     trainer, _, _ = make(str(saved), resume="latest_valid")
     assert_resumed(trainer, 3)
+
+
+def test_a_directory_whose_numbers_restarted_is_not_damaged(saved):
+    # Earlier versions numbered a resumed trainer's saves from 1 again: the state file,
+    # not the numbers, says which is the latest.
+    (saved / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-2"\n'
+        'all_model_checkpoint_paths: "ckpt-3"\nall_model_checkpoint_paths: "ckpt-1"\n'
+    )
+    trainer, _, _ = make(str(saved))
+    assert_resumed(trainer, 1)
+    trainer.run(1)
+    assert (saved / "ckpt-4.index").exists()
 
 
 def test_an_unfinished_save(saved):
@@ -360,40 +374,46 @@ def test_close_lets_the_directory_go(saved):
 HOLDER = """
 import sys, tensorflow as tf
 from tapemagic.training.trainer import Trainer
-a = tf.Variable(0.0)
-t = Trainer(params=[a], predict=lambda x: a * x, loss="mse", data=([1.0], [2.0]),
-            checkpoint_dir=sys.argv[1])
-print("READY", flush=True)
+X, Y = XY
+a, b = tf.Variable(0.0), tf.Variable(0.0)
+t = Trainer(params={"a": a, "b": b}, predict=lambda x: a * x + b, data=(X, Y),
+            loss=lambda y, p: tf.reduce_sum(tf.square(y - p)), optimizer="sgd",
+            learning_rate=0.001, checkpoint_dir=sys.argv[1])
+print("READY", t.epoch, flush=True)
 sys.stdin.read()
-"""
+""".replace("XY", repr((X, Y)))
 
 
-def test_another_process_is_refused_and_its_crash_leaves_no_stuck_lock(tmp_path):
-    directory = tmp_path / "ckpt"
+def test_another_process_is_refused_and_its_crash_leaves_no_stuck_lock(saved):
+    trainer, _, _ = make(str(saved))  # holds the directory, then is collected
+    del trainer
+    gc.collect()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(directory)], stdin=subprocess.PIPE,
+        [sys.executable, "-c", HOLDER, str(saved)], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
     )  # fmt: skip
     try:
-        assert proc.stdout.readline().strip() == "READY"
+        assert proc.stdout.readline().strip() == "READY 3"  # it resumed: the lock was free
+        before = files(saved)
         with pytest.raises(CheckpointError) as info:
-            make(str(directory))
+            make(str(saved))
         message = str(info.value)
         assert message.startswith(
-            f"checkpoint_dir {directory} is in use by a trainer in another process (pid "
-            f"{proc.pid} on "
+            f"checkpoint_dir {saved} is in use by a trainer in another process (pid {proc.pid} on "
         )
         assert message.endswith(
             "): stop that trainer (or its kernel) first, or pass another checkpoint_dir"
         )
+        assert files(saved) == before
     finally:
         proc.kill()  # a crash: no clean-up runs in it
         proc.wait(WAIT)
-    assert (directory / ".tapemagic.lock").exists()  # its file stays; its lock went with it
-    trainer, _, _ = make(str(directory))
+    assert (saved / ".tapemagic.lock").exists()  # its file stays; its lock went with it
+    trainer, _, _ = make(str(saved))
+    assert_resumed(trainer, 3)
     trainer.run(1)
-    assert trainer.epoch == 1
+    assert trainer.epoch == 4
 
 
 # -- the learning rate a run ends with ------------------------------------------------

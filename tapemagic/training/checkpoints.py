@@ -226,7 +226,7 @@ def survey(directory: str, known: Mapping[int, str] | None = None) -> Survey:
             entry["total"] = int(m.group(3))
         else:
             entry["index"] = True
-    state, named = "missing", None
+    state, named, listed = "missing", None, set()
     if STATE_FILE in names:
         state = "unreadable"
         try:
@@ -237,6 +237,9 @@ def survey(directory: str, known: Mapping[int, str] | None = None) -> Survey:
             if ckpt else None  # fmt: skip
         if m:
             state, named = "ok", int(m.group(1))
+            for path in ckpt.all_model_checkpoint_paths:
+                m = re.fullmatch(rf"{PREFIX}-(\d+)", os.path.basename(path))
+                listed.update([int(m.group(1))] if m else [])
     numbers = tuple(sorted(files))
     if not numbers and state != "unreadable":
         return Survey(directory, state, named, numbers, None, None, ())
@@ -259,8 +262,10 @@ def survey(directory: str, known: Mapping[int, str] | None = None) -> Survey:
         if named not in files:
             wrong.append(f"its '{STATE_FILE}' file names {PREFIX}-{named}, which is not there")
         elif latest.problem:
-            wrong.append(f"the latest checkpoint is damaged: {latest.problem}")
-        newer = [n for n in numbers if n > named]
+            wrong.append(f"its latest checkpoint is unusable: {latest.problem}")
+        # Listed ones are older whatever their number (earlier versions numbered a
+        # resumed trainer's saves from 1 again); an unlisted higher one was never listed.
+        newer = [n for n in numbers if n > named and n not in listed]
         if newer:
             wrong.append(
                 f"{PREFIX}-{newer[-1]} is newer than the latest its '{STATE_FILE}' file names "
