@@ -15,12 +15,15 @@ import html
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as w
 import numpy as np
 
 from tapemagic.display.lossplot import LossPlot
+from tapemagic.jupyter import interrupt
+from tapemagic.training import ownership
 from tapemagic.training.objectives import OPTIMIZERS
 from tapemagic.training.trainer import Trainer
 
@@ -48,7 +51,10 @@ class TrainingPanel:
             )
         if view not in ("auto", "widget", "text"):
             raise ValueError(f"view must be 'auto', 'widget' or 'text', not {view!r}")
-        self.trainer = trainer if trainer is not None else Trainer(**kwargs)
+        if trainer is None:  # told to the panel it supersedes, if any
+            with ownership.labelled(_made_where("the panel")):
+                trainer = Trainer(**kwargs)
+        self.trainer = trainer
         self._kwargs = kwargs  # to remake the trainer on another device
         self.view = _default_view() if view == "auto" else view
         if not self.trainer.is_chief:  # a worker of a cluster runs headless: the chief shows
@@ -69,7 +75,11 @@ class TrainingPanel:
         self._plot_interval = REFRESH_S
         self._printed = 0
         self.error: BaseException | None = None
+        self._superseded: str | None = None  # "superseded by the panel in cell [7]"
+        self._remaking = False  # the device menu is replacing this panel's own trainer
+        self._interrupted = False  # the kernel's Interrupt stopped this run
         self._build(epochs)
+        ownership.watch(self.trainer, self._on_superseded)
         self.refresh(force_plot=True)
 
     # -- widgets ---------------------------------------------------------------------
@@ -160,9 +170,16 @@ class TrainingPanel:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"epochs must be a positive whole number, not {n!r}")
         n = int(n)
+        if self._superseded:
+            raise RuntimeError(
+                f"this panel was {self._superseded}, made on the same variables: train there "
+                "(or make a new panel)"
+            )
         with self._lock:
             if self.trainer.running or self._closed:
                 return
+            self._interrupted = False
+            release = interrupt.guard(self._on_interrupt)  # released by the worker at its end
             self._apply_pending()
             self.error = None
             self._hold = False
@@ -171,7 +188,10 @@ class TrainingPanel:
             self._rate = 0.0
             self._run_done = threading.Event()
             self._worker = threading.Thread(
-                target=self._work, args=(n, self._run_done), name="tapemagic-train", daemon=True
+                target=self._work,
+                args=(n, self._run_done, release),
+                name="tapemagic-train",
+                daemon=True,
             )
             self._worker.start()
             self._start_ticker()
@@ -220,7 +240,13 @@ class TrainingPanel:
     def run(self, epochs: int | None = None) -> Any:
         """Train and block until done (for scripts); returns the history."""
         self.train(epochs)
-        self.wait()
+        try:
+            self.wait()
+        except KeyboardInterrupt:  # Ctrl-C or Interrupt reaches this (the main) thread
+            self._on_interrupt()
+            while not self.wait(timeout=0.05):  # a stop asked before the run began: again
+                self.trainer.request_stop()
+            raise KeyboardInterrupt(f"training stopped at epoch {self.trainer.epoch}") from None
         return self.trainer.history
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -246,13 +272,16 @@ class TrainingPanel:
 
     # -- the worker and the view refresher -------------------------------------------
 
-    def _work(self, epochs: int, done: threading.Event) -> None:
+    def _work(self, epochs: int, done: threading.Event, release: Callable[[], None]) -> None:
         t = self.trainer
         try:
             t.run(epochs)
         except BaseException as err:  # shown in the panel; the trainer's state is consistent
             self.error = err
         finally:
+            release()
+            if self._interrupted:
+                self._say(f"interrupted at epoch {t.epoch}")
             if t.fault is not None:  # a NaN/Inf pauses: Resume (or Step) carries on
                 self._fault_left = max(t.target_epoch - t.epoch, 0)
             done.set()  # before the wake-up, so the view's last refresh is the final one
@@ -320,11 +349,39 @@ class TrainingPanel:
             self.device.value = t.device
             self.device.observe(self._on_device, "value")
             return
+        self._remaking = True  # the new trainer supersedes this panel's old one, not it
         try:
             self.trainer = Trainer(**{**self._kwargs, "device": wanted})
+            ownership.watch(self.trainer, self._on_superseded)
         except (ValueError, RuntimeError) as err:
             self._say(str(err))
+        finally:
+            self._remaking = False
         self.refresh(force_plot=True)
+
+    def _on_interrupt(self) -> None:
+        """The kernel's Interrupt (called from its signal handler): stop between steps."""
+        self._interrupted = True
+        self.trainer.request_stop()
+        self._wake.set()
+
+    def _on_superseded(self, event: ownership.Supersession) -> None:
+        """A newer trainer took this panel's variables and stopped its run between steps:
+        the controls go off and the messages say where training lives now."""
+        if self._remaking:
+            return
+        self._superseded = f"superseded by {event.label or _made_where('a Trainer made')}"
+        self.wait(timeout=30)  # the worker and the view thread end before the last refresh
+        self._say(f"{self._superseded}: this panel's controls are off")
+        self.refresh(force_plot=True)
+
+    def _controls_off(self) -> None:
+        for control in (
+            self.train_button, self.pause_button, self.step_button, self.stop_button,
+            self.reset_button, self.epochs, self.learning_rate, self.optimizer,
+            self.batch_size, self.device,
+        ):  # fmt: skip
+            control.disabled = True
 
     def _say(self, text: str) -> None:
         self.trainer.messages.append(text)
@@ -353,6 +410,8 @@ class TrainingPanel:
         self._maybe_plot(n, force_plot)
         if self.view == "text":
             self._print_new_epochs(n)
+        if self._superseded:
+            self._controls_off()
 
     def _update_progress(self, n: int, running: bool, paused: bool) -> None:
         t = self.trainer
@@ -417,6 +476,17 @@ class TrainingPanel:
         for i in new:
             print(_epoch_line(self.trainer.history[i]))
         self._printed = n
+
+
+def _made_where(what: str) -> str:
+    """'the panel in cell [7]': the cell running now, as its prompt numbers it."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return f"{what} later"
+    count = getattr(get_ipython(), "execution_count", None)
+    # IPython counts a cell before running it: the running cell's number is one less.
+    return f"{what} in cell [{count - 1}]" if count else f"{what} later"
 
 
 def _default_view() -> str:
