@@ -11,7 +11,10 @@ Two jobs:
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 BIND_HOOK = "__tapemagic_bind__"
@@ -108,6 +111,10 @@ class CellInfo:
     lints: list[Lint]
     bind_lines: dict[str, list[int]]
     quiet: bool = False  # the last expression ends with `;`: IPython shows no value
+    has_walrus: bool = True  # whether the cell may hold a `:=` (the rewriter looks for them)
+    # ast.dump of the code each magic in the cell runs (`%time y = x ** 2`) -> the offset
+    # of its line numbers in the cell, for the rewriter to number that code's hooks.
+    magic_offsets: dict[str, int] = field(default_factory=dict)
 
     def line(self, lineno: int) -> str:
         lines = self.source.splitlines()
@@ -157,8 +164,24 @@ def analyse(source: str, numeric_modules: frozenset[str] = frozenset()) -> CellI
     `import numpy as anything`); the usual aliases are known without it. The result is
     shared between calls: treat it as read-only.
     """
-    tree = ast.parse(source)
-    return _Analyser(source, numeric_modules).run(tree)
+    with gc_paused():
+        tree = ast.parse(source)
+        return _Analyser(source, numeric_modules).run(tree)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No garbage collection while a cell's AST is built or rewritten. Each AST node is a
+    new object, and in a kernel holding TensorFlow's many objects the collections they
+    trigger cost more than the work itself (measured: half of a 2,000-line cell's rewrite);
+    these trees hold no cycles that need collecting meanwhile."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def ends_quiet(source: str, tree: ast.Module) -> bool:
@@ -282,6 +305,10 @@ class _Analyser:
         self.watch_calls: list[tuple[str, ast.Call]] = []
         self.no_auto_watch: set[str] = set()  # tapes made with watch_accessed_variables=False
         self.functions: dict[str, list[str]] = {}  # a function the cell defines -> free names
+        self.magic_offsets: dict[str, int] = {}
+        # Only a cell with a magic line in it has magic calls to look for in every statement.
+        self.has_magics = "run_line_magic" in source or "run_cell_magic" in source
+        self.has_walrus = ":=" in source  # else no statement needs walking for one
 
     def run(self, tree: ast.Module) -> CellInfo:
         self._body(tree.body, set())
@@ -298,6 +325,8 @@ class _Analyser:
             lints=self._lints(),
             bind_lines=self.bind_lines,
             quiet=quiet,
+            magic_offsets=self.magic_offsets,
+            has_walrus=self.has_walrus,
         )
 
     # -- walking statements in execution order --------------------------------------
@@ -306,7 +335,7 @@ class _Analyser:
             self._stmt(node, conds)
 
     def _stmt(self, node: ast.stmt, conds: set[str]) -> None:
-        if not isinstance(node, _COMPOUND):
+        if self.has_magics and not isinstance(node, _COMPOUND):
             self._magics_in(node, conds)  # the magic's code runs before the statement ends
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             self._bind([node.name], node.lineno + self.offset)
@@ -422,7 +451,7 @@ class _Analyser:
 
     def _walrus_statement(self, node, expr, reads, conds) -> bool:
         """Record the names a walrus in `expr` binds (already bound by `_read`)."""
-        names = walrus_names(expr)
+        names = walrus_names(expr) if self.has_walrus else []
         if names:
             self._record(node, [], reads, expr, conds, walrus=names)
         return bool(names)
@@ -435,6 +464,7 @@ class _Analyser:
             if found is None:
                 continue
             name, code, tree, offset = found
+            self.magic_offsets.setdefault(ast.dump(tree), offset)
             saved = self.segment, self.offset
             self.segment, self.offset = Segments(code), offset  # positions index its code
             try:
@@ -482,7 +512,7 @@ class _Analyser:
         for node in ast.walk(expr):  # names inside lambdas and comprehensions count too
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
                 events.append(((node.lineno, node.col_offset), 0, node.id))
-        for node in _walruses(expr):
+        for node in _walruses(expr) if self.has_walrus else ():
             events.append(((node.end_lineno, node.end_col_offset), 1, node.target.id))
         events.sort()
         called = [e for e in events if not e[1] and e[2] in self.functions]
@@ -776,31 +806,46 @@ class Rewriter(ast.NodeTransformer):
     after the cell itself: it gets its hooks, numbered with the cell's line numbers.
     """
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        quiet: bool = False,
+        magic_offsets: dict[str, int] | None = None,
+        walrus: bool = True,
+    ) -> None:
         self.quiet = quiet
+        self.walrus = walrus  # False: the cell has no `:=` (CellInfo.has_walrus)
         self.offset = 0  # added to hook line numbers inside a magic's code
         self._only: set[str] | None = None  # inside a function: its `global` names only
         self._seen_cell = False
-        self._magic_offsets: dict[str, int] = {}  # ast.dump of a magic's code -> offset
+        # ast.dump of a magic's code -> offset (CellInfo.magic_offsets; found here if None)
+        self._magic_offsets = magic_offsets
 
     def visit_Module(self, node: ast.Module) -> ast.Module:
+        with gc_paused():
+            return self._module(node)
+
+    def _module(self, node: ast.Module) -> ast.Module:
         if self._seen_cell:  # the code of a magic in the cell
-            self.offset = self._magic_offsets.get(ast.dump(node), 0)
+            self.offset = (self._magic_offsets or {}).get(ast.dump(node), 0)
             node.body = self._body(node.body)
-            return ast.fix_missing_locations(node)
+            return node
         self._seen_cell = True
-        for sub in ast.walk(node):
-            found = magic_code(sub)
-            if found is not None:
-                self._magic_offsets.setdefault(ast.dump(found[2]), found[3])
+        if self._magic_offsets is None:
+            self._magic_offsets = {}
+            for sub in ast.walk(node):
+                found = magic_code(sub)
+                if found is not None:
+                    self._magic_offsets.setdefault(ast.dump(found[2]), found[3])
         node.body = self._body(node.body)
         if node.body and isinstance(node.body[-1], ast.Expr):
             last = node.body[-1]
-            call = ast.Call(ast.Name(LAST_HOOK, ast.Load()), [last.value], [])
-            node.body[-1] = ast.copy_location(ast.Expr(ast.copy_location(call, last)), last)
+            call = _located(
+                ast.Call(_located(ast.Name(LAST_HOOK, _LOAD), last), [last.value], []), last
+            )
+            node.body[-1] = _located(ast.Expr(call), last)
             if self.quiet:  # the value is not the cell's last statement: nothing displayed
-                node.body.append(ast.copy_location(ast.Pass(), last))
-        return ast.fix_missing_locations(node)
+                node.body.append(_located(ast.Pass(), last))
+        return node  # every node made here has its location: no fix_missing_locations pass
 
     def _body(self, body: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
@@ -809,7 +854,11 @@ class Rewriter(ast.NodeTransformer):
             self._descend(node)
             out.append(node)
             names = self._wanted(_bound_by(node))
-            if names:
+            if not names:
+                continue
+            if _single_name(node):  # `y = v` -> `y = hook(line, ("y",), (v,))[0]`
+                node.value = _hooked_value(node, names[0], node.value, self.offset)
+            else:  # a statement of its own after the binding
                 out.append(_hook(node, names, self.offset))
         return out
 
@@ -818,6 +867,8 @@ class Rewriter(ast.NodeTransformer):
 
     def _walrus_hooks(self, node: ast.stmt) -> None:
         """`(n := value)` becomes `(n := __tapemagic_bind__(line, ("n",), (value,))[0])`."""
+        if not self.walrus:
+            return
         if isinstance(node, _COMPOUND):
             exprs = [getattr(node, f, None) for f in ("test", "iter", "subject")]
             exprs += [item.context_expr for item in getattr(node, "items", [])]
@@ -827,19 +878,8 @@ class Rewriter(ast.NodeTransformer):
         for expr in exprs:
             for walrus in _walruses(expr) if expr is not None else []:
                 name = walrus.target.id
-                if not self._wanted([name]):
-                    continue
-                line = ast.Constant(walrus.lineno + self.offset)
-                call = ast.Call(
-                    ast.Name(BIND_HOOK, ast.Load()),
-                    [line, ast.Tuple([ast.Constant(name)], ast.Load()),
-                     ast.Tuple([walrus.value], ast.Load())],
-                    [],
-                )  # fmt: skip
-                walrus.value = ast.Subscript(call, ast.Constant(0), ast.Load())
-                for sub in ast.walk(walrus.value):
-                    if not hasattr(sub, "lineno") or sub is call or sub is walrus.value:
-                        ast.copy_location(sub, walrus)
+                if self._wanted([name]):
+                    walrus.value = _hooked_value(walrus, name, walrus.value, self.offset)
 
     def _descend(self, node: ast.stmt) -> None:
         if isinstance(node, (ast.For, ast.AsyncFor)):
@@ -875,6 +915,11 @@ class Rewriter(ast.NodeTransformer):
                     self._only = saved
 
 
+def rewriter_for(info: CellInfo) -> Rewriter:
+    """The rewriter for a cell already analysed (what it found spares the rewriter a search)."""
+    return Rewriter(info.quiet, info.magic_offsets, info.has_walrus)
+
+
 def _bound_by(node: ast.stmt) -> list[str]:
     if isinstance(node, ast.Assign):
         return [n for t in node.targets for n in _target_names(t)]
@@ -883,16 +928,42 @@ def _bound_by(node: ast.stmt) -> list[str]:
     return []
 
 
+_LOAD, _STORE = ast.Load(), ast.Store()  # shared, as the parser shares them
+
+
+def _located(new: ast.AST, node: ast.AST) -> ast.AST:
+    """`new` at `node`'s place (what fix_missing_locations would do, without its walk over
+    the whole tree: a 2,000-line cell pays for what is added, not for what is there)."""
+    new.lineno, new.col_offset = node.lineno, node.col_offset
+    new.end_lineno, new.end_col_offset = node.end_lineno, node.end_col_offset
+    return new
+
+
+def _single_name(node: ast.stmt) -> bool:
+    """`y = v` or `y: T = v`: one plain name bound to one value."""
+    if isinstance(node, ast.Assign):
+        return len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+    return isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+
+
+def _hooked_value(node: ast.AST, name: str, value: ast.expr, offset: int) -> ast.expr:
+    """`__tapemagic_bind__(line, ("y",), (value,))[0]`: the value as the hook hands it back."""
+    at = lambda new: _located(new, node)  # noqa: E731
+    keys = at(ast.Tuple([at(ast.Constant(name))], _LOAD))
+    values = at(ast.Tuple([value], _LOAD))
+    line = at(ast.Constant(node.lineno + offset))
+    call = at(ast.Call(at(ast.Name(BIND_HOOK, _LOAD)), [line, keys, values], []))
+    return at(ast.Subscript(call, at(ast.Constant(0)), _LOAD))
+
+
 def _hook(node: ast.AST, names: list[str], offset: int = 0) -> ast.stmt:
     """`a, b = __tapemagic_bind__(line, ("a", "b"), (a, b))`: the hook sees each value
     as it is bound and may hand back another (the finite-difference check does)."""
+    at = lambda new: _located(new, node)  # noqa: E731
     unique = list(dict.fromkeys(names))
-    values = ast.Tuple([ast.Name(n, ast.Load()) for n in unique], ast.Load())
-    keys = ast.Tuple([ast.Constant(n) for n in unique], ast.Load())
-    line = ast.Constant(node.lineno + offset)
-    call = ast.Call(ast.Name(BIND_HOOK, ast.Load()), [line, keys, values], [])
-    store = ast.Tuple([ast.Name(n, ast.Store()) for n in unique], ast.Store())
-    stmt = ast.Assign(targets=[store], value=call)
-    for sub in ast.walk(stmt):
-        ast.copy_location(sub, node)
-    return stmt
+    values = at(ast.Tuple([at(ast.Name(n, _LOAD)) for n in unique], _LOAD))
+    keys = at(ast.Tuple([at(ast.Constant(n)) for n in unique], _LOAD))
+    line = at(ast.Constant(node.lineno + offset))
+    call = at(ast.Call(at(ast.Name(BIND_HOOK, _LOAD)), [line, keys, values], []))
+    store = at(ast.Tuple([at(ast.Name(n, _STORE)) for n in unique], _STORE))
+    return at(ast.Assign(targets=[store], value=call))
