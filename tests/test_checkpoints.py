@@ -9,6 +9,7 @@ variables untouched, or the resumed weights and history those of the checkpoint.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -252,7 +253,9 @@ def test_resume_false_starts_at_zero_and_overwrites_nothing(saved):
     old = files(saved)
     trainer, a, b = make(str(saved), resume=False)
     assert trainer.epoch == 0 and (a.numpy(), b.numpy()) == (0.5, 0.5)
-    assert trainer.messages[-1] == "started at epoch 0 (resume=False); the 3 checkpoints there stay"
+    assert trainer.messages[-1] == (
+        "started at epoch 0 (resume=False); saves go after the 3 checkpoints there"
+    )
     trainer.run(1)
     assert all(files(saved)[name] == data for name, data in old.items())
     assert (saved / "ckpt-4.index").exists()
@@ -438,6 +441,17 @@ def test_a_rate_set_during_the_last_call_is_the_checkpoints_and_the_next_runs(tm
         resumed.run(1)
         np.testing.assert_allclose(resumed.history["learning_rate"], [0.001] * 3 + [0.01])
         resumed.close()
+
+
+def test_a_checkpoint_between_calls_records_the_rate_the_next_call_uses(tmp_path):
+    trainer, _, _ = make(str(tmp_path))
+    first = lambda r, t=trainer: r.epoch == 0 and setattr(t, "learning_rate", 0.01)  # noqa: E731
+    trainer.add_listener(first)  # pending when ckpt-1 is written, in use from epoch 2 on
+    trainer.run(3)
+    np.testing.assert_allclose(trainer.history["learning_rate"], [0.001, 0.01, 0.01])
+    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-1"))
+    meta = json.loads(reader.get_tensor("meta/.ATTRIBUTES/py_state"))
+    assert meta["epoch"] == 1 and np.isclose(meta["learning_rate"], 0.01)
 
 
 def test_controls_end_applies_a_rate_before_the_final_save_and_again_during_it():

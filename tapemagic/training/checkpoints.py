@@ -529,7 +529,9 @@ class CheckpointStore:
         self._next = found.next_number
         self._state_unreadable = found.state == "unreadable"
         if mode is False:
-            kept = f"; the {len(found.numbers)} checkpoints there stay" if found.numbers else ""
+            kept = f"; saves go after the {len(found.numbers)} checkpoints there" * bool(
+                found.numbers
+            )
             return Resumed(None, None, f"started at epoch 0 (resume=False){kept}")
         if found.damage is None:
             chosen, note = found.latest, ""
