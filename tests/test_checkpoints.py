@@ -419,6 +419,26 @@ def test_another_process_is_refused_and_its_crash_leaves_no_stuck_lock(saved):
     assert trainer.epoch == 4
 
 
+def test_a_store_collected_while_the_registry_is_locked_lets_go_afterwards(tmp_path):
+    """A collection can run a store's finalizer inside another claim (same thread): it
+    must neither deadlock nor leave the directory locked."""
+    import fcntl
+
+    from tapemagic.training import checkpoints
+
+    directory = tmp_path / "ckpt"
+    store = checkpoints.CheckpointStore(str(directory))
+    store.claim()
+    with checkpoints._holding():
+        del store
+        gc.collect()  # the finalizer runs here, while this thread holds the registry
+    fd = os.open(directory / ".tapemagic.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no BlockingIOError
+    finally:
+        os.close(fd)
+
+
 # -- the learning rate a run ends with ------------------------------------------------
 
 

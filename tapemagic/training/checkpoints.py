@@ -40,7 +40,9 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,20 +311,43 @@ class _Hold:
 
 _HOLDS: dict[str, _Hold] = {}
 _HOLDS_LOCK = threading.Lock()
+_COLLECTED: deque[str] = deque()  # directories of stores collected, to look at under the lock
 
 
 def _key(directory: str) -> str:
     return directory if "://" in directory else os.path.realpath(directory)
 
 
-def _drop(key: str) -> None:
-    """A store was collected: if it held its directory, let the directory go."""
-    with _HOLDS_LOCK:
-        hold = _HOLDS.get(key)
-        if hold is not None and hold.owner() is None:
-            del _HOLDS[key]
-            if hold.fd is not None:
-                os.close(hold.fd)  # closing the file releases the flock
+def _collected(key: str) -> None:
+    """A store was collected. The collector may run inside `_holding()` (in this thread or
+    another), so this only queues its directory and sweeps if the lock is free."""
+    _COLLECTED.append(key)
+    _sweep()
+
+
+def _sweep() -> None:
+    """Let go of the directories whose store was collected (closing the file drops the
+    flock); whoever holds the lock sweeps when it lets go."""
+    while _COLLECTED and _HOLDS_LOCK.acquire(blocking=False):
+        try:
+            while _COLLECTED:
+                key = _COLLECTED.popleft()
+                hold = _HOLDS.get(key)
+                if hold is not None and hold.owner() is None:
+                    del _HOLDS[key]
+                    if hold.fd is not None:
+                        os.close(hold.fd)
+        finally:
+            _HOLDS_LOCK.release()
+
+
+@contextmanager
+def _holding() -> Iterator[None]:
+    try:
+        with _HOLDS_LOCK:
+            yield
+    finally:
+        _sweep()
 
 
 def _holder_text(fd: int) -> str:
@@ -437,7 +462,7 @@ class CheckpointStore:
         if not self.writer or self._status == "owner":
             return
         key = _key(self.directory)
-        with _HOLDS_LOCK:
+        with _holding():
             hold = _HOLDS.get(key)
             current = hold.owner() if hold else None
             if current is not None and current._busy():
@@ -447,13 +472,13 @@ class CheckpointStore:
                     "first, or pass another checkpoint_dir"
                 )
             if hold is None:
-                hold = _HOLDS[key] = _Hold(_lock(self.directory), weakref.ref(self))
+                _HOLDS[key] = _Hold(_lock(self.directory), weakref.ref(self))
             else:
                 hold.owner = weakref.ref(self)
                 if current is not None:
                     current._status = "superseded"
             self._status = "owner"
-        weakref.finalize(self, _drop, key)
+        weakref.finalize(self, _collected, key)
 
     def check_owner(self) -> None:
         """CheckpointError unless this store may still write its directory."""
@@ -474,7 +499,7 @@ class CheckpointStore:
         if self._status != "owner":
             return
         key = _key(self.directory)
-        with _HOLDS_LOCK:
+        with _holding():
             hold = _HOLDS.get(key)
             if hold is not None and hold.owner() is self:
                 del _HOLDS[key]
