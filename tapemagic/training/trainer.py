@@ -666,7 +666,8 @@ class Trainer:
         """What a save records that a run's end must not leave unsaved: the position and,
         but with several workers (whose saves must match in number), the learning rate."""
         where = (self._pos.epoch, self._pos.batch)
-        return where if self._lockstep else (*where, self.learning_rate)
+        lr = self.learning_rate  # float32 in the optimizer: 0.01 pending equals it applied
+        return where if self._lockstep or lr is None else (*where, float(np.float32(lr)))
 
     def _final_save(self) -> None:
         if self._store and self._saved_at != self._save_key():
