@@ -89,3 +89,115 @@ def test_check_names_random_draws(ip):
     note = ip.user_ns["_tape"].find("y", "x").check.note
     assert note.startswith("line 1: tf.random.normal(()) draws new numbers at every run"), note
     assert note in shown(cap)
+
+
+def check_of(ip, setup: str, cell: str, target: str = "y", source: str = "x"):
+    """Run a --check cell; its Check and everything the user saw."""
+    run(ip, setup)
+    with capture_output() as cap:
+        run(ip, "%%tape --check\n" + cell)
+    return ip.user_ns["_tape"].find(target, source).check, shown(cap)
+
+
+@pytest.mark.parametrize(
+    "setup, cell",
+    [
+        ("x = tf.Variable(0.7, dtype=tf.float16)", "y = tf.sin(x) * x ** 3"),
+        ("x = tf.constant([0.7, 1.3], tf.float16)", "y = tf.reduce_sum(tf.exp(x) * 3.0)"),
+        ("x = tf.constant(0.7)", "y = tf.cast(x, tf.float16) ** 3"),
+        (
+            "x = tf.Variable([0.7, -1.2, 2.0], dtype=tf.bfloat16)",
+            "y = tf.reduce_sum(tf.tanh(x) * x)",
+        ),
+        ("x = tf.Variable(0.7, dtype=tf.bfloat16)", "y = tf.sin(x) * x ** 2"),
+        ("x = tf.constant(0.7)", "y = tf.cast(x, tf.bfloat16) ** 3"),
+    ],
+)
+def test_check_low_precision_smooth_functions_are_ok(ip, setup, cell):
+    check, seen = check_of(ip, setup, cell)
+    assert check.verdict == "ok" and not check.kink, check
+    assert "check ok" in seen and "MISMATCH" not in seen and "kink" not in seen
+
+
+@pytest.mark.parametrize("setup", ["x = tf.Variable(0.3)", "x = tf.constant(0.3)"])
+def test_check_of_a_curved_function_is_ok_for_a_variable_as_for_a_tensor(ip, setup):
+    check, seen = check_of(ip, setup, "y = tf.sin(100.0 * x)")
+    assert check.verdict == "ok" and not check.kink and check.precision == "float64", check
+    assert "MISMATCH" not in seen and "kink" not in seen
+
+
+def test_check_catches_a_wrong_gradient_in_every_precision(ip):
+    run(
+        ip,
+        "@tf.custom_gradient\ndef wrong(x):\n    return x * x, lambda dy: dy * 3.0 * x",
+    )
+    for setup in (
+        "x = tf.constant(1.5)",
+        "x = tf.Variable(1.5)",
+        "x = tf.Variable(1.5, dtype=tf.bfloat16)",
+    ):
+        check, seen = check_of(ip, setup, "y = wrong(x)")
+        assert check.verdict == "MISMATCH" and check.max_rel_error == pytest.approx(1 / 3, rel=1e-2)
+        assert "check MISMATCH" in seen
+
+
+def test_check_of_a_variable_assigned_before_it_is_read(ip):
+    check, seen = check_of(ip, "x = tf.Variable(1.0)", "x.assign(3.0)\ny = x * x")
+    r = ip.user_ns["_tape"]
+    assert float(r.gradient("y", "x")) == 6.0 and float(r.point["x"]) == 3.0
+    assert check.verdict == "ok", check
+    assert "x = 3.0" in seen and "x = 1.0" not in seen and "check ok" in seen
+
+
+def test_check_of_a_source_that_cannot_be_checked_says_why(ip):
+    check, seen = check_of(ip, "x = tf.constant(1.0 + 2.0j)", "y = tf.math.real(x * x)")
+    assert check.verdict == "not checked" and "x is complex (complex128)" in check.note
+    assert "check not checked: x is complex" in seen and "MISMATCH" not in seen
+    assert "nan" not in check.summary()
+    cell = "y = x * later if float(x) != 1.0 else x * 2.0"
+    check, seen = check_of(ip, "x = tf.constant(1.0)", cell)
+    assert check.summary() == (
+        "not checked: the cell fails when x moves (NameError: name 'later' is not defined)"
+    )
+    assert "MISMATCH" not in seen
+
+
+@pytest.mark.parametrize(
+    "setup, cell, draw",
+    [
+        ("g = tf.random.Generator.from_seed(1)", "y = x * g.normal(())", "line 1: g.normal(())"),
+        ("", "g = tf.random.Generator.from_non_deterministic_state()\ny = x * g.normal(())",
+         "line 2: g.normal(())"),
+        ("", "y = x * tf.random.uniform((), seed=3)", "line 1: tf.random.uniform((), seed=3)"),
+    ],
+)  # fmt: skip
+def test_check_names_every_kind_of_random_draw(ip, setup, cell, draw):
+    check, seen = check_of(ip, "x = tf.constant(1.0)\n" + setup, cell)
+    assert check.verdict == "inconclusive", check
+    assert check.note.startswith(f"{draw} draws new numbers at every run"), check.note
+    assert "check inconclusive: " + draw in seen and "MISMATCH" not in seen
+
+
+def test_check_of_a_draw_seeded_in_the_cell_holds_and_names_it(ip):
+    cell = "g = tf.random.Generator.from_seed(1)\ny = x * g.normal(())"
+    check, _ = check_of(ip, "x = tf.constant(1.0)", cell)
+    assert check.verdict == "ok"
+    assert check.note.startswith("line 2: g.normal(()) draws random numbers, the same at every")
+
+
+@pytest.mark.parametrize(
+    "cell", ["y = tf.nn.relu(x)", "y = tf.abs(x)", "y = tf.nn.relu(x) + tf.abs(x)"]
+)
+def test_check_at_a_kink_is_inconclusive_not_a_mismatch(ip, cell):
+    check, seen = check_of(ip, "x = tf.constant(0.0)", cell)
+    assert check.verdict == "inconclusive" and check.kink, check
+    assert "kink: one-sided slopes differ" in seen and "MISMATCH" not in seen
+
+
+def test_check_of_a_safe_where_is_ok(ip):
+    cell = "y = tf.where(x > 0, tf.sqrt(tf.where(x > 0, x, 1.0)), 0.0)"
+    check, seen = check_of(ip, "x = tf.constant(0.0)", cell)
+    assert ip.user_ns["_tape"].why("y", "x") is None
+    assert check.verdict in ("ok", "inconclusive") and "MISMATCH" not in seen
+    check, _ = check_of(ip, "x = tf.constant(2.0)", cell)
+    assert check.verdict == "ok"

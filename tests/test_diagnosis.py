@@ -327,6 +327,72 @@ def test_no_gradient_for_any_variable():
 
 
 # -- docs/diagnosis.md and the code agree -------------------------------------------------
+def test_python_function_py_function_leaving_tensorflow_gives_explained_zeros(ns):
+    d = only(tape(ns, "-w x\ny = tf.py_function(lambda a: a.numpy() * 2.0, [x], tf.float32)"))
+    assert d.status == ZERO  # what TF gives: zeros, not None
+    assert d.why.startswith(
+        "line 1: tf.py_function(lambda a: a.numpy() * 2.0, [x], tf.float32) runs Python"
+    )
+    assert "a.numpy() leaves TensorFlow inside it" in d.why and "tf.custom_gradient" in d.why
+
+
+def test_python_function_py_function_of_a_named_function(ns):
+    run(ns, "def halve(a):\n    return np.float32(a.numpy() / 2)")
+    d = only(tape(ns, "-w x\ny = tf.py_function(halve, [x], tf.float32)"))
+    assert d.status in (ZERO, NONE) and "np.float32(a.numpy() / 2) leaves TensorFlow" in d.why
+
+
+def test_python_function_numpy_function(ns):
+    d = only(tape(ns, "-w x\ny = tf.numpy_function(lambda a: a * 2.0, [x], tf.float32)"))
+    assert d.status == NONE
+    assert d.why.startswith("line 1: tf.numpy_function(lambda a: a * 2.0, [x], tf.float32) runs")
+    assert "NumPy code, which has no gradient" in d.why
+
+
+def test_untrainable_variable_keras_non_trainable_weight(ns):
+    run(ns, "bn = tf.keras.layers.BatchNormalization()\nbn.build((None, 2))")
+    run(ns, "inputs = tf.constant([[1.0, 2.0], [3.0, 5.0]])")
+    r = tape(ns, "-t y\ny = tf.reduce_sum(bn(inputs, training=False))")
+    why = r.why("y", ns.user_ns["bn"].moving_mean)
+    assert "is a Keras non-trainable weight: tapes do not watch it unless told to" in why
+    assert "does not depend" not in why
+
+
+def test_untrainable_variable_reached_through_an_object(ns):
+    run(ns, "class Box:\n    pass\nbox = Box()\nbox.fz = tf.Variable(2.0, trainable=False)")
+    r = tape(ns, "-w x\ny = x * box.fz")
+    d = r.find("y", ns.user_ns["box"].fz)
+    assert d.why.startswith(f"{d.source} is a Variable with trainable=False")
+    if d.source == "Variable":  # no name reaches it: no -w fix that could not work
+        assert "-w Variable" not in d.why and "tape.watch" in d.why
+    else:
+        assert f"-w {d.source}" in d.why
+
+
+def test_integer_source_used_only_as_an_index_gets_no_note(ns):
+    run(ns, "vec = tf.constant([1.0, 2.0, 3.0]); i = tf.constant(1); idx = tf.constant([0, 2])")
+    r = tape(ns, "-w vec\ny = vec[i] * 2.0\nz = tf.reduce_sum(tf.gather(vec, idx))")
+    assert not any("not differentiated, integer" in n for n in r.notes), r.notes
+    r = tape(ns, "-w vec\ny = vec * tf.cast(i, tf.float32)")  # a value: the note stays
+    assert any(n.startswith("not differentiated, integer: i (int32)") for n in r.notes)
+
+
+@pytest.mark.parametrize(
+    "cell", ["y = tf.nn.relu(zero)", "y = tf.abs(zero)", "y = tf.nn.relu(zero) + tf.abs(zero)"]
+)
+def test_non_differentiable_op_no_false_alarm_at_a_kink(ns, cell):
+    d = only(tape(ns, "-w zero\n" + cell), source="zero")
+    assert d.status == ZERO and d.why is None
+
+
+def test_nan_from_where_no_false_alarm_on_a_safe_where(ns):
+    cell = "-w zero\ny = tf.where(zero > 0, tf.math.log(tf.where(zero > 0, zero, 1.0)), 0.0)"
+    r = tape(ns, cell)
+    d = only(r, source="zero")
+    assert d.status == ZERO and d.why is None and r.why("y", "zero") is None
+    assert not r.notes
+
+
 def anchors(markdown: str) -> set[str]:
     """The anchors of a Markdown page's headings, as GitHub makes them."""
     found = set()

@@ -7,6 +7,7 @@ docs/diagnosis.md, cited below by their stable names; each message ends with the
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import textwrap
@@ -19,6 +20,7 @@ import tensorflow as tf
 from tapemagic.tape.cellcode import CellInfo, Finding, findings_in
 from tapemagic.tape.recording import to_numpy
 from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, ZERO, Derivative
+from tapemagic.variables import unwrap
 
 
 @dataclass
@@ -42,6 +44,9 @@ def explain(d: Derivative, ctx: Context) -> str | None:
     if d.status == STRUCTURAL:  # docs/diagnosis.md#structural-zero: recording.py wrote why
         return d.why
     if d.status == ZERO:  # docs/diagnosis.md#non-differentiable-op (tf.sign gives zeros)
+        python = _python_function(ctx, d.source, d.target)
+        if python:  # docs/diagnosis.md#python-function
+            return python
         sign = _findings(ctx, d.source, d.target, {"sign"})
         if sign:
             f = sign[0]
@@ -50,7 +55,7 @@ def explain(d: Derivative, ctx: Context) -> str | None:
 
 
 def _why_none(target: str, source: str, ctx: Context, error: Exception | None) -> str:
-    src = ctx.sources.get(source)
+    src = unwrap(ctx.sources.get(source))  # a Keras Variable: its tf.Variable
     tgt = ctx.targets.get(target)
     if isinstance(error, LookupError):  # docs/diagnosis.md#no-registered-gradient
         op = re.search(r"no entry for:?\s*(\w+)", str(error))
@@ -82,6 +87,9 @@ def _why_none(target: str, source: str, ctx: Context, error: Exception | None) -
             f"computation in tf ops (tf.square, tf.reduce_sum...) instead of NumPy, float() "
             f"or .numpy()"
         )
+    python = _python_function(ctx, source, target)
+    if python:  # docs/diagnosis.md#python-function
+        return python
     if error is not None:  # docs/diagnosis.md#when-no-cause-is-recognised
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return f"TF could not take this gradient: {type(error).__name__}: {first}"
@@ -94,9 +102,18 @@ def _why_none(target: str, source: str, ctx: Context, error: Exception | None) -
         )
     if isinstance(src, tf.Variable) and id(src) not in ctx.watched:
         if not src.trainable:  # docs/diagnosis.md#untrainable-variable
+            what = (
+                "a Keras non-trainable weight"
+                if _is_keras(ctx.sources.get(source))
+                else ("a Variable with trainable=False")
+            )
+            if _reachable(source, ctx):
+                fix = f"watch it (-w {source}, or tape.watch({source}))"
+            else:  # no name the user can pass: say where to watch it instead
+                fix = "watch it with tape.watch(...) on the object the cell reaches it by"
             return (
-                f"{source} is a Variable with trainable=False: tapes do not watch it unless "
-                f"told to; watch it (-w {source}, or tape.watch({source})) or make it trainable"
+                f"{source} is {what}: tapes do not watch it unless told to, so the "
+                f"derivative is None, not 0; {fix} or make it trainable"
             )
     elif isinstance(src, tf.Tensor) and id(src) not in ctx.watched:
         # docs/diagnosis.md#unwatched-constant
@@ -254,3 +271,111 @@ def _inside_functions(path, ctx: Context):
                 if hits:
                     return name, hits[0], kind
     return None
+
+
+# Ops that run a Python function inside the graph (docs/diagnosis.md#python-function).
+_PYTHON_OPS = ("py_function", "numpy_function", "py_func")
+
+
+def _python_function(ctx: Context, source: str, target: str) -> str | None:
+    """A tf.py_function / tf.numpy_function on the path: why it cuts the gradient."""
+    info = ctx.info
+    if info is None:
+        return None
+    lines = {st.lineno for st in info.path(source, target)}
+    try:
+        tree = ast.parse(info.source)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _PYTHON_OPS
+            and node.lineno in lines
+        ):
+            continue
+        text = ast.get_source_segment(info.source, node) or node.func.attr
+        if node.func.attr != "py_function":  # numpy_function, py_func: no gradient at all
+            return (
+                f"line {node.lineno}: {text} runs NumPy code, which has no gradient: TF "
+                f"returns None through it; write the function with tf ops, or give it a "
+                f"gradient with tf.custom_gradient"
+            )
+        inner = _leaves_inside(node, info.source, ctx)
+        how = f"{inner} leaves TensorFlow inside it" if inner else "its Python code"
+        return (
+            f"line {node.lineno}: {text} runs Python, and TF differentiates it only through "
+            f"the tf ops it runs: {how}, so the tape sees no dependence on {source} and gives "
+            f"zeros or None; keep the function's body in tf ops, or give it a gradient with "
+            f"tf.custom_gradient"
+        )
+    return None
+
+
+def _leaves_inside(call: ast.Call, source: str, ctx: Context) -> str | None:
+    """Text of the first construct that leaves TensorFlow in the function a call runs."""
+    fn = call.args[0] if call.args else None
+    code = None
+    if isinstance(fn, ast.Lambda):
+        code = ast.get_source_segment(source, fn.body)
+    elif isinstance(fn, ast.Name) and inspect.isfunction(ctx.namespace.get(fn.id)):
+        try:
+            code = textwrap.dedent(inspect.getsource(ctx.namespace[fn.id]))
+        except (OSError, TypeError):
+            code = None
+    if not code:
+        return None
+    try:
+        found = findings_in(code)
+    except SyntaxError:
+        return None
+    leave = [f for f in found if f.kind == "leave"]
+    return leave[0].text if leave else None
+
+
+def _is_keras(value: Any) -> bool:
+    return type(value).__module__.startswith("keras")
+
+
+def _reachable(name: str, ctx: Context) -> bool:
+    """Whether `name` is one the user can pass to -w: it starts with a namespace name."""
+    head = re.match(r"[A-Za-z_]\w*", name)
+    return bool(head) and head.group(0) in ctx.namespace
+
+
+def arithmetic_names(code: str) -> set[str]:
+    """Names whose values enter arithmetic (`n * x`, `tf.cast(n, tf.float32) * x`): an
+    integer there is a value the user may have meant to differentiate; one used only as an
+    index (`v[i]`, `tf.gather(v, idx)`) or a count is not (docs/diagnosis.md#integer-source)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    found: set[str] = set()
+
+    def values_in(node: ast.AST) -> None:
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Subscript):
+            values_in(node.value)  # the index is not a value: v[i]
+        elif isinstance(node, ast.Call):
+            index_fn = isinstance(node.func, ast.Attribute) and node.func.attr in _INDEX_FNS
+            for arg in node.args[:1] if index_fn else node.args:
+                values_in(arg)
+        else:
+            for child in ast.iter_child_nodes(node):
+                values_in(child)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and not isinstance(node.op, (ast.FloorDiv, ast.Mod)):
+            values_in(node.left)
+            values_in(node.right)
+    return found
+
+
+# Calls whose arguments after the first are indices, shapes or counts, not values.
+_INDEX_FNS = {
+    "gather", "gather_nd", "one_hot", "range", "reshape", "tile", "slice", "fill", "repeat",
+    "roll", "split", "unsorted_segment_sum", "segment_sum", "scatter_nd", "zeros", "ones",
+}  # fmt: skip

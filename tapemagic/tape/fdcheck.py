@@ -74,7 +74,7 @@ def check_result(result: TapeResult, code: str, namespace: dict, recorder, opts,
     rerun = Rerunner(
         code, namespace, recorder.sources, result.targets, before, opts.silence_reruns, set_after
     )
-    draws = random_draws(code, rerun.info, namespace)
+    draws = random_draws(code, namespace)
     rng = np.random.default_rng(0)
     for d in result.derivatives:
         if d.order != 1 or d.kind == "hessian" or d.status in (NONFINITE, STRUCTURAL):
@@ -99,31 +99,46 @@ def check_result(result: TapeResult, code: str, namespace: dict, recorder, opts,
             )
 
 
-def random_draws(code: str, info, namespace: dict) -> list[tuple[int, str]]:
-    """(line, text) of every random draw in the cell: `tf.random.*`, `np.random.*` and
-    calls on a `tf.random.Generator` (seeded or not: each draw advances its state)."""
-    found = [
-        (f.lineno, f.text) for st in info.statements for f in st.findings if f.kind == "random"
-    ]
+# Calls on tf.random that make a generator or set a seed rather than draw numbers.
+_NOT_DRAWS = {"Generator", "from_seed", "from_non_deterministic_state", "from_state", "set_seed"}
+_NOT_DRAWS |= {"get_global_generator", "set_global_generator", "split", "reset_from_seed"}
+
+
+def random_draws(code: str, namespace: dict) -> list[tuple[int, str]]:
+    """(line, text) of every random draw in the cell: `tf.random.*`, `np.random.*`,
+    `keras.random.*` and calls on a `tf.random.Generator` (seeded or not: each draw advances
+    its state), whether the generator comes from the namespace or the cell makes it."""
     try:
         tree = ast.parse(code)
     except SyntaxError:
-        return found
+        return []
+    made_here = {  # names the cell binds to a new generator
+        t.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and "random" in _dotted(_callee(node.value)).split(".")
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    found = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr in _NOT_DRAWS:
             continue
         root = node.func.value
         while isinstance(root, ast.Attribute):
             root = root.value
-        if isinstance(root, ast.Name) and isinstance(namespace.get(root.id), tf.random.Generator):
-            text = ast.get_source_segment(code, node) or root.id
-            if (node.lineno, text) not in found:
-                found.append((node.lineno, text))
-        elif "random" in _dotted(node.func).split(".")[:-1]:
-            text = ast.get_source_segment(code, node) or ""
-            if (node.lineno, text) not in found:
-                found.append((node.lineno, text))
-    return sorted(found)
+        generator = isinstance(root, ast.Name) and (
+            isinstance(namespace.get(root.id), tf.random.Generator) or root.id in made_here
+        )
+        if generator or "random" in _dotted(node.func).split(".")[:-1]:
+            text = ast.get_source_segment(code, node) or node.func.attr
+            found.append((node.lineno, text))
+    return sorted(set(found))
+
+
+def _callee(node: ast.AST) -> ast.AST:
+    return node.func if isinstance(node, ast.Call) else node
 
 
 def _dotted(node: ast.AST) -> str:
@@ -251,6 +266,16 @@ def _evaluator(d, start, sources, rerun: Rerunner, namespace):
     if own != tf.float64:
         made = _values(start, sources, d.source, tf.float64, namespace)
         if made is not None:
+            # Float tensors the cell reads that are not sources (data) are cast too: the
+            # cast is exact, so the function is the same, evaluated in float64.
+            for name in rerun.info.reads:
+                value = namespace.get(name)
+                if (
+                    name not in sources
+                    and isinstance(value, tf.Tensor)
+                    and value.dtype in (tf.float16, tf.bfloat16, tf.float32)
+                ):
+                    made[0][name] = tf.cast(value, tf.float64)
             evaluate = _make_evaluate(d, rerun, tf.float64, *made)
             originals = {id(v) for v in sources.values() if isinstance(v, tf.Variable)}
             try:
@@ -405,7 +430,10 @@ def _kink(est: _Estimate, levels, f0, eps_p: float, fscale: float) -> None:
         noise = 8 * eps_p * fscale / min(hp, hm)
         gaps.append((float(np.max(np.abs(right - left))), noise, left, right))
     (g1, n1, _, _), (g2, n2, left, right) = gaps
-    if g2 > 10 * n2 and g1 > 10 * n1 and g2 > 0.7 * g1:
+    slope = max(float(np.max(np.abs(left))), float(np.max(np.abs(right))))
+    # A jump in slope of at least 1% that stays as the step halves (a smooth function's gap
+    # halves; near an inflection point it is tiny and erratic, hence the 1%).
+    if g2 > 10 * n2 and g1 > 10 * n1 and 0.7 * g1 < g2 < 1.5 * g1 and g2 > 0.01 * slope:
         est.kink = True
         est.left = float(np.max(left)) if np.size(left) else 0.0
         est.right = float(np.max(right)) if np.size(right) else 0.0

@@ -170,7 +170,7 @@ class Rerunner:
             return value
 
         def put(name: str, value: Any) -> None:
-            source = self.sources[name]
+            source = self.sources.get(name)  # None: a value the cell reads by name (data)
             if isinstance(source, tf.Variable) and not _is_var(value):
                 source.assign(tf.cast(value, source.dtype))
             else:

@@ -8,6 +8,7 @@ into HTML, markdown and text, and the IPython layer registers those as its forma
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -143,13 +144,29 @@ class TapeResult:
     tape: Any = field(default=None, repr=False)  # the inner persistent tf.GradientTape
     # Called for pairs that were not precomputed: (target, source) -> Derivative.
     _lookup: Any = field(default=None, repr=False, compare=False)
+    # A source given as the object itself (a Variable) -> its name here, or None.
+    _name_of: Any = field(default=None, repr=False, compare=False)
 
     def find(self, target: str, source: Any, order: int = 1, kind: str = "gradient"):
-        """The `Derivative` for this pair, computing it on demand where the tapes allow."""
-        if isinstance(source, str):  # objects (a Variable) are resolved by the lookup
+        """The `Derivative` for this pair, computing it on demand where the tapes allow.
+        `source` is a name (`"x"`, `"b.w"`, `"ws[0]"`) or the object itself."""
+        if not isinstance(source, str) and self._name_of is not None:
+            source = self._name_of(source) or source
+        if isinstance(source, str):  # objects the names do not know go to the lookup
             for d in self.derivatives:
                 if (d.target, d.source, d.order, d.kind) == (target, source, order, kind):
                     return d
+        if kind == "gradient" and order > 1 and any(d.order >= order for d in self.derivatives):
+            # An order asked for whose lower order is None: None too, with the reason of
+            # the lowest None (TF gives nothing to differentiate again), never no entry.
+            for k in range(1, order):
+                lower = self.find(target, source, k, kind)
+                if lower is not None and lower.status == NONE:
+                    why = f"the order-{k} derivative is None, so there is no order {order}"
+                    return Derivative(
+                        target, lower.source, order, kind, None, NONE, lower.summed,
+                        why=f"{why}: {lower.why}" if lower.why else why, error=lower.error,
+                    )  # fmt: skip
         if self._lookup is not None:
             return self._lookup(target, source, order, kind)
         return None
@@ -162,6 +179,34 @@ class TapeResult:
                 f"no derivative of {target!r} with respect to {source!r} at order {order}; "
                 f"targets: {', '.join(self.targets) or 'none'}; "
                 f"sources: {', '.join(self.sources) or 'none'}"
+            )
+        return d.value
+
+    def jacobian(self, target: str, source: Any):
+        """The full Jacobian, shape (target elements, source elements) for tensors of rank
+        above 1 (a scalar target's Jacobian is its gradient), or None; computed on demand
+        from the kept tape when the cell ran without --jacobian."""
+        d = self.find(target, source, 1, "jacobian")
+        if d is None:
+            raise KeyError(
+                f"no Jacobian of {target!r} with respect to {source!r}; "
+                f"targets: {', '.join(self.targets) or 'none'}; "
+                f"sources: {', '.join(self.sources) or 'none'}"
+            )
+        return d.value
+
+    def hessian(self, target: str, source: Any):
+        """The Hessian of a scalar target, or None. It needs the second tape of a run with
+        --hessian (or, for a scalar source, -o 2 and up: its order-2 derivative)."""
+        d = self.find(target, source, 1, "hessian")
+        if d is None:
+            second = self.find(target, source, 2)
+            scalars = second is not None and _size(self.values.get(target)) == 1
+            if scalars and _size(self.point.get(second.source)) == 1:  # H is d2y/dx2 then
+                return second.value
+            raise KeyError(
+                f"no Hessian of {target!r} with respect to {source!r}: it is taken while the "
+                f"cell runs; run it with %%tape --hessian"
             )
         return d.value
 
@@ -180,6 +225,12 @@ class TapeResult:
         parts += [_count(self.notes, "note")] if self.notes else []
         parts += [_count(self.tangents, "tangent curve")] if self.tangents else []
         return f"<TapeResult: {', '.join(parts)}>"
+
+
+def _size(value: Any) -> int | None:
+    """Elements in a tensor or array (None for anything without a shape)."""
+    shape = getattr(value, "shape", None)
+    return None if shape is None else math.prod(int(n) for n in shape)
 
 
 def _count(items: list, what: str) -> str:

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tapemagic import devices
 from tapemagic.tape import cellcode
 from tapemagic.tape.cellcode import BIND_HOOK, LAST_HOOK, CellInfo
-from tapemagic.tape.diagnosis import Context, explain
+from tapemagic.tape.diagnosis import Context, arithmetic_names, explain
 from tapemagic.tape.recording import (
     Plan,
     Recorder,
@@ -460,6 +460,7 @@ def _notes(info: CellInfo, namespace: dict, recorder: Recorder, targets: dict) -
         if isinstance(namespace.get(n), (tf.Tensor, tf.Variable))
         and namespace[n].dtype.is_integer
         and n not in recorder.sources
+        and n in arithmetic_names(info.source)  # not an index: v[i], tf.gather(v, idx)
     ]
     if ignored:
         notes.append(
