@@ -68,7 +68,12 @@ def test_seed_persistent_tape_sgd_step(ip):
     assert ip.user_ns["a"].numpy() == np.float32(0.116900004)
     assert ip.user_ns["b"].numpy() == np.float32(0.023920001)
     r = ip.user_ns["_tape"]
-    assert set(r.targets) == {"y_pred", "loss"} and set(r.sources) == {"X", "Y", "a", "b"}
+    # The defaults answer the question: the loss with respect to the Variables, no data.
+    assert r.targets == ["loss"] and r.sources == ["a", "b"]
+    assert [d.notation for d in r.derivatives] == ["∂loss/∂a", "∂loss/∂b"]
+    assert float(r.gradient("loss", "a")) == pytest.approx(-116.9)
+    # The data stay watched: asked for, their gradients come from the kept tape.
+    assert np.asarray(r.gradient("loss", "Y")).shape == (9,)
 
 
 def test_cell_behaves_as_a_plain_cell(ip):

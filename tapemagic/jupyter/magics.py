@@ -94,6 +94,12 @@ class TapeMagics(Magics):
     @argument("-w", "--watch", metavar="a,b", help="differentiate with respect to these names")
     @argument("-t", "--target", metavar="y,loss", help="these targets only")
     @argument("-o", "--order", type=int, default=1, help="derivatives up to order N (1 to 4)")
+    @argument(
+        "--all",
+        dest="all_pairs",
+        action="store_true",
+        help="every target with respect to every source read, not only the defaults",
+    )
     @argument("--jacobian", action="store_true", help="full Jacobian of non-scalar targets")
     @argument("--hessian", action="store_true", help="Hessian of scalar targets")
     @argument(
@@ -113,9 +119,11 @@ class TapeMagics(Magics):
         """Run the cell inside watched GradientTapes and render the derivatives of what it
         computed with respect to what it read. The result is stored in `_tape`.
 
-        Sources (default): every float tensor or Variable the cell reads from the
-        namespace, plus Variables the cell creates. Targets (default): every name the
-        cell binds to a float tensor, else the value of its last expression.
+        Sources (default): the Variables the cell reads, by name or through objects
+        (`b.w`, `ws[0]`, `model.layers[0].kernel`) or creates; when it reads none, every
+        float tensor it reads. Targets (default): the scalar float tensors the cell binds
+        (a loss); when it binds none, every float tensor it binds, else the value of its
+        last expression. --all: every target with respect to every source.
         """
         args = parse_argstring(self.tape, line)
         from tapemagic.tape.tapecell import TapeError, TapeOptions, tape_cell
@@ -124,6 +132,7 @@ class TapeMagics(Magics):
             watch=split_names(args.watch, "--watch"),
             targets=split_names(args.target, "--target"),
             order=args.order,
+            all_pairs=args.all_pairs,
             jacobian=args.jacobian,
             hessian=args.hessian,
             check=args.check,

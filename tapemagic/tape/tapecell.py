@@ -54,6 +54,9 @@ class TapeOptions:
     plot: bool = False
     device: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # %grad --at: values for this run
+    # Every (target, source) pair instead of the defaults that answer the usual question
+    # (the Variables, when the cell reads any; the scalar targets, when it binds any).
+    all_pairs: bool = False
     # Makes the context manager that silences the re-runs of --check and --plot (the magic
     # passes IPython's capture_output, which also swallows display() calls; by default
     # stdout and stderr are silenced).
@@ -130,10 +133,11 @@ def tape_cell(
         namespace.update(swaps)
         recorder.start(sources)
         namespace[BIND_HOOK], namespace[LAST_HOOK] = recorder.bind, recorder.last
-        ok = execute(cellcode.Rewriter(quiet=info.quiet))
+        ok = execute(cellcode.rewriter_for(info))
         if ok:
             targets = _collect_targets(info, namespace, opts, recorder)
-            _add_accessed_variables(recorder, opts)
+            _add_accessed_variables(recorder, opts, info, namespace)
+            hidden = _default_pairs(recorder, targets, opts, info)
             derivatives = recorder.finish(targets)
     finally:
         recorder.close()
@@ -155,7 +159,7 @@ def tape_cell(
     if not ok:
         return None
     return _build_result(
-        info, namespace, opts, recorder, targets, derivatives, watched, code, before
+        info, namespace, opts, recorder, targets, derivatives, watched, code, before, hidden
     )
 
 
@@ -352,19 +356,73 @@ def _short_repr(value: Any) -> str:
     return text if len(text) <= 30 else text[:27] + "..."
 
 
-def _add_accessed_variables(recorder: Recorder, opts: TapeOptions) -> None:
-    """Trainable Variables reached through objects (a Keras model's weights) are sources too."""
+def _add_accessed_variables(
+    recorder: Recorder, opts: TapeOptions, info: CellInfo, namespace: dict
+) -> None:
+    """Trainable Variables reached through objects (`b.w`, `ws[0]`, a Keras model's kernel)
+    are sources too, each under the expression the user reaches it by."""
     if opts.watch is not None or not recorder.tapes:
         return
     known = {id(v) for v in recorder.sources.values()}
-    for var in recorder.tapes[-1].watched_variables():
-        if id(var) not in known and is_float_tensor(var):
-            name = getattr(var, "path", None) or var.name.split(":")[0]
-            recorder.sources[name] = var
-            known.add(id(var))
+    new = [
+        var
+        for var in recorder.tapes[-1].watched_variables()
+        if id(var) not in known and is_float_tensor(var)
+    ]
+    if not new:
+        return
+    from tapemagic.tape.naming import reach_names
+
+    used = [n for n in dict.fromkeys([*info.reads, *info.binds]) if n in namespace]
+    rest = [n for n in namespace if not n.startswith("_") and n not in _SHELL_NAMES]
+    names = reach_names(
+        new,
+        [[(n, namespace[n]) for n in used], [(n, namespace[n]) for n in rest]],
+        taken=recorder.sources,
+    )
+    for var in new:
+        recorder.sources[names[id(var)]] = var
 
 
-def _build_result(info, namespace, opts, recorder, targets, derivatives, watched, code, before):
+# IPython's own names in a user namespace: no way to a user's Variable.
+_SHELL_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
+
+
+def _default_pairs(
+    recorder: Recorder, targets: dict, opts: TapeOptions, info: CellInfo
+) -> dict[str, Any]:
+    """The pairs that answer the usual question, unless --all: with respect to the
+    Variables when the cell reads trainable ones into what it computes (the data tensors
+    stay watched, for `_tape.gradient(t, "X")`, but get no row unless named with -w); of
+    the scalar targets (a loss) when the cell binds any. Returns the sources left out."""
+    hidden: dict[str, Any] = {}
+    if opts.all_pairs:
+        return hidden
+    sources = recorder.sources
+    # A Variable the cell only writes (`counter.assign_add(1.0)`) is no parameter: it takes
+    # one a target is computed from, by the cell's dataflow (or reached through an object).
+    upstream = {n for t in targets if t in info.binds for n in info.depends_on(t)}
+    if any(t not in info.binds for t in targets):  # the last expression: what the cell reads
+        upstream.update(info.reads)
+    parameters = [
+        name
+        for name, v in sources.items()
+        if isinstance(v, tf.Variable)
+        and v.trainable
+        and (name in upstream or name not in info.reads)
+    ]
+    if opts.watch is None and parameters:
+        for name in [n for n, v in sources.items() if not isinstance(v, tf.Variable)]:
+            hidden[name] = sources.pop(name)
+    if not opts.targets and any(size_of(v) == 1 for v in targets.values()):
+        for name in [n for n, v in targets.items() if size_of(v) != 1]:
+            del targets[name]
+    return hidden
+
+
+def _build_result(
+    info, namespace, opts, recorder, targets, derivatives, watched, code, before, hidden
+):
     point = {name: recorder.initial.get(name, v) for name, v in recorder.sources.items()}
     for name, v in recorder.sources.items():  # written before it is read: the value read
         if isinstance(v, tf.Variable) and written_before_read(code, name) not in (None, -1):
@@ -398,7 +456,8 @@ def _build_result(info, namespace, opts, recorder, targets, derivatives, watched
         notes=_notes(info, namespace, recorder, targets),
         tape=recorder.tapes[-1] if recorder.tapes else None,
     )
-    result._lookup = _on_demand(recorder, ctx, namespace)
+    result._lookup = _on_demand(recorder, ctx, namespace, hidden)
+    result._name_of = lambda obj: _known_name(obj, recorder.sources, hidden)
     if opts.check:
         from tapemagic.tape.fdcheck import check_result
 
@@ -489,14 +548,15 @@ def _no_sources_note(info: CellInfo, namespace: dict, targets: dict) -> str:
     )
 
 
-def _on_demand(recorder: Recorder, ctx: Context, namespace: dict):
-    """Order-1 gradients for pairs not precomputed, from the still-persistent inner tape."""
+def _on_demand(recorder: Recorder, ctx: Context, namespace: dict, hidden: dict[str, Any]):
+    """Order-1 gradients and Jacobians for pairs not precomputed, from the still-persistent
+    inner tape (a Hessian needs the second tape, which closed with the run)."""
     inner = recorder.tapes[-1] if recorder.tapes else None
 
     def lookup(target, source, order, kind):
-        if order != 1 or kind != "gradient" or inner is None:
+        if order != 1 or kind not in ("gradient", "jacobian") or inner is None:
             return None
-        name, obj = _source_object(source, ctx, namespace)
+        name, obj = _source_object(source, ctx, namespace, hidden)
         if obj is None:
             return None
         if target in ctx.targets:
@@ -506,13 +566,22 @@ def _on_demand(recorder: Recorder, ctx: Context, namespace: dict):
         else:
             return None
         stale = name in ctx.sources and ctx.sources[name] is not obj
-        d = Derivative(target, name, 1, "gradient")
+        # A scalar target's Jacobian is its gradient.
+        jacobian = kind == "jacobian" and size_of(value) > 1
+        d = Derivative(target, name, 1, "jacobian" if jacobian else "gradient")
         try:
-            d.value = dense(inner.gradient(value, obj)) if is_tensor_like(value) else None
+            if not is_tensor_like(value):
+                d.value = None
+            elif jacobian:
+                d.value = inner.jacobian(value, obj)
+                if d.value is not None and (value.shape.rank or 0) + (obj.shape.rank or 0) > 2:
+                    d.value = tf.reshape(d.value, (size_of(value), size_of(obj)))
+            else:
+                d.value = dense(inner.gradient(value, obj))
         except Exception as exc:
             d.error = exc
         d.status = classify(d.value) if d.value is not None and d.error is None else NONE
-        d.summed = size_of(value) > 1
+        d.summed = size_of(value) > 1 and not jacobian
         local = Context(
             ctx.info, {**ctx.sources, name: obj}, {**ctx.targets, target: value},
             namespace, ctx.watched, ctx.point,
@@ -530,13 +599,27 @@ def _on_demand(recorder: Recorder, ctx: Context, namespace: dict):
     return lookup
 
 
-def _source_object(source: Any, ctx: Context, namespace: dict):
+def _known_name(obj: Any, *known: dict[str, Any]) -> str | None:
+    """The name a source object has here (`b.w`), or None."""
+    inner = unwrap(obj)
+    for names in known:
+        for name, value in names.items():
+            if value is obj or value is inner:
+                return name
+    return None
+
+
+def _source_object(source: Any, ctx: Context, namespace: dict, hidden: dict[str, Any]):
+    """(name, object) for a source given by name or as the object itself."""
     if isinstance(source, str):
-        if source in ctx.sources:
-            return source, ctx.sources[source]
-        if source in namespace:
-            return source, namespace[source]
+        for known in (ctx.sources, hidden, namespace):
+            if source in known:
+                return source, known[source]
         return source, None
+    for known in (ctx.sources, hidden):  # a source's own name: `b.w`, not the Variable's
+        for name, value in known.items():
+            if value is source or value is unwrap(source):
+                return name, value
     for name, value in namespace.items():
         if value is source and not name.startswith("_"):
             return name, source
