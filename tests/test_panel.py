@@ -3,6 +3,9 @@ the slider moved mid-run, the plot and the progress read back."""
 
 from __future__ import annotations
 
+import base64
+import html
+import re
 import threading
 import time
 
@@ -339,9 +342,13 @@ def test_train_magic_builds_a_panel(ip):
 
 def test_bad_epochs(panel):
     p, a, b = panel()
-    with pytest.raises(ValueError, match="epochs must be a positive whole number, not -3"):
-        p.run(-3)
+    for bad in (-3, 0, 10**13, 2.5, True):
+        expected = f"epochs must be a whole number from 1 to 1,000,000,000,000, not {bad!r}"
+        with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+            p.run(bad)
     assert len(p.trainer.history) == 0 and not p.trainer.running
+    with pytest.raises(ValueError, match="not 0$"):
+        seed_panel(epochs=0)
 
 
 def test_train_magic_bad_input(ip):
@@ -369,12 +376,283 @@ def test_errors_from_compiled_code_keep_the_users_message():
     )  # fmt: skip
     try:
         p.run()
-        assert "Detected at node" in str(p.error)  # what TensorFlow raises: a node trace
         shown = p.messages.value
-        assert "stopped by an error at epoch 1: assertion failed: [user boom]" in shown
-        assert "<b>error</b>: assertion failed: [user boom]</div>" in shown
+        # The first line of the error, which Trainer.run makes the user's own message and
+        # line: the panel shows that line, with the error's type.
+        first = str(p.error).splitlines()[0]
+        assert first.startswith("user boom") and "test_panel.py" in first
+        assert f"<b>error</b>: InvalidArgumentError: {html.escape(first)}</div>" in shown
+        assert "stopped by an error at epoch 1: " in shown
         for noise in ("Graph execution error", "Detected at node", "File ", "[[", "[Op:"):
             assert noise not in shown, noise
         assert len(p.trainer.history) == 1 and "stopped · epoch 1" in p.status.value
     finally:
         p.close()
+
+
+# -- an honest status -------------------------------------------------------------------
+
+
+def test_reset_shows_epoch_0_nothing_of_the_last_run_and_an_empty_plot(panel):
+    p, a, b = panel(epochs=6)
+    empty = bytes(p.plot.value)
+    plot = LossPlot()
+    assert empty == plot.render([], [])  # sensible axes: epochs 1 to 10, "no epochs yet"
+    assert plot.axes.get_xlim() == (0.0, 10.5) and plot.empty_text.get_visible()
+    assert p.status.value == "stopped · epoch 0 · lr 0.001"
+    p.run()
+    assert p.status.value.startswith("stopped · epoch 6 (6/6 this run) · elapsed ")
+    assert "epochs/s" in p.status.value and p.progress.value == 6
+    p.reset_button.click()
+    assert p.status.value == "stopped · epoch 0 · lr 0.001"  # no elapsed, no rate
+    assert p.progress.value == 0 and bytes(p.plot.value) == empty
+    p.reset_button.click()  # said once, with a count, not twice
+    assert p.messages.value.count("reset to the initial weights") == 1
+    assert "reset to the initial weights (×2)" in p.messages.value
+
+
+def test_elapsed_leaves_out_paused_time_and_stops_with_the_run(panel):
+    p, a, b = panel(epochs=10**7)
+    p.train_button.click()
+    until(lambda: p.trainer.epoch > 100)
+    p.pause_button.click()
+    until(lambda: p.status.value.startswith("paused at epoch"))
+    held = p.status.value
+    time.sleep(1.2)  # more than the one-second resolution of "elapsed"
+    p.refresh()
+    assert p.status.value == held  # neither the epoch, the elapsed time nor the rate moved
+    assert int(re.search(r"paused at epoch ([\d,]+)", held)[1].replace(",", "")) == len(
+        p.trainer.history
+    )
+    p.stop_button.click()
+    assert p.wait(WAIT)
+    until(lambda: p.status.value.startswith("stopped"))
+    stopped = p.status.value
+    time.sleep(1.2)
+    p.log_scale.value = True  # the view refreshes; the run is over, so nothing moves
+    assert p.status.value == stopped
+
+
+def gated_panel(gate: threading.Event, inside: threading.Event, **kwargs) -> TrainingPanel:
+    """The seed's panel whose steps wait at `gate` (set: they pass), flagging `inside`."""
+
+    def at_gate():
+        inside.set()
+        gate.wait(WAIT)
+        return np.float32(0.0)
+
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    return TrainingPanel(
+        params=[a, b], predict=lambda x: a * x + b + tf.numpy_function(at_gate, [], tf.float32),
+        loss=sum_sq, data=(tf.constant(X), tf.constant(Y)), optimizer="sgd",
+        learning_rate=0.001, view="widget", **kwargs,
+    )  # fmt: skip
+
+
+def test_pausing_until_the_run_holds_then_paused_at_epoch_n():
+    gate, inside = threading.Event(), threading.Event()
+    gate.set()
+    p = gated_panel(gate, inside, epochs=10**7)
+    try:
+        p.train_button.click()
+        until(lambda: p.trainer.epoch > 3)
+        gate.clear()
+        inside.clear()
+        until(inside.is_set)  # a step is held inside a compiled call: it cannot pause yet
+        p.pause_button.click()
+        assert p.status.value.startswith("pausing · epoch ")
+        assert p.pause_button.description == "Resume"
+        gate.set()
+        until(lambda: p.status.value.startswith("paused at epoch"))
+        n = int(re.search(r"paused at epoch ([\d,]+)", p.status.value)[1].replace(",", ""))
+        assert n == p.trainer.epoch == len(p.trainer.history)
+        time.sleep(0.3)
+        p.refresh()
+        assert p.status.value.startswith(f"paused at epoch {n:,} ")
+    finally:
+        gate.set()
+        p.close()
+
+
+def test_learning_rate_in_the_status_and_a_slider_change_said_once(panel):
+    p, a, b = panel()
+    assert "· lr 0.001" in p.status.value
+    p.learning_rate.value = 0.01
+    assert "· lr 0.01" in p.status.value
+    assert p.messages.value.count("learning rate set to 0.01 for the next run") == 1
+    p.run(2)
+    assert p.trainer.history["learning_rate"] == pytest.approx([0.01, 0.01])
+    assert p.messages.value.count("learning rate set to") == 1  # not repeated by the run
+    p.trainer.learning_rate = 0.5  # set from code: the slider follows, without a message
+    p.refresh()
+    assert p.learning_rate.value == pytest.approx(0.5) and "· lr 0.5" in p.status.value
+    assert "learning rate set to 0.5" not in p.messages.value
+
+
+def test_the_slider_range_holds_the_trainers_rate(panel):
+    p, a, b = panel(learning_rate=100.0)
+    assert p.learning_rate.value == 100.0 and p.learning_rate.max >= 3
+    assert "· lr 100" in p.status.value
+    q, a, b = panel(learning_rate=1e-8)
+    assert q.learning_rate.value == pytest.approx(1e-8) and q.learning_rate.min <= -10
+
+
+def test_the_epochs_box_refuses_out_of_range_values_with_a_message(panel):
+    p, a, b = panel(epochs=100)
+    for bad in (0, -5, 10**13):
+        p.epochs.value = bad
+        assert p.epochs.value == 100
+        assert (
+            f"epochs must be a whole number from 1 to 1,000,000,000,000, not {bad}; kept 100"
+            in p.messages.value
+        )
+    p.epochs.value = 10**9  # large, but a number of epochs: kept as typed
+    assert p.epochs.value == 10**9
+
+
+def test_the_fault_message_goes_when_reset_clears_the_fault(panel):
+    p, a, b = panel(epochs=50, learning_rate=1.0)
+    with pytest.warns(Warning):
+        p.run()
+    assert "loss is inf" in p.messages.value
+    p.reset_button.click()
+    assert "loss is inf" not in p.messages.value and "paused by" not in p.status.value
+    assert p.trainer.fault is None and p.status.value == "stopped · epoch 0 · lr 1"
+
+
+# -- a plot that keeps up -----------------------------------------------------------------
+
+
+def test_the_first_epoch_shows_as_a_marker(panel):
+    p, a, b = panel()
+    empty = bytes(p.plot.value)
+    p.step_button.click()
+    assert p.wait(WAIT) and len(p.trainer.history) == 1
+    h, plot = p.trainer.history, LossPlot()
+    assert bytes(p.plot.value) == plot.render(h["loss"], h["val_loss"])
+    assert bytes(p.plot.value) != empty
+    assert plot.train_line.get_marker() == "o" and plot.points_drawn() == 1
+    plot.render(np.ones(1000))
+    assert plot.train_line.get_marker() in ("", "None")  # long histories: a plain line
+
+
+def test_an_epoch_slower_than_the_redraws_shows_its_progress():
+    n = 200_000
+    x = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    p = TrainingPanel(
+        params=[a, b], predict=lambda x: a * x + b, loss=sum_sq, data=(x, 2 * x),
+        batch_size=1, optimizer="sgd", learning_rate=1e-4, epochs=1, view="widget",
+    )  # fmt: skip
+    try:
+        empty = bytes(p.plot.value)
+        p.train_button.click()
+        inside = r"^running · epoch 0 \(0/1 this run\) · batch [\d,]+/200,000 · elapsed "
+        until(lambda: re.search(inside, p.status.value))
+        p.stop_button.click()
+        assert p.wait(WAIT)
+        t = p.trainer
+        assert len(t.history) == 0 and 0 < t.batch < n  # stopped inside the first epoch
+        # The plot shows how far into the epoch the run got: a dotted line, no loss yet.
+        assert bytes(p.plot.value) == LossPlot().render([], [], progress=t.batch / n)
+        assert bytes(p.plot.value) != empty
+    finally:
+        p.close()
+
+
+# -- what a saved notebook and the text view show ----------------------------------------
+
+
+def test_the_panel_bundle_carries_the_plot_and_a_one_line_summary(panel):
+    p, a, b = panel(epochs=6)
+    p.run()
+    bundle = p._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # live frontends: the widget
+    assert base64.b64decode(bundle["image/png"]) == bytes(p.plot.value)
+    assert bundle["text/plain"] == f"TrainingPanel: {html.unescape(p.status.value)}"
+    assert bundle["text/plain"].startswith("TrainingPanel: stopped · epoch 6 (6/6 this run)")
+    assert "\n" not in bundle["text/plain"]
+
+
+SAVED_CELLS = [
+    "import tensorflow as tf\n"
+    "from tapemagic import TrainingPanel\n"
+    "a, b = tf.Variable(0.0), tf.Variable(0.0)\n"
+    "X = tf.constant([1.0, 4.0, 6, 3, 3, 4, 5, 6, 7])\n"
+    "Y = tf.constant([0.25, 1.2, 0.79, 0.52, 1.6, 1.7, 1.9, 2, 2])\n"
+    "panel = TrainingPanel(params=[a, b], predict=lambda x: a * x + b,\n"
+    "    loss=lambda t, p: tf.reduce_sum(tf.square(t - p)), data=(X, Y), optimizer='sgd',\n"
+    "    learning_rate=0.001, epochs=3)\n"
+    "panel",
+    "history = panel.run()\nprint(repr(history['loss']))",
+]
+
+
+def test_a_saved_notebook_shows_the_plot_and_summary_without_a_kernel():
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in SAVED_CELLS])
+    # Saved as JupyterLab saves by default: the outputs, without the widgets' state.
+    NotebookClient(nb, timeout=300, kernel_name="python3", store_widget_state=False).execute()
+    shown = [o for o in nb.cells[0].outputs if o.output_type == "display_data"]
+    assert len(shown) == 1  # one output, updated in place when the run ended
+    data = shown[0].data
+    assert "application/vnd.jupyter.widget-view+json" in data  # live frontends: the widget
+    assert data["text/plain"].startswith("TrainingPanel: stopped · epoch 3 (3/3 this run)")
+    printed = [o.text for o in nb.cells[1].outputs if o.get("name") == "stdout"]
+    losses = [float(v) for v in printed[0].strip(" []\n").split(",")]  # the kernel's history
+    assert base64.b64decode(data["image/png"]) == LossPlot().render(losses, [None] * 3)
+    # What nbconvert (and so nbviewer) renders from the saved file: the picture, no widget
+    # placeholder.
+    page, _ = HTMLExporter().from_notebook_node(nb)
+    assert f'src="data:image/png;base64,{data["image/png"]}"' in page.replace("\n", "")
+    assert "VBox(children" not in page and "Error displaying widget" not in page
+
+
+def test_the_text_view_prints_the_error_that_stopped_a_run(capsys):
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+
+    broken = {"now": False}
+
+    def broken_loss(y_true, y_pred):
+        if broken["now"]:  # fine when the trainer checks it, broken when the run compiles
+            raise RuntimeError("my loss is broken")
+        return sum_sq(y_true, y_pred)
+
+    p = TrainingPanel(
+        params=[a, b], predict=lambda x: a * x + b, loss=broken_loss,
+        data=(tf.constant(X), tf.constant(Y)), optimizer="sgd", learning_rate=0.001,
+        epochs=3, view="text",
+    )  # fmt: skip
+    try:
+        broken["now"] = True
+        p.run()
+    finally:
+        p.close()
+    out = capsys.readouterr().out
+    assert out.count("error: RuntimeError: my loss is broken") == 1
+
+
+def test_an_error_line_shows_the_cause_not_kerass_argument_list():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 3), dtype=np.float32), rng.random((32, 1), dtype=np.float32)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    narrow = rng.random((8, 2), dtype=np.float32)  # validation data of the wrong width
+    try:
+        p = TrainingPanel(
+            model=model, loss="mse", data=(x, y), validation_data=(narrow, y[:8]),
+            optimizer="sgd", learning_rate=0.01, epochs=2, view="widget",
+        )  # fmt: skip
+    except ValueError as err:  # refused before training: the message names the width too
+        shown = str(err)
+    else:
+        try:
+            p.run()
+            shown = p.messages.value
+            assert "<b>error</b>: ValueError: " in shown
+        finally:
+            p.close()
+    assert "expected axis -1 of input shape to have value 3" in shown
+    assert "kwargs=" not in shown and "inspect._empty" not in shown

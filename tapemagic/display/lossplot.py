@@ -65,6 +65,16 @@ def smooth(y: np.ndarray, weight: float) -> np.ndarray:
 INK = "#8a8a8a"
 MARKERS_UP_TO = 60  # points per line drawn with markers: a first epoch is a visible dot
 MIN_EPOCHS_SHOWN = 10  # the x axis spans at least this many epochs, so it starts sensible
+NICE = (1.0, 2.0, 5.0, 10.0)  # live x limits: few steps, so the axes are seldom redrawn
+HEADROOM = 0.15  # live: the y range gets this share of room to grow before it is redrawn
+
+
+def nice_ceil(x: float) -> float:
+    """The smallest of 1, 2 or 5 times a power of ten that is >= x."""
+    if x <= 0:
+        return 1.0
+    power = 10.0 ** np.floor(np.log10(x))
+    return next(power * m for m in NICE if power * m >= x * (1 - 1e-12))
 
 
 class LossPlot:
@@ -84,6 +94,13 @@ class LossPlot:
         (self.val_line,) = ax.plot([], [], color="C1", lw=1.4, ms=3.5, label="val_loss")
         # An epoch in progress: a dotted line at how far into it the run is.
         self.progress_line = ax.axvline(0.0, color=INK, lw=1.0, ls=":", visible=False)
+        # Drawing the axes, ticks and labels is most of a render. They are drawn once per
+        # frame (limits, scale, legend) and kept; each render then draws only these.
+        self._moving = (self.train_line, self.val_line, self.progress_line)
+        for artist in self._moving:
+            artist.set_animated(True)
+        self._frame_key: tuple | None = None
+        self._background = None
         self.empty_text = ax.text(
             0.5, 0.5, "no epochs yet", transform=ax.transAxes, ha="center", va="center",
             color=INK, fontsize=10,
@@ -104,16 +121,22 @@ class LossPlot:
         log_scale: bool = False,
         smoothing: float = 0.0,
         progress: float | None = None,
+        live: bool = False,
     ) -> bytes:
         """PNG bytes of the curves; points drawn stay bounded whatever the history length.
 
         `progress`: where an unfinished epoch has got to, in epochs (3.4: 40% into the 4th),
-        drawn as a dotted line so an epoch slower than the redraws still shows movement."""
+        drawn as a dotted line so an epoch slower than the redraws still shows movement.
+        `live`: during a run, the axes keep their limits while the curves fit, so most
+        renders redraw only the curves; otherwise the limits fit the curves exactly."""
         y = np.asarray(loss, dtype=float)
         x = np.arange(1, len(y) + 1, dtype=float)
         lines = [(self.train_line, x, smooth(y, smoothing))]
-        v = np.array(val_loss, dtype=float)  # None becomes NaN
-        has_val = v.size and not np.all(np.isnan(v))
+        if isinstance(val_loss, list) and val_loss.count(None) == len(val_loss):
+            v = np.empty(0)  # no validation: skip converting a long list of None
+        else:
+            v = np.array(val_loss, dtype=float)  # None becomes NaN
+        has_val = bool(v.size and not np.all(np.isnan(v)))
         if has_val:
             lines.append((self.val_line, x[: v.size], smooth(v, smoothing)))
         else:
@@ -127,39 +150,72 @@ class LossPlot:
             if good.size:
                 tops.append(good.max())
                 bottoms.append(good.min())
-        self.val_line.set_visible(bool(has_val))
-        ax = self.axes
-        scale = "log" if log_scale else "linear"
-        if ax.get_yscale() != scale:  # switching scales is costly: only when it changes
-            ax.set_yscale(scale)
+        self.val_line.set_visible(has_val)
         shown = progress is not None and progress > len(y)
         self.progress_line.set_visible(shown)
         if shown:
             self.progress_line.set_xdata([progress, progress])
-        right = max(len(y), int(np.ceil(progress)) if shown else 0, MIN_EPOCHS_SHOWN)
-        ax.set_xlim(0.5, right + 0.5)
-        self.empty_text.set_visible(len(y) == 0)
-        if tops:
-            lo, hi = min(bottoms), max(tops)
-            if log_scale:
-                ax.set_ylim(lo / 1.3, hi * 1.3)
-            else:
-                pad = 0.05 * (hi - lo or abs(hi) or 1.0)
-                ax.set_ylim(lo - pad, hi + pad)
-        else:  # nothing to draw yet (or nothing positive on a log scale): a neutral frame
-            ax.set_ylim(*((0.1, 10.0) if log_scale else (0.0, 1.0)))
-        if bool(has_val) != (ax.get_legend() is not None):
+        right = max(len(y), float(np.ceil(progress)) if shown else 0.0, MIN_EPOCHS_SHOWN)
+        # From 0, where the run started: an unfinished first epoch lies between 0 and 1.
+        xlim = (0.0, (nice_ceil(right) if live else right) + 0.5)
+        ylim = self._ylim(min(bottoms), max(tops), log_scale, live) if tops else None
+        if ylim is None:  # nothing to draw yet (or nothing positive on a log scale)
+            ylim = (0.1, 10.0) if log_scale else (0.0, 1.0)
+        key = (xlim, ylim, log_scale, has_val, len(y) == 0)
+        canvas = self.figure.canvas
+        if key != self._frame_key:
+            self._draw_frame(key)
+        else:
+            canvas.restore_region(self._background)
+        for artist in self._moving:
+            if artist.get_visible():
+                self.axes.draw_artist(artist)
+        # Agg's own PNG writer compresses hard; a fast zlib level gives the same picture
+        # in a third of the time, which matters at ten redraws a second.
+        return encode_png(np.asarray(canvas.buffer_rgba()), level=1)
+
+    def _ylim(self, lo: float, hi: float, log_scale: bool, live: bool) -> tuple[float, float]:
+        if log_scale:
+            lo, hi = np.log10(lo), np.log10(hi)
+        pad = 0.05 * (hi - lo or abs(hi) or 1.0)
+        if log_scale:
+            pad = max(pad, np.log10(1.3))
+        want = (lo - pad, hi + pad)
+        if live and self._frame_key is not None and self._frame_key[2] == log_scale:
+            cur = self._frame_key[1]
+            cur = (np.log10(cur[0]), np.log10(cur[1])) if log_scale else cur
+            span = cur[1] - cur[0]
+            # Keep the frame while the curves fit in it and fill at least half of it.
+            if cur[0] <= want[0] and want[1] <= cur[1] and (want[1] - want[0]) >= 0.5 * span:
+                return self._frame_key[1]
+            room = HEADROOM * (want[1] - want[0])
+            want = (want[0] - room, want[1] + room)
+        want = (float(want[0]), float(want[1]))
+        return (10.0 ** want[0], 10.0 ** want[1]) if log_scale else want
+
+    def _draw_frame(self, key: tuple) -> None:
+        """Everything but the curves, drawn and kept for the renders that follow."""
+        xlim, ylim, log_scale, has_val, empty = key
+        ax = self.axes
+        scale = "log" if log_scale else "linear"
+        if ax.get_yscale() != scale:  # switching scales is costly: only when it changes
+            ax.set_yscale(scale)
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        self.empty_text.set_visible(empty)
+        if has_val != (ax.get_legend() is not None):
             if has_val:
-                legend = ax.legend(loc="upper right", fontsize=8, frameon=False)
+                legend = ax.legend(
+                    handles=[self.train_line, self.val_line], loc="upper right", fontsize=8,
+                    frameon=False,
+                )  # fmt: skip
                 for text in legend.get_texts():
                     text.set_color(INK)
             else:
                 ax.get_legend().remove()
-        # Agg's own PNG writer compresses hard; a fast zlib level gives the same picture
-        # in a third of the time, which matters at ten redraws a second.
-        self.figure.canvas.draw()
-        rgba = np.asarray(self.figure.canvas.buffer_rgba())
-        return encode_png(rgba, level=1)
+        self.figure.canvas.draw()  # the animated curves are left out of this
+        self._background = self.figure.canvas.copy_from_bbox(self.figure.bbox)
+        self._frame_key = key
 
     def points_drawn(self) -> int:
         """How many points the last render drew, over both lines (for tests)."""

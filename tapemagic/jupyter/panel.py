@@ -11,7 +11,9 @@ per epoch instead.
 
 from __future__ import annotations
 
+import base64
 import html
+import math
 import re
 import threading
 import time
@@ -29,6 +31,11 @@ from tapemagic.training.trainer import Trainer
 
 BATCH_SIZES = [None, 1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 REFRESH_S = 0.1  # at most ten view refreshes a second
+PLOT_EVERY_S = 0.2  # redraws at most five times a second...
+PLOT_LAG_S = 0.35  # ...and trail the status by at most this (plus one render)
+PLOT_SHARE = 0.08  # drawing may take at most this share of the wall time
+MAX_EPOCHS = 10**12  # the epochs box's upper bound: beyond it, surely a typo
+MESSAGES_SHOWN = 4
 WIDE = {"description_width": "initial"}  # labels in full, not cut to a fixed width
 MAX_LINES_PER_TICK = 20  # text mode: beyond this, a tick prints a summary line
 
@@ -54,6 +61,7 @@ class TrainingPanel:
         if trainer is None:  # told to the panel it supersedes, if any
             with ownership.labelled(_made_where("the panel")):
                 trainer = Trainer(**kwargs)
+        ownership.check(trainer)  # a Trainer given here that another has superseded
         self.trainer = trainer
         self._kwargs = kwargs  # to remake the trainer on another device
         self.view = _default_view() if view == "auto" else view
@@ -68,16 +76,23 @@ class TrainingPanel:
         self._closed = False
         self._pending: dict[str, Any] = {}  # settings that wait for the run to end
         self._hold = False  # pause (or a step) was asked for this run
+        self._stepping = False  # the hold was asked by Step: one more epoch first
         self._fault_left = 0  # epochs a NaN/Inf fault left undone: Resume runs them
-        self._run_start: tuple[float, int] | None = None
-        self._rate = 0.0  # epochs per second, smoothed
-        self._last_plot = (0.0, -1, None)  # time, history length, view settings drawn
-        self._plot_interval = REFRESH_S
+        self._run_start_epoch: int | None = None  # None: no run since the panel (or Reset)
+        self._clock = RunClock()
+        self._rate = 0.0  # epochs per second of running time, this run
+        self._last_plot = (0.0, -1, None)  # time, what was drawn, view settings drawn
+        self._render_s = 0.0  # the last renders' wall time, smoothed
+        self._fault_texts: set[str] = set()  # shown while their fault stands, then dropped
+        self._lr_echo = False  # the panel itself is moving the slider: no message
         self._printed = 0
+        self._printed_error: BaseException | None = None
+        self._handles: list = []  # display handles: their snapshot is updated after a run
         self.error: BaseException | None = None
         self._superseded: str | None = None  # "superseded by the panel in cell [7]"
         self._remaking = False  # the device menu is replacing this panel's own trainer
         self._interrupted = False  # the kernel's Interrupt stopped this run
+        _check_epochs(epochs)
         self._build(epochs)
         ownership.watch(self.trainer, self._on_superseded)
         self.refresh(force_plot=True)
@@ -92,12 +107,12 @@ class TrainingPanel:
         self.step_button = button(description="Step", icon="step-forward", tooltip="one epoch")
         self.stop_button = button(description="Stop", icon="stop", button_style="danger")
         self.reset_button = button(description="Reset", icon="undo", tooltip="first weights")
-        self.epochs = w.BoundedIntText(
-            value=epochs, min=1, max=10**8, description="epochs", style=WIDE
-        )
+        # Not a BoundedIntText: that one clamps out-of-range input silently in the page.
+        self.epochs = w.IntText(value=epochs, description="epochs", style=WIDE)
         lr = t.learning_rate
+        low, high = _lr_range(lr or 1e-3)
         self.learning_rate = w.FloatLogSlider(
-            value=lr or 1e-3, base=10, min=-6, max=1, step=0.1, description="learning rate",
+            value=lr or 1e-3, base=10, min=low, max=high, step=0.1, description="learning rate",
             readout_format=".2g", disabled=lr is None, continuous_update=False, style=WIDE,
         )  # fmt: skip
         opt = _optimizer_name(t.optimizer)
@@ -133,6 +148,7 @@ class TrainingPanel:
         self.stop_button.on_click(lambda _: self.stop())
         self.reset_button.on_click(lambda _: self.reset())
         self.learning_rate.observe(self._on_lr, "value")
+        self.epochs.observe(self._on_epochs, "value")
         self.optimizer.observe(lambda ch: self._setting("optimizer", ch.new), "value")
         self.batch_size.observe(lambda ch: self._setting("batch_size", ch.new or None), "value")
         self.device.observe(self._on_device, "value")
@@ -157,7 +173,41 @@ class TrainingPanel:
     def _repr_mimebundle_(self, **kwargs):
         if self.view == "text":
             return {"text/plain": repr(self)}
-        return self.widget._repr_mimebundle_(**kwargs)
+        data = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        # For viewers without a live kernel (nbconvert, nbviewer, GitHub): the plot as a
+        # PNG and a one-line summary next to the widget view, which live frontends prefer.
+        data["text/plain"] = self.summary()
+        png = bytes(self.plot.value)
+        if png:
+            data["image/png"] = base64.b64encode(png).decode("ascii")
+        return data
+
+    def _ipython_display_(self) -> None:
+        """Show the panel through a display handle, so that the static snapshot saved with
+        the notebook can be brought up to date when a run ends."""
+        from IPython.display import display
+
+        if self.view == "text":
+            display({"text/plain": repr(self)}, raw=True)
+            return
+        handle = display(self._repr_mimebundle_(), raw=True, display_id=True)
+        if handle is not None:
+            self._handles.append(handle)
+
+    def _publish_snapshot(self) -> None:
+        """Update every shown copy's PNG and summary (the widget view stays as it is)."""
+        if not self._handles:
+            return
+        bundle = self._repr_mimebundle_()
+        for handle in list(self._handles):
+            try:
+                handle.update(bundle, raw=True)
+            except Exception:  # a closed kernel channel must not break training or a reset
+                self._handles.remove(handle)
+
+    def summary(self) -> str:
+        """One line: what the status shows (for text viewers and saved notebooks)."""
+        return f"TrainingPanel: {self._status_text}"
 
     def __repr__(self) -> str:
         return f"TrainingPanel({self.trainer!r})"
@@ -167,8 +217,7 @@ class TrainingPanel:
     def train(self, epochs: int | None = None) -> None:
         """Start `epochs` (default: the epochs box) more epochs in a worker thread."""
         n = epochs if epochs is not None else self.epochs.value
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"epochs must be a positive whole number, not {n!r}")
+        _check_epochs(n)
         n = int(n)
         if self._superseded:
             raise RuntimeError(
@@ -182,9 +231,11 @@ class TrainingPanel:
             release = interrupt.guard(self._on_interrupt)  # released by the worker at its end
             self._apply_pending()
             self.error = None
-            self._hold = False
+            self._hold = self._stepping = False
             self._fault_left = 0
-            self._run_start = (time.monotonic(), self.trainer.epoch)
+            self._run_start_epoch = self.trainer.epoch
+            self._clock.reset()
+            self._clock.tick(True)
             self._rate = 0.0
             self._run_done = threading.Event()
             self._worker = threading.Thread(
@@ -209,13 +260,14 @@ class TrainingPanel:
         else:
             t.pause()
         self._hold = not self._hold
+        self._stepping = False
         self.refresh()
 
     def step(self) -> None:
         """One epoch: during a run, hold after one more; when idle, train one."""
         if self.trainer.running:
             self.trainer.step()
-            self._hold = True
+            self._hold = self._stepping = True
             self._wake.set()
         else:
             self.train(1)
@@ -235,7 +287,12 @@ class TrainingPanel:
         self.trainer.reset()
         self._printed = 0
         self.error = None
+        # Nothing "this run" is left: no run start, no elapsed time, no rate.
+        self._run_start_epoch = None
+        self._clock.reset()
+        self._rate = 0.0
         self.refresh(force_plot=True)
+        self._publish_snapshot()
 
     def run(self, epochs: int | None = None) -> Any:
         """Train and block until done (for scripts); returns the history."""
@@ -246,7 +303,9 @@ class TrainingPanel:
             self._on_interrupt()
             while not self.wait(timeout=0.05):  # a stop asked before the run began: again
                 self.trainer.request_stop()
+            self._publish_snapshot()
             raise KeyboardInterrupt(f"training stopped at epoch {self.trainer.epoch}") from None
+        self._publish_snapshot()  # from the caller's thread: its cell owns the messages
         return self.trainer.history
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -282,6 +341,7 @@ class TrainingPanel:
             release()
             if self._interrupted:
                 self._say(f"interrupted at epoch {t.epoch}")
+            self._clock.tick(False)  # elapsed stops with the run, not at the next refresh
             if t.fault is not None:  # a NaN/Inf pauses: Resume (or Step) carries on
                 self._fault_left = max(t.target_epoch - t.epoch, 0)
             done.set()  # before the wake-up, so the view's last refresh is the final one
@@ -299,6 +359,8 @@ class TrainingPanel:
             self._wake.clear()
             done = self._run_done.is_set()
             self.refresh(force_plot=done)
+            if done:
+                self._publish_snapshot()
             with self._lock:  # a run started meanwhile keeps this thread going
                 if (done and self._run_done.is_set()) or self._closed:
                     self._ticker = None
@@ -307,10 +369,26 @@ class TrainingPanel:
     # -- settings ----------------------------------------------------------------------
 
     def _on_lr(self, change) -> None:
+        if self._lr_echo:  # the panel following the trainer's rate: nothing to apply
+            return
         try:
             self.trainer.learning_rate = change.new  # applies mid-run, from the next call
         except (ValueError, TypeError) as err:
             self._say(str(err))
+            return
+        when = "from the next step" if self.trainer.running else "for the next run"
+        self._say(f"learning rate set to {change.new:.3g} {when}")
+        self.refresh()
+
+    def _on_epochs(self, change) -> None:
+        """Refuse an out-of-range epochs box with a message, keeping the last good value."""
+        try:
+            _check_epochs(change.new)
+        except ValueError as err:
+            self._say(f"{err}; kept {change.old:,}")
+            self.epochs.unobserve(self._on_epochs, "value")
+            self.epochs.value = change.old
+            self.epochs.observe(self._on_epochs, "value")
 
     def _setting(self, name: str, value: Any) -> None:
         if self.trainer.running:
@@ -370,7 +448,7 @@ class TrainingPanel:
         the controls go off and the messages say where training lives now."""
         if self._remaking:
             return
-        self._superseded = f"superseded by {event.label or _made_where('a Trainer made')}"
+        self._superseded = f"superseded by {event.label or _made_where('a Trainer')}"
         self.wait(timeout=30)  # the worker and the view thread end before the last refresh
         self._say(f"{self._superseded}: this panel's controls are off")
         self.refresh(force_plot=True)
@@ -385,17 +463,34 @@ class TrainingPanel:
 
     def _say(self, text: str) -> None:
         self.trainer.messages.append(text)
-        self.messages.value = _messages_html(list(self.trainer.messages)[-4:], self.error)
+        self.messages.value = _messages_html(self._shown_messages(), self.error)
+
+    def _shown_messages(self) -> list[str]:
+        """The last messages, a fault's only while it stands (Reset or a clean run clears
+        it), each repeat folded into one line with a count."""
+        t = self.trainer
+        if t.fault is not None:
+            self._fault_texts.add(t.fault.message)
+        faulted = t.fault is not None or self._fault_left > 0
+        lines = [m for m in list(t.messages) if faulted or m not in self._fault_texts]
+        folded: list[list] = []
+        for line in lines:
+            if folded and folded[-1][0] == line:
+                folded[-1][1] += 1
+            else:
+                folded.append([line, 1])
+        return [m if k == 1 else f"{m} (×{k})" for m, k in folded[-MESSAGES_SHOWN:]]
 
     # -- the view ----------------------------------------------------------------------
 
     def refresh(self, force_plot: bool = False) -> None:
         """Bring every widget up to date; the plot only when due (or forced)."""
         t = self.trainer
-        running = t.running
+        running, holding = t.running, t.paused  # read once: one state for the whole view
         n = len(t.history)
+        self._clock.tick(running and not holding)  # elapsed counts running time only
         faulted = not running and self._fault_left > 0
-        paused = (running and (t.paused or self._hold)) or faulted
+        paused = (running and (holding or self._hold)) or faulted
         self.train_button.disabled = running
         self.stop_button.disabled = not (running or faulted)
         self.pause_button.disabled = not (running or faulted)
@@ -403,68 +498,114 @@ class TrainingPanel:
         self.pause_button.icon = "play" if paused else "pause"
         for box in (self.optimizer, self.batch_size, self.device):
             box.disabled = running or (box is self.optimizer and t.optimizer is None)
-        self._update_progress(n, running, paused)
+        self._follow_learning_rate()
+        self._update_progress(n, running, holding)
         self.strategy.value = html.escape(t.distribution() or "")
         self.params.value = _params_html(t.param_values())
-        self.messages.value = _messages_html(list(t.messages)[-4:], self.error)
-        self._maybe_plot(n, force_plot)
+        self.messages.value = _messages_html(self._shown_messages(), self.error)
+        self._maybe_plot(n, force_plot, running)
         if self.view == "text":
             self._print_new_epochs(n)
         if self._superseded:
             self._controls_off()
 
-    def _update_progress(self, n: int, running: bool, paused: bool) -> None:
+    def _follow_learning_rate(self) -> None:
+        """The slider shows the trainer's rate, its range widened to hold it (a rate set
+        from code, or a trainer made with one outside the default range)."""
+        lr = self.trainer.learning_rate
+        if lr is None or not lr > 0 or math.isclose(self.learning_rate.value, lr, rel_tol=1e-6):
+            return
+        low, high = _lr_range(lr)
+        self._lr_echo = True
+        try:
+            s = self.learning_rate
+            s.min, s.max = min(s.min, low), max(s.max, high)
+            s.value = lr
+        finally:
+            self._lr_echo = False
+
+    def _update_progress(self, n: int, running: bool, holding: bool) -> None:
         t = self.trainer
-        start_time, start_epoch = self._run_start or (time.monotonic(), n)
-        done, total = n - start_epoch, max(t.target_epoch - start_epoch, 0)
-        elapsed = time.monotonic() - start_time if self._run_start else 0.0
-        if running and elapsed > 0 and done > 0:
+        start = self._run_start_epoch
+        done = n - start if start is not None else 0
+        total = max(t.target_epoch - start, 0) if start is not None else 0
+        elapsed = self._clock.elapsed
+        if start is not None and elapsed > 0 and done > 0:
             self._rate = done / elapsed
         self.progress.max = max(total, 1)
         self.progress.value = min(max(done, 0), self.progress.max)
         rate = self._rate
         per_epoch = t.samples_per_epoch
-        parts = [f"epoch {n}" + (f" ({done}/{total} this run)" if total else "")]
-        if self._run_start:
+        this_run = f" ({done:,}/{total:,} this run)" if total else ""
+        if running and holding:  # holding: the counter cannot move, so N stays N
+            head = f"paused at epoch {n:,}{this_run}"
+        elif running and self._hold:  # asked to hold: it does after the current call
+            head = f"{'stepping' if self._stepping else 'pausing'} · epoch {n:,}{this_run}"
+        elif not running and self._fault_left:
+            head = (
+                f"paused by a NaN/Inf at epoch {n:,}{this_run} (lower the learning rate, "
+                "then Resume)"
+            )
+        else:
+            head = f"{'running' if running else 'stopped'} · epoch {n:,}{this_run}"
+        if running and t.batch and t.samples_per_epoch and t.batch_size:  # inside an epoch
+            steps = math.ceil(t.samples_per_epoch / t.batch_size)
+            head += f" · batch {t.batch:,}/{steps:,}"
+        parts = [head]
+        if start is not None:
             parts.append(f"elapsed {_duration(elapsed)}")
-        if running and rate > 0 and not paused:
+        if running and rate > 0 and not (holding or self._hold):
             parts.append(f"ETA {_duration(max(total - done, 0) / rate)}")
         if rate > 0:
             parts.append(f"{rate:,.1f} epochs/s")
             if per_epoch:
                 parts.append(f"{rate * per_epoch:,.0f} samples/s")
-        state = "paused" if paused else "running" if running else "stopped"
-        if not self.trainer.running and self._fault_left:
-            state = "paused by a NaN/Inf (lower the learning rate, then Resume)"
+        if t.learning_rate is not None:
+            parts.append(f"lr {t.learning_rate:.3g}")
         last = t.history.last
         if last is not None:
             parts.append(f"loss {last.loss:.6g}")
             if last.val_loss is not None:
                 parts.append(f"val_loss {last.val_loss:.6g}")
             parts += [f"{k} {v:.4g}" for k, v in last.metrics.items()]
-        self.status.value = html.escape(f"{state} · {' · '.join(parts)}")
+        self._status_text = " · ".join(parts)
+        self.status.value = html.escape(self._status_text)
 
-    def _maybe_plot(self, n: int, force: bool) -> None:
+    def _progress_x(self, n: int, running: bool) -> float | None:
+        """How far into epoch n+1 a run is, in epochs, when it is inside an epoch."""
+        t = self.trainer
+        if not (t.batch and t.samples_per_epoch and t.batch_size):
+            return None
+        steps = math.ceil(t.samples_per_epoch / t.batch_size)
+        return n + min(t.batch / steps, 1.0)
+
+    def _maybe_plot(self, n: int, force: bool, running: bool = False) -> None:
         settings = (self.log_scale.value, self.smoothing.value)
-        last_time, last_n, last_settings = self._last_plot
+        progress = self._progress_x(n, running)
+        drawn = (n, progress)
+        last_time, last_drawn, last_settings = self._last_plot
         now = time.monotonic()
-        due = now - last_time >= self._plot_interval and n != last_n
+        # Redraw often enough to trail the status by at most PLOT_LAG_S, and seldom enough
+        # that drawing stays a small share of the wall time when renders get slow.
+        interval = min(PLOT_LAG_S, max(PLOT_EVERY_S, self._render_s / PLOT_SHARE))
+        due = now - last_time >= interval - 0.01 and drawn != last_drawn
         if not (force or due or settings != last_settings):
             return
         h = self.trainer.history
         started = time.monotonic()
         try:
             png = self._plot.render(
-                h["loss"], h["val_loss"], log_scale=settings[0], smoothing=settings[1]
-            )
+                h["loss"], h["val_loss"], log_scale=settings[0], smoothing=settings[1],
+                progress=progress, live=running,
+            )  # fmt: skip
         except Exception as err:  # a picture must never stop training or the view
-            self._last_plot = (now, n, settings)
+            self._last_plot = (now, drawn, settings)
             self._say(f"the plot could not be drawn: {type(err).__name__}: {err}")
             return
-        # Drawing must not slow training: keep it under about a tenth of wall time.
-        self._plot_interval = max(REFRESH_S, 10 * (time.monotonic() - started))
+        took = time.monotonic() - started
+        self._render_s = took if not self._render_s else 0.7 * self._render_s + 0.3 * took
         self.plot.value = png
-        self._last_plot = (now, n, settings)
+        self._last_plot = (now, drawn, settings)
 
     def _print_new_epochs(self, n: int) -> None:
         if n < self._printed:
@@ -476,6 +617,50 @@ class TrainingPanel:
         for i in new:
             print(_epoch_line(self.trainer.history[i]))
         self._printed = n
+        # Where no widget shows, an error that stopped a run is printed, once.
+        if self.error is not None and self.error is not self._printed_error:
+            self._printed_error = self.error
+            print(f"error: {_error_line(self.error)}")
+
+
+class RunClock:
+    """Running time of a run: paused time left out, frozen when the run ends.
+
+    `tick(running)` is called at each refresh (and when the run ends): the time since the
+    last tick counts if the run was running then."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._elapsed = 0.0
+        self._since: float | None = None  # when the current running stretch began
+
+    def tick(self, running: bool) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._since is not None:
+                self._elapsed += now - self._since
+            self._since = now if running else None
+
+    def reset(self) -> None:
+        with self._lock:
+            self._elapsed, self._since = 0.0, None
+
+    @property
+    def elapsed(self) -> float:
+        with self._lock:
+            extra = time.monotonic() - self._since if self._since is not None else 0.0
+            return self._elapsed + extra
+
+
+def _check_epochs(n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_EPOCHS:
+        raise ValueError(f"epochs must be a whole number from 1 to {MAX_EPOCHS:,}, not {n!r}")
+
+
+def _lr_range(lr: float) -> tuple[int, int]:
+    """The slider's exponents: the default 1e-6..10, widened to hold `lr` with room around."""
+    e = math.log10(lr)
+    return min(-6, math.floor(e) - 2), max(1, math.ceil(e) + 1)
 
 
 def _made_where(what: str) -> str:
@@ -483,10 +668,10 @@ def _made_where(what: str) -> str:
     try:
         from IPython import get_ipython
     except ImportError:
-        return f"{what} later"
+        return f"{what} made later"
     count = getattr(get_ipython(), "execution_count", None)
     # IPython counts a cell before running it: the running cell's number is one less.
-    return f"{what} in cell [{count - 1}]" if count else f"{what} later"
+    return f"{what} in cell [{count - 1}]" if count else f"{what} made later"
 
 
 def _default_view() -> str:
@@ -537,33 +722,67 @@ def _params_html(values: dict[str, float]) -> str:
 def _messages_html(lines: list[str], error: BaseException | None) -> str:
     items = [f"<div>{html.escape(_one_line(line))}</div>" for line in lines]
     if error is not None:
-        text = _one_line(f"{type(error).__name__}: {error}")
+        text = _error_line(error)
         items.append(f"<div style='color:#d62728'><b>error</b>: {html.escape(text)}</div>")
     return "".join(items)
 
 
+def _error_line(error: BaseException) -> str:
+    """The error's cause in one line: its type and the first line of its message (which
+    Trainer.run makes the user's own), or the cause dug out of TensorFlow's trace."""
+    return _one_line(f"{type(error).__name__}: {error}")
+
+
 _BOILERPLATE = re.compile(
-    r"^(File |Detected at node|Graph execution error|\[\[|in user code:|\[Op:)"
+    r"^(File |Detected at node|Graph execution error|\[\[|in user code:|\[Op:|"
+    r"Arguments received|• )"
 )
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAISED = re.compile(r"^[\w.]*(?:Error|Exception|Exit|Interrupt): (.+)$")
+# Keras wraps a layer's error: its first line only names the call; the cause comes next.
+_KERAS_WRAPPER = "Exception encountered when calling"
 
 
 def _one_line(text: str) -> str:
-    """A tf.function error carries TensorFlow's traceback ("in user code: File ...",
-    "Detected at node ..."): keep what comes before it and the user's own message."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if len(lines) <= 1:
-        return text.strip()
-    head = lines[0]
+    """One line of a message. A message whose first line is plain is that line (a Keras
+    layer's wrapper line replaced by the cause it wraps); a tf.function error carries
+    TensorFlow's traceback ("in user code: File ...", "Detected at node ..."): keep what
+    comes before it and the raised message inside it."""
+    lines = [ln for ln in (_ANSI.sub("", x).strip() for x in text.splitlines()) if ln]
+    if not lines:
+        return ""
+    first = lines[0]
+    head = first
     for marker in ("in user code:", "Graph execution error:"):
         head = head.split(marker)[0]
+    if head == first and not _BOILERPLATE.match(first):
+        if _KERAS_WRAPPER in first and len(lines) > 1:
+            cause = _cause(lines[1:])
+            return first.split(_KERAS_WRAPPER)[0] + cause if cause else first
+        return first
     head = head.rstrip(": ")
     if head.isidentifier():  # just the exception's name: the message names it again
         head = ""
     elif head.endswith(("Error", "Exception")):  # "...at epoch 0: RuntimeError"
         head = head.rsplit(":", 1)[0]
-    useful = [re.sub(r"\s*\[\[.*$", "", ln) for ln in lines[1:] if not _BOILERPLATE.match(ln)]
-    message = useful[-1] if useful else lines[-1]
+    message = _cause(lines[1:]) or lines[-1]
     return f"{head}: {message}" if head else message
+
+
+def _cause(lines: list[str]) -> str:
+    """In a traceback's lines: the first raised "SomeError: message" (through a Keras
+    wrapper), else the last line that is not TensorFlow's own."""
+    for i, line in enumerate(lines):
+        raised = _RAISED.match(line)
+        if raised is None:
+            continue
+        if raised.group(1).startswith(_KERAS_WRAPPER):
+            rest = [ln for ln in lines[i + 1 :] if not _BOILERPLATE.match(ln)]
+            if rest:
+                return line[: line.index(_KERAS_WRAPPER)] + rest[0]
+        return line
+    useful = [re.sub(r"\s*\[\[.*$", "", ln) for ln in lines if not _BOILERPLATE.match(ln)]
+    return useful[-1] if useful else ""
 
 
 def _epoch_line(record) -> str:
