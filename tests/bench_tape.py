@@ -77,12 +77,12 @@ MATMUL_CASES = [
     (
         "matmul defaults",
         f"%%tape -q\n{CHAIN}",
-        # What the defaults differentiate: targets h and loss, sources x and W1..W8.
+        # What the defaults differentiate: the scalar target loss with respect to the
+        # Variables W1..W8 (x, a data tensor, is watched too, as the defaults watch it).
         "with tf.GradientTape(persistent=True) as t:\n"
         "    t.watch(x)\n"
         + "".join(f"    {line}\n" for line in CHAIN.splitlines())
-        + "grads = t.gradient(loss, [x, *Ws])\n"
-        "grads_h = t.gradient(h, [x, *Ws])\n"
+        + "grads = t.gradient(loss, Ws)\n"
         "del t",
     ),
 ]
