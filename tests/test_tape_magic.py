@@ -286,3 +286,37 @@ def test_import_prints_nothing_and_imports_no_tensorflow():
     code = "import sys, tapemagic; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout == "False\n" and out.stderr == ""
+
+
+def test_grad_takes_a_trailing_comment_as_any_python_line(ip):
+    run(ip, "g = %grad x**2 --at x=4          # 8.0")
+    assert float(ip.user_ns["g"]) == 8.0
+    run(ip, "x = tf.constant(3.0)")
+    run(ip, "h = %grad x * 2.0 # a comment with --at x=100 in it")
+    assert float(ip.user_ns["h"]) == 2.0 and float(ip.user_ns["_tape"].point["x"]) == 3.0
+
+
+def test_autoload_declares_only_the_kinds_that_exist(ip):
+    """%%tape cell-only, %grad and %train line-only: %lsmagic and Tab offer no %tape,
+    %%grad or %%train that would then fail to load."""
+    from pathlib import Path
+
+    from IPython.core.completer import provisionalcompleter
+
+    startup = Path(__file__).parent.parent / "jupyter-config/ipython/startup/tapemagic_autoload.py"
+    run(ip, "%unload_ext tapemagic")
+    try:
+        exec(startup.read_text(), {"__name__": "tapemagic_autoload"})
+        listed = ip.magics_manager.lsmagic()
+        assert "tape" in listed["cell"] and "tape" not in listed["line"]
+        for name in ("grad", "train"):
+            assert name in listed["line"] and name not in listed["cell"]
+        with provisionalcompleter():
+            offered = {c.text for c in ip.Completer.completions("%", 1)}
+        assert {"%%tape", "%grad", "%train"} <= offered
+        assert not {"%tape", "%%grad", "%%train"} & offered
+        run(ip, "x = tf.constant(4.0)\ng = %grad x**2")  # the first use loads the extension
+        assert float(ip.user_ns["g"]) == 8.0
+    finally:
+        run(ip, "%unload_ext tapemagic")
+        run(ip, "%load_ext tapemagic")

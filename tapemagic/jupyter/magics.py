@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import re
+import types
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -39,15 +40,33 @@ def register(shell) -> None:
 
 def unregister(shell) -> None:
     manager = shell.magics_manager
-    for kind, names in MAGIC_NAMES.items():
-        for name in names:
-            manager.magics[kind].pop(name, None)
-            # The auto-load file declares them lazily too: unloading removes that as well.
-            getattr(manager, "lazy_magics", {}).pop(name, None)
+    for name in {n for names in MAGIC_NAMES.values() for n in names}:
+        # Every kind: a lazy declaration without a kind (older auto-load files, IPython's
+        # default) put a placeholder under both, and unloading removes that as well.
+        for table in manager.magics.values():
+            if _ours(table.get(name)):
+                del table[name]
+        getattr(manager, "lazy_magics", {}).pop(name, None)
+    # IPython remembers a lazily loaded spec and never loads it again: forget it, so that
+    # declaring the magics lazily after an unload (the auto-load file again) loads them.
+    loaded = getattr(manager, "_loaded_lazy", None)
+    if isinstance(loaded, set):
+        loaded.discard("tapemagic")
     for name in ("TapeMagics", "TrainMagics"):
         shell.magics_manager.registry.pop(name, None)
     for mime in _FORMATS:
         shell.display_formatter.formatters[mime].pop(RESULT_TYPE, None)
+
+
+def _ours(entry: Any) -> bool:
+    """A magic tapemagic registered, or declared lazily (never resolving a placeholder:
+    any attribute it lacks would load what it stands for)."""
+    if entry is None:
+        return False
+    if type(entry).__name__ == "LazyMagic":
+        return str(vars(entry).get("spec", "")).split(".")[0].split(":")[0] == "tapemagic"
+    owner = getattr(entry, "__self__", None) if isinstance(entry, types.MethodType) else None
+    return type(owner).__module__.startswith("tapemagic.")
 
 
 # The formatters import the renderer on first use, so that loading the extension stays cheap.
