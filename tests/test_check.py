@@ -201,3 +201,16 @@ def test_check_of_a_safe_where_is_ok(ip):
     assert check.verdict in ("ok", "inconclusive") and "MISMATCH" not in seen
     check, _ = check_of(ip, "x = tf.constant(2.0)", cell)
     assert check.verdict == "ok"
+
+
+def test_check_too_coarse_in_low_precision_is_inconclusive_not_ok_or_mismatch(ip):
+    # A bfloat16 Variable reached through an object cannot be re-run in float64: differences
+    # in bfloat16 along random directions cannot tell right from wrong, and say so.
+    run(ip, "class Box:\n    pass\nbox = Box()")
+    run(ip, "box.v = tf.Variable(tf.cast(tf.linspace(-1.0, 1.0, 12), tf.bfloat16))")
+    with capture_output() as cap:
+        run(ip, "%%tape --check\ny = tf.reduce_sum(tf.exp(box.v) * box.v)")
+    (d,) = ip.user_ns["_tape"].derivatives
+    assert d.check.verdict == "inconclusive" and d.check.precision == "bfloat16", d.check
+    assert d.check.note.startswith("finite differences in bfloat16 are too coarse to decide")
+    assert "check inconclusive: finite differences in bfloat16" in shown(cap)

@@ -49,6 +49,7 @@ RANDOM_DIRECTIONS = 3
 SHRINK = 2.0  # step ratio between levels of the Ridders table
 LEVELS = 14  # at most this many steps (2 runs each) per direction
 SAFE = 2.0  # stop when the extrapolation's error grows by this factor (rounding took over)
+COARSE = 0.25  # a tolerance above this fraction of the derivative decides nothing
 CONVINCED = 20.0  # a gap this many times the differences' error estimate is a mismatch
 
 
@@ -214,14 +215,17 @@ def _check_one(d, result: TapeResult, sources, rerun: Rerunner, rng, namespace, 
         ratio = diff / tol if tol > 0 else (math.inf if diff > 0 else 0.0)
         if ratio > worst_ratio:
             worst_ratio, worst = ratio, (diff / denom, tol / denom)
-        if diff <= tol:
+        if diff <= tol and tol > COARSE * size:  # agreement within a band too wide to mean it
+            verdicts.append(INCONCLUSIVE)
+            noisy.append(est.error / denom)
+        elif diff <= tol:
             verdicts.append(CHECK_OK)
         elif est.kink:
             verdicts.append(INCONCLUSIVE)
             kinks.append(est)
         elif not math.isfinite(est.error) or CONVINCED * est.error >= diff:
             verdicts.append(INCONCLUSIVE)
-            noisy.append(est)
+            noisy.append(est.error / denom)
         else:
             verdicts.append(MISMATCH)
         if est.kink and est not in kinks:
@@ -246,8 +250,8 @@ def _check_one(d, result: TapeResult, sources, rerun: Rerunner, rng, namespace, 
         )
     elif verdict == INCONCLUSIVE:
         note = (
-            f"finite differences in {point.precision} are too coarse here (their error "
-            f"estimate {noisy[0].error:.1e} is of the size of the gap)"
+            f"finite differences in {point.precision} are too coarse to decide here (their "
+            f"relative error estimate is {max(noisy):.1e})"
         )
     if x0.size > MAX_COORDINATES and not note:
         note = f"{len(directions)} random directions"
@@ -401,7 +405,8 @@ def _ridders(g, f0, h0: float, eps_p: float, point: _Point, x0, v, enough: float
         raise ValueError("the target is not finite at any step around the point")
     # Rounding in the function values sets a floor on what the differences can resolve.
     fscale = max(float(np.max(np.abs(f0))), 1e-300)
-    error = max(error, 4 * eps_p * fscale / best_h)
+    # Two values each rounded within eps/2 of fscale, their difference over 2h: a floor.
+    error = max(error, eps_p * fscale / best_h)
     est = _Estimate(np.asarray(best), error, 0.0)
     finite = [lv for lv in levels if lv[0] > 0 and lv[1] > 0 and np.all(np.isfinite(lv[2]))]
     finite = [lv for lv in finite if np.all(np.isfinite(lv[3]))]
