@@ -130,6 +130,26 @@ def open_notebook(browser, lab, name: str):
 
 def run_all(page, timeout_s: float = 180) -> None:
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    wait_for_prompts(page, timeout_s)
+
+
+def run_new_cell(page, code: str, timeout_s: float = 120) -> None:
+    """Add a cell at the end of the visible notebook, run it and wait until it is done."""
+    page.evaluate(
+        """async (code) => {
+            const app = window.jupyterapp;
+            const notebook = app.shell.currentWidget.content;
+            notebook.activeCellIndex = notebook.widgets.length - 1;
+            await app.commands.execute('notebook:insert-cell-below');
+            notebook.activeCell.model.sharedModel.setSource(code);
+            await app.commands.execute('notebook:run-cell');
+        }""",
+        code,
+    )
+    wait_for_prompts(page, timeout_s)
+
+
+def wait_for_prompts(page, timeout_s: float) -> None:
     prompts = page.locator(".jp-NotebookPanel:visible .jp-CodeCell .jp-InputPrompt")
     deadline = time.monotonic() + timeout_s
     time.sleep(1)
@@ -146,6 +166,26 @@ def screenshot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
+def set_theme(page, theme: str) -> None:
+    """Switch JupyterLab's theme ("JupyterLab Light" or "JupyterLab Dark") and wait for it."""
+    page.evaluate(
+        f"window.jupyterapp.commands.execute('apputils:change-theme', {{theme: '{theme}'}})"
+    )
+    light = "true" if "Light" in theme else "false"
+    page.wait_for_selector(f"body[data-jp-theme-light='{light}']", state="attached", timeout=30_000)
+    time.sleep(0.5)  # the theme's stylesheet applies after the attribute changes
+
+
+def brightness(element) -> float:
+    """Mean brightness (0 black, 1 white) of an element as the page shows it."""
+    import io
+
+    from matplotlib.image import imread
+
+    pixels = imread(io.BytesIO(element.screenshot()), format="png")
+    return float(pixels[..., :3].mean())
+
+
 def test_tape_basics_renders_the_derivative_tables(lab, browser):
     page = open_notebook(browser, lab, "01_tape_basics.ipynb")
     try:
@@ -160,14 +200,26 @@ def test_tape_basics_renders_the_derivative_tables(lab, browser):
         assert "leaves TensorFlow" in all_text and "Traceback" not in all_text
         page.locator(".jp-NotebookPanel:visible img[src^='data:image/png']").first.wait_for()
         screenshot(page, "01_tape_basics.png")
+        # The --plot figure reads on the dark theme too: no white block behind it.
+        figures = page.locator(
+            ".jp-NotebookPanel:visible .jp-RenderedHTMLCommon "
+            "img[src^='data:image/png']:not([alt='heatmap'])"
+        )
+        set_theme(page, "JupyterLab Dark")
+        try:
+            screenshot(page, "01_tape_basics_dark.png")
+            assert figures.count() >= 1
+            assert all(brightness(f) < 0.35 for f in figures.all())
+        finally:
+            set_theme(page, "JupyterLab Light")
     finally:
         page.close()
 
 
 def epoch_of(panel) -> int:
-    match = re.search(r"epoch (\d+)", panel.locator(".tapemagic-status").inner_text())
+    match = re.search(r"epoch ([\d,]+)", panel.locator(".tapemagic-status").inner_text())
     assert match, panel.locator(".tapemagic-status").inner_text()
-    return int(match.group(1))
+    return int(match.group(1).replace(",", ""))
 
 
 def settled(panel, timeout_s: float = 15) -> int:
@@ -190,52 +242,94 @@ def wait_until(condition, timeout_s: float = 20, what: str = "condition") -> Non
         time.sleep(0.1)
 
 
-def test_training_panel_buttons_in_the_browser(lab, browser):
+@pytest.fixture(scope="module")
+def training_page(lab, browser):
+    """Notebook 02, run all once for the tests below (they run in this file's order)."""
     page = open_notebook(browser, lab, "02_training_panel.ipynb")
     try:
         run_all(page)
-        assert page.locator("text=Error displaying widget").count() == 0
-        panels = page.locator(".jp-NotebookPanel:visible .tapemagic-panel")
-        assert panels.count() == 2  # four were shown; the last cell closes two of them
-        panel = panels.first
-        wait_until(lambda: epoch_of(panel) == 6, what="the 6 epochs run from code")
-        screenshot(page, "02_training_panel.png")
-
-        epochs_box = panel.locator(".tapemagic-epochs input")
-        epochs_box.fill("10000000")
-        epochs_box.press("Enter")
-        plot = panel.locator(".tapemagic-plot")
-        first_plot = plot.get_attribute("src")
-        panel.locator("button:has-text('Train')").click()
-        wait_until(lambda: epoch_of(panel) > 100, 10, "the epoch counter to move")
-        wait_until(lambda: plot.get_attribute("src") != first_plot, 10, "the plot to change")
-        panel.screenshot(path=str(ARTIFACTS / "panel_mid_run.png"))
-
-        panel.locator("button:has-text('Pause')").click()
-        pause = panel.locator("button:has-text('Resume')")
-        pause.wait_for(timeout=10_000)
-        held = settled(panel)  # the run holds after its current call; the view catches up
-        time.sleep(1.0)
-        assert epoch_of(panel) == held, "the counter moved while paused"
-
-        panel.locator("button:has-text('Step')").click()
-        wait_until(lambda: epoch_of(panel) == held + 1, 10, "one more epoch")
-        time.sleep(1.0)
-        assert epoch_of(panel) == held + 1, "Step ran more than one epoch"
-
-        panel.locator("button:has-text('Resume')").click()
-        wait_until(lambda: epoch_of(panel) > held + 100, 10, "the run to go on after Resume")
-
-        panel.locator("button:has-text('Stop')").click()
-        train = panel.locator("button:has-text('Train')")
-        wait_until(train.is_enabled, 10, "Train to be enabled again after Stop")
-        stopped = settled(panel)
-        time.sleep(1.0)
-        assert epoch_of(panel) == stopped, "the counter moved after Stop"
-        assert "stopped" in panel.locator(".tapemagic-status").inner_text()
-
-        panel.locator("button:has-text('Reset')").click()
-        wait_until(lambda: epoch_of(panel) == 0, 10, "the reset")
-        screenshot(page, "02_training_panel_after.png")
+        yield page
     finally:
         page.close()
+
+
+def test_training_panel_buttons_in_the_browser(training_page):
+    page = training_page
+    assert page.locator("text=Error displaying widget").count() == 0
+    panels = page.locator(".jp-NotebookPanel:visible .tapemagic-panel")
+    assert panels.count() == 2  # four were shown; the last cell closes two of them
+    panel = panels.first
+    wait_until(lambda: epoch_of(panel) == 6, what="the 6 epochs run from code")
+    screenshot(page, "02_training_panel.png")
+
+    epochs_box = panel.locator(".tapemagic-epochs input")
+    epochs_box.fill("10000000")
+    epochs_box.press("Enter")
+    plot = panel.locator(".tapemagic-plot")
+    first_plot = plot.get_attribute("src")
+    panel.locator("button:has-text('Train')").click()
+    wait_until(lambda: epoch_of(panel) > 100, 10, "the epoch counter to move")
+    wait_until(lambda: plot.get_attribute("src") != first_plot, 10, "the plot to change")
+    panel.screenshot(path=str(ARTIFACTS / "panel_mid_run.png"))
+
+    panel.locator("button:has-text('Pause')").click()
+    pause = panel.locator("button:has-text('Resume')")
+    pause.wait_for(timeout=10_000)
+    held = settled(panel)  # the run holds after its current call; the view catches up
+    time.sleep(1.0)
+    assert epoch_of(panel) == held, "the counter moved while paused"
+
+    panel.locator("button:has-text('Step')").click()
+    wait_until(lambda: epoch_of(panel) == held + 1, 10, "one more epoch")
+    time.sleep(1.0)
+    assert epoch_of(panel) == held + 1, "Step ran more than one epoch"
+
+    panel.locator("button:has-text('Resume')").click()
+    wait_until(lambda: epoch_of(panel) > held + 100, 10, "the run to go on after Resume")
+
+    panel.locator("button:has-text('Stop')").click()
+    train = panel.locator("button:has-text('Train')")
+    wait_until(train.is_enabled, 10, "Train to be enabled again after Stop")
+    stopped = settled(panel)
+    time.sleep(1.0)
+    assert epoch_of(panel) == stopped, "the counter moved after Stop"
+    assert "stopped" in panel.locator(".tapemagic-status").inner_text()
+
+    panel.locator("button:has-text('Reset')").click()
+    wait_until(lambda: epoch_of(panel) == 0, 10, "the reset")
+    screenshot(page, "02_training_panel_after.png")
+
+
+MLP_PANEL = """live = TrainingPanel(
+    model=make_mlp(), loss="mse", data=(features, target), validation_split=0.2,
+    optimizer="adam", learning_rate=0.003, batch_size=64, seed=0, epochs=100000,
+)
+live.run(1)  # compiled once, so that Train trains at once
+live"""
+
+
+def test_mlp_plot_keeps_up_and_reads_on_the_dark_theme(training_page):
+    page = training_page
+    run_new_cell(page, MLP_PANEL)
+    panel = page.locator(".jp-NotebookPanel:visible .tapemagic-panel").last
+    wait_until(lambda: epoch_of(panel) == 1, 30, "the MLP's first epoch")
+    plot = panel.locator(".tapemagic-plot")
+    before = plot.get_attribute("src")
+    panel.locator("button:has-text('Train')").click()
+    clicked, changed = time.monotonic(), None
+    while time.monotonic() - clicked < 5:  # a behaviour check, with a generous bound
+        if plot.get_attribute("src") != before:
+            changed = time.monotonic() - clicked
+            break
+        time.sleep(0.05)
+    assert changed is not None and changed < 1.0, f"the plot changed after {changed} s"
+    wait_until(lambda: epoch_of(panel) > 3, 30, "a few MLP epochs")
+    assert brightness(plot) > 0.65  # light theme: the page's white through the plot
+    set_theme(page, "JupyterLab Dark")
+    try:
+        screenshot(page, "02_training_panel_dark.png")
+        panel.screenshot(path=str(ARTIFACTS / "panel_dark.png"))
+        assert brightness(plot) < 0.35  # dark theme: no white block
+    finally:
+        panel.locator("button:has-text('Stop')").click()
+        set_theme(page, "JupyterLab Light")
