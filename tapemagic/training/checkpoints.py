@@ -12,8 +12,9 @@ A good state is never lost:
   unreadable, the latest `.index` or `.data-*` file missing or truncated, a save newer
   than the state file) is a `CheckpointError` when the trainer is made, naming what is
   wrong and the valid checkpoints there; `resume="latest_valid"` resumes from the newest
-  valid one. Nothing is deleted or overwritten: saves are numbered after every file
-  there, and the rotation (`max_to_keep`) only removes checkpoints the state file lists.
+  valid one (the highest number). Nothing is deleted or overwritten: saves are numbered
+  after every file there, the rotation (`max_to_keep`) only removes checkpoints the state
+  file lists, and an unreadable state file is kept as `checkpoint.unreadable`.
 - A checkpoint is read whole before any variable is assigned, so a truncated file leaves
   the weights as they were.
 - One writer per directory: the writing process holds an `flock` on `.tapemagic.lock`
