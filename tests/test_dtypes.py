@@ -95,3 +95,13 @@ def test_every_order_asked_for_has_an_entry(ip):
     assert float(r.gradient("y", "xs", order=3)) == 0.0  # structural, computed as zeros
     with pytest.raises(KeyError):  # not asked for: still a clear KeyError
         r.gradient("y", "zz", order=4)
+
+
+def test_every_hessian_asked_for_has_an_entry(ip):
+    run(ip, "xs = tf.constant(2.0)\nzz = tf.constant(1.0)")
+    run(ip, "%%tape -q --hessian\ny = xs ** 3 + 0.0 * tf.stop_gradient(zz)")
+    r = ip.user_ns["_tape"]
+    d = r.find("y", "zz", kind="hessian")
+    assert d is not None and d.value is None and d.status == NONE
+    assert "stop_gradient" in d.why
+    assert float(r.find("y", "xs", kind="hessian").value) == 12.0

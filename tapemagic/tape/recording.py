@@ -231,7 +231,10 @@ class Recorder:
             tape.__exit__(None, None, None)
         for (target, source), grad in gradients.items():
             src = self.sources[source]
-            if size_of(targets[target]) != 1 or grad is None:
+            if size_of(targets[target]) != 1:
+                continue  # a note says --hessian is for scalar targets
+            if grad is None:  # no gradient, so no Hessian: None, explained as the gradient is
+                out.append(Derivative(target, source, 1, "hessian", None, NONE))
                 continue
             try:
                 value = tape.jacobian(grad, src, experimental_use_pfor=False)
