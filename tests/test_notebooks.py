@@ -55,6 +55,11 @@ def test_basics_first_and_second_derivative(basics):
 
 
 def test_basics_persistent_tape_sgd_step(basics):
+    table = output_of(basics, "%%tape --persistent")
+    assert [line.split()[0] for line in table.splitlines() if line.startswith("∂")] == [
+        "∂loss/∂a",
+        "∂loss/∂b",
+    ]  # the defaults: the loss with respect to the Variables, no data
     assert "0.116900004 0.023920001" in output_of(basics, "learning_rate = 0.001")
 
 
