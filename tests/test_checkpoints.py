@@ -162,6 +162,15 @@ def test_latest_index_missing_offers_the_one_before(saved):
     assert (saved / f"ckpt-3.{DATA}").exists() and (saved / "ckpt-4.index").exists()
 
 
+def test_latest_gone_entirely(saved):
+    for path in saved.glob("ckpt-3.*"):
+        path.unlink()
+    assert refused(saved).startswith(
+        f"checkpoint_dir {saved} is damaged: its 'checkpoint' file names ckpt-3, which is not "
+        "there; valid checkpoints there, newest first: ckpt-2 (epoch 2), ckpt-1 (epoch 1);"
+    )
+
+
 def test_truncated_latest_data_names_the_file_and_restores_nothing(saved):
     data = saved / f"ckpt-3.{DATA}"
     data.write_bytes(data.read_bytes()[:10])
