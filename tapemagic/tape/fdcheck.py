@@ -202,7 +202,7 @@ def _check_one(d, result: TapeResult, sources, rerun: Rerunner, rng, namespace, 
         want = _apply(exact, v, d, f0)
         est = _ridders(
             lambda t, v=v: evaluate(x0 + t * v), f0, 0.1 * scale_x, eps_p, point, x0, v,
-            enough=0.01 * math.sqrt(u_a),
+            enough=max(0.01 * math.sqrt(u_a), 10 * eps_p ** (2 / 3)),  # or what eps_p allows
         )  # fmt: skip
         diff = float(np.max(np.abs(want - est.value)))
         size = max(float(np.max(np.abs(want))), float(np.max(np.abs(est.value))))
