@@ -52,7 +52,7 @@ class DatasetData:
         raise ValueError("data: the Dataset is empty; it must yield at least one (x, y) batch")
 
 
-def _to_tensor(value: Any, dtype: tf.DType, what: str) -> tf.Tensor:
+def _to_tensor(value: Any, dtype: tf.DType, what: str, name: str = "data") -> tf.Tensor:
     if isinstance(value, tf.data.Dataset):
         raise ValueError(f"data: {what} is a Dataset; pass the Dataset itself as data=")
     try:
@@ -68,7 +68,31 @@ def _to_tensor(value: Any, dtype: tf.DType, what: str) -> tf.Tensor:
         raise ValueError(
             f"data: {what} is a scalar; it needs one row per sample (a 1-D or N-D array)"
         )
+    if tensor.dtype.is_floating:
+        _check_finite(tensor, what, name)
     return tensor
+
+
+def _check_finite(tensor: tf.Tensor, what: str, name: str) -> None:
+    """NaN or Inf in the data makes every loss after it NaN: named here, before training,
+    so that it is not taken for a learning rate that is too high."""
+    values = tensor.numpy()
+    nan, inf = np.isnan(values), np.isinf(values)
+    if not (nan.any() or inf.any()):
+        return
+    counts = " and ".join(
+        f"{int(m.sum())} {kind}" for m, kind in ((nan, "NaN"), (inf, "Inf")) if m.any()
+    )
+    rows = np.flatnonzero((nan | inf).reshape(len(values), -1).any(axis=1))
+    shown = ", ".join(str(r) for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
+    keep = f"np.isfinite({what})" + (".all(axis=1)" if values.ndim == 2 else "")
+    if values.ndim > 2:
+        keep = f"np.isfinite({what}).reshape(len({what}), -1).all(axis=1)"
+    raise ValueError(
+        f"{name}: {what} has {counts} (in {len(rows)} of {len(values)} samples: "
+        f"{'rows' if len(rows) > 1 else 'row'} {shown}); remove or fill them before "
+        f"training, e.g. keep only the rows where {keep}"
+    )
 
 
 def prepare(data: Any, dtype: tf.DType, name: str = "data") -> ArrayData | DatasetData:
@@ -82,6 +106,7 @@ def prepare(data: Any, dtype: tf.DType, name: str = "data") -> ArrayData | Datas
                 f"{name}: the Dataset must yield (x, y) pairs; map it, e.g. "
                 "ds.map(lambda row: (row['x'], row['y']))"
             )
+        _check_batched(spec, name)
         steps = int(data.cardinality())
         if steps == tf.data.INFINITE_CARDINALITY:
             raise ValueError(
@@ -89,13 +114,14 @@ def prepare(data: Any, dtype: tf.DType, name: str = "data") -> ArrayData | Datas
                 "or add .take(steps_per_epoch)"
             )
         return DatasetData(data, steps if steps >= 0 else None)
+    _check_not_pairs(data, name)
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise ValueError(
             f"{name}: expected a pair (X, Y) or a tf.data.Dataset, got {type(data).__name__}"
             + (f" of length {len(data)}" if isinstance(data, tuple | list) else "")
         )
-    x = tf.nest.map_structure(lambda v: _to_tensor(v, dtype, "X"), _arrays(data[0]))
-    y = tf.nest.map_structure(lambda v: _to_tensor(v, dtype, "Y"), _arrays(data[1]))
+    x = tf.nest.map_structure(lambda v: _to_tensor(v, dtype, "X", name), _arrays(data[0]))
+    y = tf.nest.map_structure(lambda v: _to_tensor(v, dtype, "Y", name), _arrays(data[1]))
     sizes = {int(t.shape[0]) for t in tf.nest.flatten((x, y))}
     if len(sizes) != 1:
         xs = [int(t.shape[0]) for t in tf.nest.flatten(x)]
@@ -108,6 +134,40 @@ def prepare(data: Any, dtype: tf.DType, name: str = "data") -> ArrayData | Datas
     if n == 0:
         raise ValueError(f"{name}: X and Y are empty")
     return ArrayData(x, y, n)
+
+
+def _check_batched(spec: tuple, name: str) -> None:
+    """A Dataset of single samples, not batches: a scalar x or y, or x and y whose first
+    dimensions are known and differ (in a batch both count the same samples)."""
+    shapes = [s.shape for s in tf.nest.flatten(spec) if isinstance(s, tf.TensorSpec)]
+    firsts = {s[0] for s in shapes if s.rank and s[0] is not None}
+    if any(s.rank == 0 for s in shapes) or len(firsts) > 1:
+        x, y = (tf.nest.map_structure(lambda t: _shape_text(t.shape), part) for part in spec)
+        raise ValueError(
+            f"{name}: the Dataset yields single samples (x with shape {x}, y with shape {y}), "
+            "not batches; batch it: ds.batch(32)"
+        )
+
+
+def _shape_text(shape: tf.TensorShape) -> Any:
+    return tuple(shape) if shape.rank is not None else "unknown"
+
+
+def _check_not_pairs(data: Any, name: str) -> None:
+    """`[(x1, y1), (x2, y2), ...]`, a list of (x, y) pairs, would otherwise be read as
+    X=(x1, y1), Y=(x2, y2): refused, with what to pass instead."""
+    if not (isinstance(data, list) and len(data) >= 2):
+        return
+    if all(isinstance(d, tuple) and len(d) == 2 for d in data):
+        reading = (
+            " is ambiguous (it would read as X=(x1, y1), Y=(x2, y2))" if len(data) == 2 else ""
+        )
+        raise ValueError(
+            f"{name}: a list of {len(data)} (x, y) pairs{reading}; pass one tuple (X, Y) "
+            "with the samples stacked, e.g. "
+            "(np.stack([x for x, _ in pairs]), np.stack([y for _, y in pairs])), or a "
+            "tf.data.Dataset"
+        )
 
 
 def _arrays(value: Any) -> Any:

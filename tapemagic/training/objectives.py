@@ -7,6 +7,7 @@ does not resolve is a one-line ValueError that lists the names that do.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +21,45 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")  # the names a pa
 MOMENTUM = 0.9  # what "momentum" means as an optimizer name
 
 
+def check_learning_rate(value: Any, name: str = "learning_rate") -> float:
+    """A finite number above 0 as a float, else a one-line ValueError saying why not."""
+    if isinstance(value, bool | str | bytes):
+        number = None
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+    if number is None:
+        raise ValueError(
+            f"{name} must be a number such as 0.01, got {type(value).__name__} {value!r}"
+        )
+    if math.isfinite(number) and number > 0:
+        return number
+    why = (
+        "it is not finite"
+        if not math.isfinite(number)
+        else "0 never moves the weights"
+        if number == 0
+        else "a negative rate climbs the loss instead of descending it"
+    )
+    raise ValueError(
+        f"{name} must be a finite number above 0, got {number:g} ({why}): use a small "
+        "positive rate such as 0.01"
+    )
+
+
 def make_optimizer(spec: Any, learning_rate: float | None) -> keras.optimizers.Optimizer:
     """An optimizer from a name (sgd, momentum, adam, rmsprop, adagrad) or an object."""
+    if learning_rate is not None:
+        learning_rate = check_learning_rate(learning_rate)
     if isinstance(spec, keras.optimizers.Optimizer):
         if learning_rate is not None:
             spec.learning_rate = learning_rate
+        elif not isinstance(
+            getattr(spec, "_learning_rate", None), keras.optimizers.schedules.LearningRateSchedule
+        ):  # the optimizer's own rate: the same rule
+            check_learning_rate(float(spec.learning_rate.numpy()), "the optimizer's learning_rate")
         return spec
     if not isinstance(spec, str):
         raise ValueError(

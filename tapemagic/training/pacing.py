@@ -11,7 +11,7 @@ and the position after it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -19,7 +19,32 @@ from tapemagic.training.history import EpochColumns
 from tapemagic.training.loop import CallResult
 
 CALL_SECONDS = 0.1  # target length of one compiled call: how fast the controls act
+# The most epochs one run may ask for: far beyond any run that can finish (a million
+# epochs a second would take 30 years), and small enough that epoch numbers stay exact
+# in the int64 counters and float64 columns they go through.
+MAX_EPOCHS = 10**15
 GROWTH = 4  # a call may be at most this many times the largest call made so far
+
+
+def check_epochs(epochs: Any) -> int:
+    """A whole number of epochs from 0 to MAX_EPOCHS, as an int; else a one-line ValueError.
+    0 runs nothing; no number is ever rounded or capped."""
+    whole = isinstance(epochs, int | np.integer) and not isinstance(epochs, bool | np.bool_)
+    if whole and 0 <= epochs <= MAX_EPOCHS:
+        return int(epochs)
+    if whole:
+        raise ValueError(
+            f"epochs must be from 0 to {MAX_EPOCHS:,} (the most one run can count), got "
+            f"{int(epochs)}: run(n) trains n more epochs"
+        )
+    hint = (
+        f" (pass {int(epochs)})"
+        if isinstance(epochs, float) and epochs.is_integer() and epochs >= 0
+        else ""
+    )
+    raise ValueError(
+        f"epochs must be a whole number such as 100, got {type(epochs).__name__} {epochs!r}{hint}"
+    )
 
 
 class CallPlan(NamedTuple):

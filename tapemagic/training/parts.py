@@ -22,8 +22,13 @@ from tapemagic.training import subject
 from tapemagic.training.data import ArrayData, DatasetData, check_batch_size, prepare, split
 from tapemagic.training.distributed.replicas import Replicas
 from tapemagic.training.loop import CompiledLoop
-from tapemagic.training.objectives import make_optimizer, resolve_loss, resolve_metrics
-from tapemagic.training.steps import all_scalar, make_steps, probe
+from tapemagic.training.objectives import (
+    check_learning_rate,
+    make_optimizer,
+    resolve_loss,
+    resolve_metrics,
+)
+from tapemagic.training.steps import all_scalar, make_steps, probe, probe_validation
 from tapemagic.training.subject import Style, SubjectSpec
 
 
@@ -62,6 +67,8 @@ def build_parts(
 
     With `replicas` (a strategy) everything is made in its scope, the variables must
     come from it, and the probe also tells whether the loss sums or averages."""
+    if learning_rate is not None:
+        learning_rate = check_learning_rate(learning_rate)  # before anything is built
     dtype = subject.dtype_of(spec)
     data = prepare(data, dtype)
     if validation_data is not None and validation_split is not None:
@@ -108,6 +115,9 @@ def build_parts(
             if replicas:
                 x, y = _sample(data, 16)  # sum or mean: the loss on these and their halves
                 replicas.decide_reduction(loss_fn, y, style.forward(x, False))
+        if validation_data is not None and style.forward is not None and loss_fn is not None:
+            xv, yv = _sample(val, 2)
+            probe_validation(style, loss_fn, xv, yv, x1, user_loss=not isinstance(loss, str))
         if pred is None and metrics and style.forward is not None:
             pred = style.forward(x1, False)
         m = resolve_metrics(metrics, None if replicas else device, y1, pred)

@@ -187,6 +187,33 @@ def probe(
     return pred
 
 
+def probe_validation(
+    style: Style, loss_fn: Callable, x: Any, y: Any, x_train: Any, user_loss: bool
+) -> None:
+    """The probe's forward pass and loss on a sample of validation_data, so that data of
+    another width fails here, in one line, and not inside the compiled loop."""
+    what = "predict" if style.kind == "params" else "the model"
+    try:
+        pred = style.forward(x, False)
+    except Exception as err:
+        raise ValueError(
+            f"validation_data: {what} fails on a batch of its X with shape {_shapes(x)}, "
+            f"where training batches have shape {_shapes(x_train)}: {first_line(err)}; pass "
+            "validation X with the same features as the training X"
+        ) from err
+    if user_loss:
+        _warn_broadcast(*same_rank(y, pred))
+    try:
+        value = loss_fn(y, pred)
+    except Exception as err:
+        raise ValueError(
+            f"validation_data: loss fails on (Y with shape {_shapes(y)}, predictions with "
+            f"shape {_shapes(pred)}): {first_line(err)}; pass validation Y shaped like the "
+            "training Y"
+        ) from err
+    _check_loss_value(value)
+
+
 def _shapes(t: Any) -> Any:
     """For messages: a tensor's shape, or the list of a structure's shapes."""
     shapes = [tuple(s.shape) for s in tf.nest.flatten(t)]
@@ -208,6 +235,11 @@ def _check_loss_value(value: Any) -> tf.Tensor:
             f"loss returned a {type(value).__name__}, not a number: return a float tensor "
             "computed from y_pred, e.g. tf.reduce_mean(tf.square(y_true - y_pred))"
         ) from err
+    if not (tensor.dtype.is_floating or tensor.dtype.is_integer or tensor.dtype.is_bool):
+        raise ValueError(
+            f"loss returned a {tensor.dtype.name} tensor, not a number: return a float tensor "
+            "computed from y_pred, e.g. tf.reduce_mean(tf.square(y_true - y_pred))"
+        )
     if not tensor.dtype.is_floating:
         raise ValueError(
             f"loss returned {tensor.dtype.name} {_value_text(tensor)}, which has no gradient: "

@@ -8,6 +8,7 @@ touches, and returns the complete, frozen `Style` the rest of training reads.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,10 +48,23 @@ class Style:
     lr_variable: Any = None  # a step's own optimizer learning rate, when found
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Keras wraps a layer's error: its first line only names the call, the cause comes next,
+# then an "Arguments received" block.
+_KERAS_WRAPPER = "Exception encountered when calling"
+_OP_PREFIX = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
+_OP_SUFFIX = re.compile(r"\s*\[Op:\w+\]( name:.*)?$")
+
+
 def first_line(err: BaseException) -> str:
-    """'TypeError: the first line of its message', for one-line errors that wrap it."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
+    """'TypeError: the first line of its message', for one-line errors that wrap it (for a
+    Keras layer's error, the line that says what is wrong, not the one naming the call)."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(err)).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    if text.startswith(_KERAS_WRAPPER) and len(lines) > 1:
+        text = lines[1] if not lines[1].startswith("Arguments received") else text
+    text = _OP_SUFFIX.sub("", _OP_PREFIX.sub("", text))  # an eager op's name and device
+    return f"{type(err).__name__}: {text}"
 
 
 def resolve(model: Any, params: Any, predict: Any, step: Any) -> SubjectSpec:

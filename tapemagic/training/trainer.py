@@ -44,9 +44,16 @@ from tapemagic.training.faults import (
     replay_to_fault,
 )
 from tapemagic.training.history import EpochRecord, History
-from tapemagic.training.loop import CallResult, CompiledLoop, snapshot_variables
-from tapemagic.training.objectives import make_optimizer, optimizer_state
-from tapemagic.training.pacing import CallPlan, Pacer, PartialEpoch, Position, epoch_columns
+from tapemagic.training.loop import CallResult, CompiledLoop, snapshot_variables, step_error
+from tapemagic.training.objectives import check_learning_rate, make_optimizer, optimizer_state
+from tapemagic.training.pacing import (
+    CallPlan,
+    Pacer,
+    PartialEpoch,
+    Position,
+    check_epochs,
+    epoch_columns,
+)
 from tapemagic.training.parts import build_parts, make_loop
 from tapemagic.training.subject import resolve, scalar_names
 from tapemagic.variables import unwrap
@@ -349,9 +356,7 @@ class Trainer:
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
-        value = float(value)
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {value}")
+        value = check_learning_rate(value)
         sched = keras.optimizers.schedules.LearningRateSchedule
         if isinstance(getattr(self._parts.optimizer, "_learning_rate", None), sched):
             raise TypeError(
@@ -442,9 +447,13 @@ class Trainer:
         return self.run(1)
 
     def run(self, epochs: int = 1) -> History:
-        """Train `epochs` more epochs (blocking); returns the history of all epochs so far."""
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        """Train `epochs` more epochs (blocking); returns the history of all epochs so far.
+
+        `epochs`: a whole number from 0 (nothing) to `pacing.MAX_EPOCHS`, taken as given.
+        An error raised inside the compiled step (by your predict, loss or step) comes out
+        as one exception of its type whose message is your own, then your file and line;
+        TensorFlow's trace is its `__cause__`. It is also `self.error`."""
+        epochs = check_epochs(epochs)
         if self._store:
             self._store.check_owner()  # another trainer writes its checkpoint_dir now
         self._controls.begin()
@@ -534,8 +543,14 @@ class Trainer:
         lr, partial_before = self._current_lr(), pos.partial
         try:
             res = engine(*plan)
-        except BaseException:
+        except Exception as err:
             engine.restore_snapshot()  # nothing of this call is kept
+            clear = step_error(err)  # the user's message and line, not TensorFlow's trace
+            if clear is err:
+                raise
+            raise clear from err
+        except BaseException:
+            engine.restore_snapshot()
             raise
         self._commit(res, plan, lr)
         if not res.ok:
@@ -731,6 +746,7 @@ class Trainer:
             f"Trainer({self._style.kind}, {opt}, lr={self.learning_rate}, epoch {self.epoch}, "
             f"{state}, {where})"
         )
+
 
 class _CtrlCStops:
     """Ctrl-C (or a kernel's Interrupt) during a run in the main thread ends it between
