@@ -165,24 +165,37 @@ def test_check_of_a_source_that_cannot_be_checked_says_why(ip):
 @pytest.mark.parametrize(
     "setup, cell, draw",
     [
-        ("g = tf.random.Generator.from_seed(1)", "y = x * g.normal(())", "line 1: g.normal(())"),
         ("", "g = tf.random.Generator.from_non_deterministic_state()\ny = x * g.normal(())",
          "line 2: g.normal(())"),
         ("", "y = x * tf.random.uniform((), seed=3)", "line 1: tf.random.uniform((), seed=3)"),
+        ("", "y = x * np.random.rand()", "line 1: np.random.rand()"),
     ],
 )  # fmt: skip
-def test_check_names_every_kind_of_random_draw(ip, setup, cell, draw):
+def test_check_names_random_draws_that_change_between_runs(ip, setup, cell, draw):
     check, seen = check_of(ip, "x = tf.constant(1.0)\n" + setup, cell)
     assert check.verdict == "inconclusive", check
     assert check.note.startswith(f"{draw} draws new numbers at every run"), check.note
     assert "check inconclusive: " + draw in seen and "MISMATCH" not in seen
 
 
-def test_check_of_a_draw_seeded_in_the_cell_holds_and_names_it(ip):
-    cell = "g = tf.random.Generator.from_seed(1)\ny = x * g.normal(())"
-    check, _ = check_of(ip, "x = tf.constant(1.0)", cell)
-    assert check.verdict == "ok"
-    assert check.note.startswith("line 2: g.normal(()) draws random numbers, the same at every")
+@pytest.mark.parametrize(
+    "setup, cell, draw",
+    [
+        ("", "g = tf.random.Generator.from_seed(1)\ny = x * g.normal(())", "line 2: g.normal(())"),
+        ("g = tf.random.Generator.from_seed(1)", "y = x * g.normal(())", "line 1: g.normal(())"),
+    ],
+)
+def test_check_names_seeded_draws_and_holds(ip, setup, cell, draw):
+    check, _ = check_of(ip, "x = tf.constant(1.0)\n" + setup, cell)
+    assert check.verdict == "ok", check
+    assert check.note.startswith(f"{draw} draws random numbers; the re-runs draw the recorded")
+
+
+def test_check_leaves_a_generators_state_as_the_plain_cell_does(ip):
+    run(ip, "x = tf.constant(1.0)\ng = tf.random.Generator.from_seed(1)")
+    run(ip, "%%tape -q --check\ny = x * g.normal(())")
+    run(ip, "after = g.state.numpy().copy()\ng.reset_from_seed(1)\ng.normal(())")
+    np.testing.assert_array_equal(ip.user_ns["after"], ip.user_ns["g"].state.numpy())
 
 
 @pytest.mark.parametrize(

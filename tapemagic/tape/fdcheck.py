@@ -95,8 +95,9 @@ def check_result(result: TapeResult, code: str, namespace: dict, recorder, opts,
         if draws and not d.check.note:
             lineno, text = draws[0]
             d.check.note = (
-                f"line {lineno}: {text} draws random numbers, the same at every re-run here "
-                f"(seeded in the cell), so the differences still hold"
+                f"line {lineno}: {text} draws random numbers; the re-runs draw the recorded "
+                f"run's again (a seed in the cell, or a generator's state put back), so the "
+                f"differences still hold"
             )
 
 

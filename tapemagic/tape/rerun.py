@@ -28,14 +28,16 @@ from tapemagic.variables import unwrap
 
 def variables_in(values: Iterable[Any]) -> list[tf.Variable]:
     """The Variables a cell can reach from these values: Variables themselves, in lists,
-    tuples and dicts, and those of objects that list theirs (Keras models, optimizers,
-    tf.Module)."""
+    tuples and dicts, those of objects that list theirs (Keras models, optimizers,
+    tf.Module), and the state of a tf.random.Generator."""
     found: dict[int, tf.Variable] = {}
 
     def add(value: Any, depth: int = 0) -> None:
         value = unwrap(value)
         if isinstance(value, tf.Variable):
             found[id(value)] = value
+        elif isinstance(value, tf.random.Generator):  # its state: re-runs draw from it too
+            found[id(value.state)] = value.state
         elif depth == 0 and isinstance(value, (list, tuple)):
             for item in value:
                 add(item, 1)
