@@ -306,6 +306,7 @@ class _Analyser:
         self.no_auto_watch: set[str] = set()  # tapes made with watch_accessed_variables=False
         self.functions: dict[str, list[str]] = {}  # a function the cell defines -> free names
         self.magic_offsets: dict[str, int] = {}
+        self._walked: tuple[ast.AST | None, list[ast.AST]] = (None, [])
         # Only a cell with a magic line in it has magic calls to look for in every statement.
         self.has_magics = "run_line_magic" in source or "run_cell_magic" in source
         self.has_walrus = ":=" in source  # else no statement needs walking for one
@@ -505,11 +506,18 @@ class _Analyser:
                 self.binds.append(n)
             self.bind_lines.setdefault(n, []).append(lineno)
 
+    def _walk(self, expr: ast.AST) -> list[ast.AST]:
+        """Every node under `expr`; a statement's value is read and searched for culprits,
+        so the last walk is kept (one walk of each expression, not two)."""
+        if self._walked[0] is not expr:
+            self._walked = (expr, list(ast.walk(expr)))
+        return self._walked[1]
+
     def _read(self, expr: ast.AST) -> set[str]:
         """Names an expression reads; the first read of an unbound name is a namespace read.
         A walrus binds its name where it ends: later reads of it are the cell's own."""
         events = []  # (position, 0 read / 1 bind, name), in the order they are written
-        for node in ast.walk(expr):  # names inside lambdas and comprehensions count too
+        for node in self._walk(expr):  # names inside lambdas and comprehensions count too
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
                 events.append(((node.lineno, node.col_offset), 0, node.id))
         for node in _walruses(expr) if self.has_walrus else ():
@@ -538,7 +546,7 @@ class _Analyser:
     # -- what matters to a gradient -------------------------------------------------
     def _find(self, expr: ast.AST) -> list[Finding]:
         found = []
-        for node in ast.walk(expr):
+        for node in self._walk(expr):
             kind = self._classify(node)
             if kind:
                 lineno = getattr(node, "lineno", 0) + self.offset
