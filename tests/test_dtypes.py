@@ -105,3 +105,13 @@ def test_every_hessian_asked_for_has_an_entry(ip):
     assert d is not None and d.value is None and d.status == NONE
     assert "stop_gradient" in d.why
     assert float(r.find("y", "xs", kind="hessian").value) == 12.0
+
+
+def test_watch_leaves_plain_types_in_names_computed_from_numbers(ip):
+    run(ip, "pf = 2.0\nnd = np.array([1.0, 2.0], np.float32)")
+    run(ip, "%%tape -q -w pf,nd\nq = pf ** 2\nr = nd * pf\nt = tf.reduce_sum(nd) * pf")
+    ns = ip.user_ns
+    assert type(ns["q"]) is float and ns["q"] == 4.0  # as plain Python gives
+    assert type(ns["r"]) is np.ndarray and ns["r"].dtype == np.float32
+    assert isinstance(ns["t"], tf.Tensor)  # TensorFlow took part: a tensor, as plain
+    assert float(ns["_tape"].gradient("q", "pf")) == 4.0  # the result keeps the tensors

@@ -152,10 +152,15 @@ def tape_cell(
                     namespace[name] = saved[name]
                 else:
                     del namespace[name]
-            elif name in saved and name in namespace:  # the cell rebound it
-                namespace[name] = _as_plain(
-                    name, saved[name], namespace[name], info, swaps, namespace
-                )
+        # Names computed from -w numbers by plain arithmetic hold what a plain cell gives.
+        numbers = {
+            n: saved[n]
+            for n in swaps
+            if n in saved and isinstance(saved[n], (float, np.floating, np.ndarray))
+        }
+        for name in info.binds if numbers else []:
+            if name in namespace:
+                namespace[name] = _as_plain(name, namespace[name], info, numbers, namespace)
     if not ok:
         return None
     return _build_result(
@@ -264,26 +269,31 @@ def _as_source(name: str, value: Any, explicit: bool, peer: tf.DType | None = No
     )
 
 
-def _as_plain(
-    name: str, original: Any, now: Any, info: CellInfo, swaps: dict, namespace: dict
-) -> Any:
-    """What a plain cell leaves in `name` when the cell rebinds a number given with -w:
-    a number of the original's type when the new value was computed from numbers alone
-    (`pf = pf * 3.0`), the tensor when TensorFlow was involved (`pf = tf.sin(pf)`)."""
-    if not isinstance(now, tf.Tensor) or isinstance(original, (tf.Tensor, tf.Variable)):
+def _as_plain(name: str, now: Any, info: CellInfo, numbers: dict, namespace: dict) -> Any:
+    """What a plain cell leaves in `name`, for a value the cell computed from numbers given
+    with -w (`numbers`: their original values): a number or array when the computation was
+    plain arithmetic (`pf = pf * 3.0`, `q = pf ** 2`), the tensor when TensorFlow took part
+    (`pf = tf.sin(pf)`) or when it does not come from those numbers at all."""
+    if not isinstance(now, tf.Tensor):
         return now
-    for dep in info.depends_on(name):
-        if dep in info.binds or dep in swaps:
+    deps = info.depends_on(name) | {name}
+    used = [numbers[d] for d in deps if d in numbers]
+    if not used:
+        return now
+    for dep in deps:
+        if dep in info.binds or dep in numbers:
             continue  # made in the cell: what it was made from is in the closure too
         value = namespace.get(dep)
         if isinstance(value, (tf.Tensor, tf.Variable, types.ModuleType)) or callable(value):
-            return now  # TensorFlow (or code that may use it) computed the new value
+            return now  # TensorFlow (or code that may use it) computed the value
     array = to_numpy(now)
-    if isinstance(original, (float, np.floating)) and array.size == 1:
-        return type(original)(array.item())
-    if isinstance(original, np.ndarray):
-        return array.astype(original.dtype)
-    return now
+    arrays = [u for u in used if isinstance(u, np.ndarray)]
+    if arrays:  # NumPy's own promotion of the arrays' dtypes
+        return array.astype(np.result_type(*arrays))
+    if array.size != 1:
+        return now
+    scalars = [u for u in used if isinstance(u, np.floating)]
+    return type(scalars[0])(array.item()) if scalars else float(array.item())
 
 
 def _check_target_names(info: CellInfo, namespace: dict, opts: TapeOptions) -> None:
