@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import sys
 import threading
@@ -71,16 +72,45 @@ class ViewProbe:
     refreshes: list = field(default_factory=list)  # (wall, cpu, start), view thread only
     renders: list = field(default_factory=list)  # (wall, cpu, start)
     bad_png: int = 0
+    shown: list = field(default_factory=list)  # (time, epoch) as the status shows it
+    drawn: list = field(default_factory=list)  # (time, epochs) as a finished render shows
 
     def attach(self, panel: TrainingPanel) -> None:
         panel.plot.observe(self._changed, "value")
+        panel.status.observe(self._status, "value")
         panel.refresh = self._timed(panel.refresh, self.refreshes, view_only=True)
-        panel._plot.render = self._timed(panel._plot.render, self.renders, view_only=False)
+        render = self._timed(panel._plot.render, self.renders, view_only=False)
+
+        def counted(loss, *args, **kwargs):
+            png = render(loss, *args, **kwargs)
+            self.drawn.append((time.perf_counter(), len(loss)))
+            return png
+
+        panel._plot.render = counted
 
     def reset(self) -> None:
         self.redraws = self.bad_png = 0
         self.refreshes.clear()
         self.renders.clear()
+        self.shown.clear()
+        self.drawn.clear()
+
+    def _status(self, change) -> None:
+        match = re.search(r"epoch ([\d,]+)", change.new)
+        if match:
+            self.shown.append((time.perf_counter(), int(match[1].replace(",", ""))))
+
+    def plot_lags(self) -> list[float]:
+        """For each status change: how long until a finished render showed that epoch."""
+        lags = []
+        for t, epoch in self.shown:
+            if any(n >= epoch for d, n in self.drawn if d < t):  # drawn before it was said
+                lags.append(0.0)
+                continue
+            later = [d for d, n in self.drawn if n >= epoch]
+            if later:
+                lags.append(max(0.0, min(later) - t))
+        return lags
 
     def _changed(self, change) -> None:
         self.redraws += 1
@@ -111,6 +141,7 @@ class Round:
     redraws: int = 0
     refreshes: list = field(default_factory=list)
     renders: list = field(default_factory=list)
+    lags: list = field(default_factory=list)  # plot behind status, seconds
 
 
 class Contender:
@@ -157,6 +188,7 @@ class Contender:
             p.redraws,
             list(p.refreshes),
             list(p.renders),
+            p.plot_lags(),
         )
 
 
@@ -269,6 +301,12 @@ def report(title: str, unit: str, res: dict[str, list[Round]]) -> float:
         f"wall time ({100 * sum(c for _, c, _ in refreshes) / wall:.1f}% cpu), renders "
         f"{100 * sum(rw) / wall:.1f}% ({100 * sum(rc) / wall:.1f}% cpu)"
     )
+    lags = [x for r in panel for x in r.lags]
+    if lags:
+        print(
+            f"   plot behind the status    median {med(lags):.2f} s, max {max(lags):.2f} s "
+            f"over {len(lags)} status changes (target: at most 0.5 s)"
+        )
     late = sum(r.late_ticks > 0 for r in panel)
     outside = 1000 * med(r.seconds - r.trainer_s for r in panel)
     print(

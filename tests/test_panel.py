@@ -347,8 +347,12 @@ def test_bad_epochs(panel):
         with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
             p.run(bad)
     assert len(p.trainer.history) == 0 and not p.trainer.running
-    with pytest.raises(ValueError, match="not 0$"):
-        seed_panel(epochs=0)
+    with pytest.raises(ValueError, match="not 0$"):  # refused before taking a, b over
+        TrainingPanel(
+            params=[a, b], predict=lambda x: a * x + b, loss=sum_sq,
+            data=(tf.constant(X), tf.constant(Y)), epochs=0,
+        )  # fmt: skip
+    assert "superseded" not in p.messages.value and not p.train_button.disabled
 
 
 def test_train_magic_bad_input(ip):

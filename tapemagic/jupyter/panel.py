@@ -5,8 +5,11 @@ button clicks (a kernel handles one message at a time there); buttons only set t
 trainer's thread-safe controls. A second thread refreshes the view at most ten times a second
 whatever the epoch rate: progress, parameters, messages, and the plot, a PNG in an
 `ipywidgets.Image` replaced in place (no `clear_output`, no flicker, no frontend
-extension). Where no widget can show (terminal IPython, scripts) it prints one line
-per epoch instead.
+extension), redrawn at most five times a second and at most about 0.4 s behind the status.
+The panel is shown through a display handle whose bundle also holds the plot as a PNG and
+a one-line summary, updated when a run ends: what a saved notebook shows without a kernel.
+Where no widget can show (terminal IPython, scripts) it prints one line per epoch instead,
+and the error that stopped a run.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from tapemagic.training.trainer import Trainer
 BATCH_SIZES = [None, 1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 REFRESH_S = 0.1  # at most ten view refreshes a second
 PLOT_EVERY_S = 0.2  # redraws at most five times a second...
-PLOT_LAG_S = 0.35  # ...and trail the status by at most this (plus one render)
+PLOT_LAG_S = 0.25  # ...and trail the status by at most this (plus one render)
 PLOT_SHARE = 0.08  # drawing may take at most this share of the wall time
 MAX_EPOCHS = 10**12  # the epochs box's upper bound: beyond it, surely a typo
 MESSAGES_SHOWN = 4
@@ -56,6 +59,7 @@ class TrainingPanel:
                 "give either a Trainer or the Trainer's arguments, not both: "
                 f"{', '.join(sorted(kwargs))}"
             )
+        _check_epochs(epochs)  # before a Trainer is made: it would take over the variables
         if view not in ("auto", "widget", "text"):
             raise ValueError(f"view must be 'auto', 'widget' or 'text', not {view!r}")
         if trainer is None:  # told to the panel it supersedes, if any
@@ -92,7 +96,6 @@ class TrainingPanel:
         self._superseded: str | None = None  # "superseded by the panel in cell [7]"
         self._remaking = False  # the device menu is replacing this panel's own trainer
         self._interrupted = False  # the kernel's Interrupt stopped this run
-        _check_epochs(epochs)
         self._build(epochs)
         ownership.watch(self.trainer, self._on_superseded)
         self.refresh(force_plot=True)
