@@ -227,3 +227,23 @@ def test_check_too_coarse_in_low_precision_is_inconclusive_not_ok_or_mismatch(ip
     assert d.check.verdict == "inconclusive" and d.check.precision == "bfloat16", d.check
     assert d.check.note.startswith("finite differences in bfloat16 are too coarse to decide")
     assert "check inconclusive: finite differences in bfloat16" in shown(cap)
+
+
+def test_only_a_mismatch_is_shown_as_one(ip):
+    from tapemagic.display.render import to_html, to_markdown
+
+    red, green = "rgb(214,39,40)", "rgb(44,160,44)"
+    run(ip, "x = tf.constant(0.0)")
+    run(ip, "%%tape -q --check\ny = tf.nn.relu(x)")  # a kink: inconclusive
+    r = ip.user_ns["_tape"]
+    assert red not in to_html(r) and green not in to_html(r)
+    assert "❔ check inconclusive: kink" in to_markdown(r) and "❌" not in to_markdown(r)
+    run(ip, "z = tf.constant(1.0 + 2.0j)")
+    run(ip, "%%tape -q --check -w z\ny = tf.math.real(z * z)")  # not checked
+    r = ip.user_ns["_tape"]
+    assert red not in to_html(r) and "➖ check not checked: z is complex" in to_markdown(r)
+    run(ip, "@tf.custom_gradient\ndef wrong(x):\n    return x * x, lambda dy: dy * 3.0 * x")
+    run(ip, "x = tf.constant(1.5)")
+    run(ip, "%%tape -q --check\ny = wrong(x)")
+    r = ip.user_ns["_tape"]
+    assert red in to_html(r) and "❌ check MISMATCH" in to_markdown(r)
