@@ -107,8 +107,10 @@ def _why_none(target: str, source: str, ctx: Context, error: Exception | None) -
                 if _is_keras(ctx.sources.get(source))
                 else ("a Variable with trainable=False")
             )
-            if _reachable(source, ctx):
+            if source.isidentifier() and source in ctx.namespace:
                 fix = f"watch it (-w {source}, or tape.watch({source}))"
+            elif _reachable(source, ctx):  # an attribute or item path: -w takes names
+                fix = f"watch it (tape.watch({source}) in the cell)"
             else:  # no name the user can pass: say where to watch it instead
                 fix = "watch it with tape.watch(...) on the object the cell reaches it by"
             return (
@@ -339,7 +341,8 @@ def _is_keras(value: Any) -> bool:
 
 
 def _reachable(name: str, ctx: Context) -> bool:
-    """Whether `name` is one the user can pass to -w: it starts with a namespace name."""
+    """Whether `name` is a path from the namespace (`box.w`, `ws[0]`), not the Variable's
+    own internal name."""
     head = re.match(r"[A-Za-z_]\w*", name)
     return bool(head) and head.group(0) in ctx.namespace
 
