@@ -173,6 +173,28 @@ def test_nan_and_inf_in_the_data_are_named_before_training():
     assert (a.numpy(), b.numpy()) == (0.5, 0.25)
 
 
+def test_nan_in_a_datasets_first_batch_is_named_before_training():
+    a = tf.Variable(0.5)
+    x = np.array(X)
+    x[1] = np.nan
+    ds = tf.data.Dataset.from_tensor_slices((x, Y)).batch(4)
+    refused(
+        ValueError,
+        "data (its first batch): X has 1 NaN (in 1 of 4 samples: row 1); remove or fill them "
+        "before training, e.g. keep only the rows where np.isfinite(X)",
+        lambda: Trainer(params=[a], predict=lambda x: a * x, loss="mse", data=ds),
+    )
+    assert a.numpy() == 0.5
+
+
+def test_a_validation_split_that_is_not_a_number_is_refused():
+    refused(
+        ValueError,
+        "validation_split must be a fraction such as 0.2, got str '0.2'",
+        lambda: seed_trainer(validation_split="0.2"),
+    )
+
+
 def test_an_unbatched_dataset_is_refused():
     ds = tf.data.Dataset.from_tensor_slices((np.ones((20, 3)), np.ones((20, 1))))
     refused(

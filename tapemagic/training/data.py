@@ -44,12 +44,20 @@ class DatasetData:
 
     ds: tf.data.Dataset
     steps: int | None
+    name: str = "data"  # the argument it came from, for messages
 
     def first(self) -> tuple[Any, Any]:
-        """The first (x, y) element, for the construction-time probe."""
+        """The first (x, y) element, for the construction-time probe; NaN or Inf in it is
+        refused (later batches are not read before training: a Dataset may be a stream)."""
         for x, y in self.ds.take(1):
+            for what, part in (("X", x), ("Y", y)):
+                for t in tf.nest.flatten(part):
+                    if t.dtype.is_floating and t.shape.rank:
+                        _check_finite(t, what, f"{self.name} (its first batch)")
             return x, y
-        raise ValueError("data: the Dataset is empty; it must yield at least one (x, y) batch")
+        raise ValueError(
+            f"{self.name}: the Dataset is empty; it must yield at least one (x, y) batch"
+        )
 
 
 def _to_tensor(value: Any, dtype: tf.DType, what: str, name: str = "data") -> tf.Tensor:
@@ -113,7 +121,7 @@ def prepare(data: Any, dtype: tf.DType, name: str = "data") -> ArrayData | Datas
                 f"{name}: the Dataset repeats forever, so an epoch never ends; drop .repeat() "
                 "or add .take(steps_per_epoch)"
             )
-        return DatasetData(data, steps if steps >= 0 else None)
+        return DatasetData(data, steps if steps >= 0 else None, name)
     _check_not_pairs(data, name)
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise ValueError(
@@ -201,6 +209,11 @@ def split(data: ArrayData | DatasetData, fraction: float) -> tuple[ArrayData, Ar
     if not isinstance(data, ArrayData):
         raise ValueError(
             "validation_split needs in-memory (X, Y); with a Dataset pass validation_data="
+        )
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float | np.number):
+        raise ValueError(
+            f"validation_split must be a fraction such as 0.2, got {type(fraction).__name__} "
+            f"{fraction!r}"
         )
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation_split must be between 0 and 1 (exclusive), got {fraction}")
