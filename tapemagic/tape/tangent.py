@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tapemagic.tape.recording import Recorder, to_numpy
-from tapemagic.tape.rerun import Rerunner
+from tapemagic.tape.rerun import Rerunner, written_before_read
 from tapemagic.tape.result import TangentCurve, TapeResult
 
 if TYPE_CHECKING:  # tapecell imports this module
@@ -41,10 +41,14 @@ def add_tangent_curve(
         return
     source, target = scalar_sources[0], scalar_targets[0]
     src = recorder.sources[source]
-    x0 = float(to_numpy(recorder.initial.get(source, src)))
+    x0 = float(to_numpy(result.point.get(source, src)))  # the value the derivative was taken at
     width = max(1.0, abs(x0))
     xs = np.linspace(x0 - width, x0 + width, SAMPLES)
-    rerun = Rerunner(code, namespace, recorder.sources, [target], before, opts.silence_reruns)
+    index = written_before_read(code, source) if isinstance(src, tf.Variable) else None
+    set_after = {source: index} if index is not None and index >= 0 else {}
+    rerun = Rerunner(
+        code, namespace, recorder.sources, [target], before, opts.silence_reruns, set_after
+    )
     ys = []
     for x in xs:
         try:
