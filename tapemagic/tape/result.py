@@ -57,10 +57,12 @@ class Check:
         text = f"{self.verdict}: "
         if self.verdict == INCONCLUSIVE and self.note:
             text += f"{self.note}; "
-        text += (
-            f"max rel. error {self.max_rel_error:.1e} "
-            f"(tolerance {self.tolerance:.0e}, {self.precision} differences)"
-        )
+        if self.max_rel_error == self.max_rel_error:  # no numbers (NaN) when none were taken
+            text += (
+                f"max rel. error {self.max_rel_error:.1e} "
+                f"(tolerance {self.tolerance:.0e}, {self.precision} differences)"
+            )
+        text = text.removesuffix("; ")
         if self.kink and "kink" not in self.note:
             text += "; kink: one-sided slopes differ"
         if self.note and self.verdict != INCONCLUSIVE:
