@@ -173,6 +173,44 @@ def test_the_registry_holds_trainers_and_watchers_weakly():
     assert [r() for r in refs] == [None, None]
 
 
+def test_a_newer_panel_supersedes_the_old_one_which_says_so_with_its_controls_off():
+    from tapemagic import TrainingPanel
+
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    kw = {"params": [a, b], "predict": lambda x: a * x + b, "loss": "mse", "data": (X, Y)}
+    old = TrainingPanel(**kw, learning_rate=0.1, seed=0, view="widget")
+    old.train(10**7)
+    until(old.trainer, 3)
+    new = TrainingPanel(**kw, learning_rate=0.1, seed=0, view="widget")
+    assert not old.trainer.running and old.trainer.superseded_by is new.trainer
+    assert "superseded by the panel " in old.messages.value
+    old.refresh()  # a later refresh (the log-scale box, say) keeps them off
+    off = [c.disabled for c in (old.train_button, old.step_button, old.reset_button)]
+    assert off == [True, True, True]
+    with pytest.raises(RuntimeError, match=r"^this panel was superseded by the panel .*: train"):
+        old.train(1)
+    assert not new.train_button.disabled
+    new.run(2)
+    assert new.trainer.epoch == 2
+    with pytest.raises(RuntimeError, match="^this Trainer was superseded by the panel"):
+        TrainingPanel(old.trainer, view="widget")  # a panel on the superseded trainer
+
+
+def test_a_panel_changing_its_device_is_not_superseded_by_its_own_new_trainer():
+    from tapemagic import TrainingPanel
+
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    p = TrainingPanel(
+        params=[a, b], predict=lambda x: a * x + b, loss="mse", data=(X, Y), view="widget"
+    )
+    first = p.trainer
+    p.device.value = "auto"  # the device menu makes a new Trainer on the same variables
+    assert p.trainer is not first and first.superseded_by is p.trainer
+    assert not p.train_button.disabled and "superseded" not in p.messages.value
+    p.run(2)
+    assert p.trainer.epoch == 2
+
+
 # -- Ctrl-C in a main-thread run -------------------------------------------------------
 
 
@@ -279,7 +317,7 @@ def trainers():
     return [t.name for t in threading.enumerate()].count("tapemagic-train")
 def wait_epochs(p, n):
     t = p.trainer if hasattr(p, "trainer") else p
-    while t.epoch < n and (t.running or t.epoch == 0):
+    while t.epoch < n and (t.running or t.epoch == 0) and p.error is None:
         time.sleep(0.01)
 def state(t):
     w = np.concatenate([np.ravel(v.numpy()) for v in t.variables])
@@ -331,12 +369,9 @@ def test_rerunning_a_panel_cell_while_it_trains_leaves_one_training_thread(kerne
     assert kernel.value(f"[c.disabled for c in [{controls}]]") == [True] * 9
     kernel.click("p.train_button")  # the new panel trains: one thread, the new one
     kernel.ok("wait_epochs(p, 3)")
-    assert kernel.value("[trainers(), p.trainer.running, p.train_button.disabled]") == [
-        1,
-        True,
-        True,
-    ]
-    kernel.ok("p.stop(); p.wait()")
+    now = kernel.value("[trainers(), p.trainer.running, p.train_button.disabled]")
+    assert now == [1, True, True]
+    kernel.ok("p.stop(); assert p.wait(60)")
     assert kernel.value("trainers()") == 0
 
 
@@ -356,7 +391,7 @@ def test_rerunning_a_train_magic_cell_keeps_the_loss_on_the_single_trainer_curve
     epochs, batch, running = first_epochs
     assert batch == 0 and not running and epochs >= 5
     kernel.click("second.train_button")  # Train on the new panel
-    kernel.ok("wait_epochs(second, 20); second.stop(); second.wait()")
+    kernel.ok("wait_epochs(second, 20); second.stop(); assert second.wait(60)")
     assert kernel.value("trainers()") == 0
     # The same story headless: the first trainer's epochs, then a fresh one (a new Adam).
     kernel.ok(
@@ -383,7 +418,7 @@ def test_interrupt_stops_a_button_started_run_and_a_new_run_continues(kernel):
     kernel.click("p.train_button")
     kernel.ok("wait_epochs(p, 3)")
     kernel.km.interrupt_kernel()  # the kernel is idle: the toolbar's stop button
-    kernel.ok("p.wait()")
+    kernel.ok("assert p.wait(60), 'still training'")  # a bound for a hang, not a speed
     epoch, n, running, finite_w, finite_loss = kernel.value("state(p.trainer)")
     assert (epoch == n >= 3, running, finite_w, finite_loss) == (True, False, True, True)
     assert f"interrupted at epoch {epoch}" in kernel.value("p.messages.value")
@@ -407,7 +442,7 @@ def test_interrupt_during_a_busy_cell_stops_the_button_run_too(kernel):
     kernel.ok("wait_epochs(p, 3)")
     busy = kernel.run("print('waiting', flush=True); time.sleep(60)", interrupt_after="waiting")
     assert busy.error["ename"] == "KeyboardInterrupt"  # the cell's own, as without a panel
-    kernel.ok("p.wait()")
+    kernel.ok("assert p.wait(60), 'still training'")  # a bound for a hang, not a speed
     epoch = kernel.value("p.trainer.epoch")
     assert kernel.value("state(p.trainer)") == [epoch, epoch, False, True, True]
     assert f"interrupted at epoch {epoch}" in kernel.value("p.messages.value")
