@@ -238,6 +238,21 @@ def test_losses_that_do_not_return_a_float_are_refused(loss, message):
     assert (a.numpy(), b.numpy()) == (0.5, 0.25)
 
 
+def test_predictions_of_another_width_than_y_are_refused_with_the_fix():
+    x = np.ones((20, 3), "float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)])
+    weights = [w.copy() for w in model.get_weights()]
+    refused(
+        ValueError,
+        "loss fails on (Y with shape (2, 2), predictions with shape (2, 3)): "
+        "InvalidArgumentError: Incompatible shapes: [2,2] vs. [2,3]; the predictions need Y's "
+        "shape per sample ((2,), they have (3,)): change the model's output (or predict) or "
+        "reshape Y",
+        lambda: Trainer(model=model, loss=sum_sq, data=(x, np.ones((20, 2)))),
+    )
+    assert all((w == v).all() for w, v in zip(model.get_weights(), weights, strict=True))
+
+
 def test_validation_data_of_another_width_is_refused_at_construction():
     x = np.ones((20, 3), "float32")
     y = np.ones((20, 1), "float32")

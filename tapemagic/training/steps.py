@@ -171,7 +171,7 @@ def probe(
         except Exception as err:
             raise ValueError(
                 f"loss fails on (Y with shape {_shapes(y)}, predictions with shape "
-                f"{_shapes(pred)}): {first_line(err)}"
+                f"{_shapes(pred)}): {first_line(err)}{_shape_hint(y, pred)}"
             ) from err
         loss = scalar_loss(_check_loss_value(value))
     grads = tape.gradient(loss, sources if sources is not None else style.trainable)
@@ -212,6 +212,17 @@ def probe_validation(
             "training Y"
         ) from err
     _check_loss_value(value)
+
+
+def _shape_hint(y: Any, pred: Any) -> str:
+    """When the shapes differ beyond what Keras aligns: what must change."""
+    ys, ps = tf.nest.flatten(y), tf.nest.flatten(pred)
+    if len(ys) != 1 or len(ps) != 1 or ys[0].shape[1:] == ps[0].shape[1:]:
+        return ""
+    return (
+        f"; the predictions need Y's shape per sample ({tuple(ys[0].shape[1:])}, they have "
+        f"{tuple(ps[0].shape[1:])}): change the model's output (or predict) or reshape Y"
+    )
 
 
 def _shapes(t: Any) -> Any:

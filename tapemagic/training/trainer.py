@@ -71,7 +71,10 @@ class Trainer:
     `model=keras_model`; or `step=train_step`, a function (x, y) -> loss that takes its
     own tape and updates the weights (pass `model=`/`predict=` too for validation).
 
-    `loss`: a function (y_true, y_pred) or a Keras loss name. `data`: (X, Y) as arrays,
+    `loss`: a function (y_true, y_pred) or a Keras loss name, called as Keras `fit` calls
+    it (a `(n,)` Y against `(n, 1)` predictions is brought to the same rank first); the
+    epoch loss is `fit`'s (the batches' losses weighted by their sizes), and callbacks get
+    the logs `fit` gives them. `data`: (X, Y) as arrays,
     lists or tensors, or a `tf.data.Dataset` of (x, y) batches. `validation_data` or
     `validation_split` (the last fraction, as in Keras). `optimizer`: sgd, momentum,
     adam, rmsprop, adagrad or a Keras optimizer. `batch_size=None` trains on all the data
