@@ -78,6 +78,13 @@ def test_bad_learning_rates_are_refused_at_construction_and_by_the_setter(rate, 
     assert trainer.history.to_dict() == before
 
 
+def test_a_learning_rate_schedule_is_still_accepted_at_construction():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=1, decay_rate=0.5)
+    trainer = seed_trainer(optimizer="adam", learning_rate=schedule)
+    trainer.run(2)
+    assert trainer.learning_rate == pytest.approx(0.0025)  # halved at each of the 2 steps
+
+
 def test_an_optimizer_object_with_a_zero_rate_is_refused():
     refused(
         ValueError,

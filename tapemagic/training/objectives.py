@@ -21,8 +21,11 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")  # the names a pa
 MOMENTUM = 0.9  # what "momentum" means as an optimizer name
 
 
-def check_learning_rate(value: Any, name: str = "learning_rate") -> float:
-    """A finite number above 0 as a float, else a one-line ValueError saying why not."""
+def check_learning_rate(value: Any, name: str = "learning_rate", schedule_ok: bool = False) -> Any:
+    """A finite number above 0 as a float, else a one-line ValueError saying why not. With
+    `schedule_ok` (an optimizer being made) a Keras LearningRateSchedule passes as it is."""
+    if schedule_ok and isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+        return value
     if isinstance(value, bool | str | bytes):
         number = None
     else:
@@ -52,7 +55,7 @@ def check_learning_rate(value: Any, name: str = "learning_rate") -> float:
 def make_optimizer(spec: Any, learning_rate: float | None) -> keras.optimizers.Optimizer:
     """An optimizer from a name (sgd, momentum, adam, rmsprop, adagrad) or an object."""
     if learning_rate is not None:
-        learning_rate = check_learning_rate(learning_rate)
+        learning_rate = check_learning_rate(learning_rate, schedule_ok=True)
     if isinstance(spec, keras.optimizers.Optimizer):
         if learning_rate is not None:
             spec.learning_rate = learning_rate

@@ -68,7 +68,7 @@ def build_parts(
     With `replicas` (a strategy) everything is made in its scope, the variables must
     come from it, and the probe also tells whether the loss sums or averages."""
     if learning_rate is not None:
-        learning_rate = check_learning_rate(learning_rate)  # before anything is built
+        learning_rate = check_learning_rate(learning_rate, schedule_ok=True)  # before building
     dtype = subject.dtype_of(spec)
     data = prepare(data, dtype)
     if validation_data is not None and validation_split is not None:
