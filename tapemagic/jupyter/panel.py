@@ -304,8 +304,13 @@ class TrainingPanel:
             self.wait()
         except KeyboardInterrupt:  # Ctrl-C or Interrupt reaches this (the main) thread
             self._on_interrupt()
-            while not self.wait(timeout=0.05):  # a stop asked before the run began: again
-                self.trainer.request_stop()
+            try:
+                while not self.wait(timeout=0.05):  # a stop asked before the run began: again
+                    self.trainer.request_stop()
+            except KeyboardInterrupt:  # a second one: give the cell back now
+                raise KeyboardInterrupt(
+                    "training is stopping: it ends after its current step"
+                ) from None
             self._publish_snapshot()
             raise KeyboardInterrupt(f"training stopped at epoch {self.trainer.epoch}") from None
         self._publish_snapshot()  # from the caller's thread: its cell owns the messages
