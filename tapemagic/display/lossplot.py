@@ -107,7 +107,7 @@ class LossPlot:
         )  # fmt: skip
         ax.set_xlabel("epoch", color=INK)
         ax.set_ylabel("loss", color=INK)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.tick_params(colors=INK, labelcolor=INK)
         for spine in ax.spines.values():
             spine.set_color(INK)
