@@ -248,3 +248,12 @@ def test_only_a_mismatch_is_shown_as_one(ip):
     run(ip, "%%tape -q --check\ny = wrong(x)")
     r = ip.user_ns["_tape"]
     assert red in to_html(r) and "❌ check MISMATCH" in to_markdown(r)
+
+
+def test_check_tells_a_low_precision_rounding_loss_from_a_wrong_derivative(ip):
+    # tanh saturates: 1 - tanh² loses most of its digits in bfloat16. The derivative code
+    # is right (the float64 re-run agrees with the differences): inconclusive, with why.
+    check, seen = check_of(ip, "x = tf.Variable(1.183, dtype=tf.bfloat16)", "y = tf.tanh(x + x)")
+    assert check.verdict == "inconclusive", check
+    assert check.note.startswith("bfloat16 rounding: the same cell in float64 gives 0.07015")
+    assert "finite differences agree with that" in seen and "MISMATCH" not in seen

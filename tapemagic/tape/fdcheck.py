@@ -49,6 +49,8 @@ RANDOM_DIRECTIONS = 3
 SHRINK = 2.0  # step ratio between levels of the Ridders table
 LEVELS = 14  # at most this many steps (2 runs each) per direction
 SAFE = 2.0  # stop when the extrapolation's error grows by this factor (rounding took over)
+# The smallest normal number by dtype: below it, values carry fewer digits.
+TINY = {"float64": 2.0**-1022, "float32": 2.0**-126, "float16": 2.0**-14, "bfloat16": 2.0**-126}
 COARSE = 0.25  # a tolerance above this fraction of the derivative decides nothing
 CONVINCED = 20.0  # a gap this many times the differences' error estimate is a mismatch
 
@@ -194,31 +196,53 @@ def _check_one(d, result: TapeResult, sources, rerun: Rerunner, rng, namespace, 
         )  # fmt: skip
     eps_p = EPS.get(point.precision, EPS["float32"])
     u_a = EPS.get(analytic_dtype, EPS["float32"]) / 2
+    # The tape's derivative of the float64 re-run: the differences check TF's derivative
+    # code against it at float64's precision, and the shown derivative is compared with it
+    # at its own dtype's (a bfloat16 gradient may be off by its rounding alone).
+    reference, u_ref, ref_dtype = exact, u_a, analytic_dtype
+    if point.precision == "float64" and analytic_dtype != "float64":
+        evaluate(x0, grad=True)
+        if rerun.gradient_taken:
+            g = rerun.gradient
+            reference = np.zeros_like(exact) if g is None else to_numpy(g).astype(np.float64)
+            reference = reference.reshape(exact.shape)
+            u_ref, ref_dtype = EPS["float64"] / 2, "float64"
     scale_x = max(1.0, float(np.max(np.abs(x0)))) if x0.size else 1.0
     directions = _directions(x0.size, rng)
     worst_ratio, worst = -1.0, (0.0, 0.0)
-    verdicts, kinks, noisy = [], [], []
+    verdicts, kinks, noisy, own, lossy = [], [], [], [], []
     for v in directions:
         v = v.reshape(x0.shape)
-        want = _apply(exact, v, d, f0)
+        want = _apply(reference, v, d, f0)
+        shown = _apply(exact, v, d, f0)
         est = _ridders(
             lambda t, v=v: evaluate(x0 + t * v), f0, 0.1 * scale_x, eps_p, point, x0, v,
             enough=max(0.01 * math.sqrt(u_a), 10 * eps_p ** (2 / 3)),  # or what eps_p allows
         )  # fmt: skip
         diff = float(np.max(np.abs(want - est.value)))
         size = max(float(np.max(np.abs(want))), float(np.max(np.abs(est.value))))
-        # What rounding in the analytic derivative explains: its own (sqrt(u) of its size
-        # covers the growth of rounding through reductions), and the rounding of the point
-        # itself times the curvature (d f' = f'' dx, with |dx| = u |x|).
-        rounding = math.sqrt(u_a) * size + u_a * float(np.max(np.abs(x0))) * est.curvature
+        rounding = _rounding(u_ref, ref_dtype, size, x0, est)
         tol = rounding + 2 * est.error
         denom = size if size > 0 else 1.0
-        ratio = diff / tol if tol > 0 else (math.inf if diff > 0 else 0.0)
+        # The shown derivative's own rounding (none more when it is the reference itself).
+        own_rounding = _rounding(u_a, analytic_dtype, size, x0, est) if u_ref != u_a else 0.0
+        off = float(np.max(np.abs(shown - want)))  # shown vs float64 reference
+        shown_diff, shown_tol = float(np.max(np.abs(shown - est.value))), tol + own_rounding
+        ratio = shown_diff / shown_tol if shown_tol > 0 else (math.inf if shown_diff else 0.0)
         if ratio > worst_ratio:
-            worst_ratio, worst = ratio, (diff / denom, tol / denom)
+            worst_ratio, worst = ratio, (shown_diff / denom, shown_tol / denom)
         if diff <= tol and tol > COARSE * size:  # agreement within a band too wide to mean it
             verdicts.append(INCONCLUSIVE)
-            noisy.append(est.error / denom)
+            if rounding >= 2 * est.error:
+                own.append(tol / denom)
+            else:
+                noisy.append(est.error / denom)
+        elif diff <= tol and off > own_rounding > 0:  # right in float64, off in its dtype
+            verdicts.append(INCONCLUSIVE)
+            lossy.append((off / denom, float(np.max(np.abs(want)))))
+        elif diff <= tol and own_rounding > COARSE * size:  # its dtype cannot show it
+            verdicts.append(INCONCLUSIVE)
+            own.append(own_rounding / denom)
         elif diff <= tol:
             verdicts.append(CHECK_OK)
         elif est.kink:
@@ -249,6 +273,17 @@ def _check_one(d, result: TapeResult, sources, rerun: Rerunner, rng, namespace, 
             f"kink: one-sided slopes differ ({k.left:.3g} and {k.right:.3g}), so the "
             f"derivative is not defined here; TF gives one convention for it"
         )
+    elif verdict == INCONCLUSIVE and lossy:
+        rel, value = max(lossy)
+        note = (
+            f"{analytic_dtype} rounding: the same cell in float64 gives {value:.6g} "
+            f"({_share(rel)} away), and the finite differences agree with that"
+        )
+    elif verdict == INCONCLUSIVE and own and not noisy:
+        note = (
+            f"{analytic_dtype} rounding in the derivative itself allows {_share(max(own))} here "
+            f"(cancellation, or values near the smallest {analytic_dtype}), too wide to decide"
+        )
     elif verdict == INCONCLUSIVE:
         note = (
             f"finite differences in {point.precision} are too coarse to decide here (their "
@@ -260,6 +295,20 @@ def _check_one(d, result: TapeResult, sources, rerun: Rerunner, rng, namespace, 
         verdict == CHECK_OK, worst[0], worst[1], point.precision, kink=bool(kinks), note=note,
         verdict=verdict,
     )  # fmt: skip
+
+
+def _share(r: float) -> str:
+    """A relative size for a message: ±12%, or a multiple when beyond the value itself."""
+    return f"±{r:.0%}" if r < 10 else "many times the value"
+
+
+def _rounding(u: float, dtype: str, size: float, x0: np.ndarray, est) -> float:
+    """What rounding in a derivative of this dtype explains: its own (sqrt(u) of its size
+    covers the growth of rounding through reductions), the rounding of the point itself
+    times the curvature (d f' = f'' dx, with |dx| = u |x|), and the digits lost below the
+    smallest normal number."""
+    at = float(np.max(np.abs(x0))) if x0.size else 0.0
+    return math.sqrt(u) * size + u * at * est.curvature + TINY.get(dtype, 0.0)
 
 
 def _evaluator(d, start, sources, rerun: Rerunner, namespace):
@@ -301,11 +350,12 @@ def _evaluator(d, start, sources, rerun: Rerunner, namespace):
 
 
 def _make_evaluate(d, rerun: Rerunner, dtype: tf.DType, values: dict, as_variables: set[str]):
-    def evaluate(x: np.ndarray) -> np.ndarray:
+    def evaluate(x: np.ndarray, grad: bool = False) -> np.ndarray:
         # Fresh copies at every run: the cell may change them (an SGD step inside it).
         run_values = {**values, d.source: tf.constant(x, dtype=dtype)}
         run_values = {n: tf.Variable(v) if n in as_variables else v for n, v in run_values.items()}
-        out = rerun(run_values)[d.target]
+        out = rerun(run_values, (d.target, d.source, d.kind == "jacobian") if grad else None)
+        out = out[d.target]
         return out.reshape(-1) if d.kind == "jacobian" else np.asarray(np.sum(out))
 
     return evaluate

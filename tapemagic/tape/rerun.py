@@ -145,9 +145,25 @@ class Rerunner:
         self.variables = variables_in([*known, *namespace.values(), *sources.values()])
         self.dtypes: dict[str, Any] = {}  # the targets' dtypes in the last evaluation
         self.accessed: set[int] = set()  # ids of the trainable Variables the last run read
+        self.gradient: Any = None  # the derivative asked of the last run (None: no path)
+        self.gradient_taken = False  # whether it could be asked at all
 
-    def __call__(self, values: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Target values (as float64 arrays) with the given sources replaced."""
+    def _wrt(self, name: str, values: dict[str, Any]) -> Any:
+        """The object a run's derivative is taken with respect to: the value given for a
+        source (a tensor, or a Variable copy), or the Variable it is assigned to."""
+        if name in self.made_in_cell or name not in values:
+            return None
+        source = self.sources.get(name)
+        if isinstance(source, tf.Variable) and not _is_var(values[name]):
+            return source
+        return values[name]
+
+    def __call__(
+        self, values: dict[str, Any], grad: tuple[str, str, bool] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Target values (as float64 arrays) with the given sources replaced. With `grad`
+        (target, source, jacobian?), also the tape's derivative of that target with respect
+        to that source in this run, in `self.gradient` (None where there is none)."""
         ns = self.namespace
         names = set(self.info.binds) | set(values) | {BIND_HOOK, LAST_HOOK, SET_HOOK}
         missing = object()
@@ -191,8 +207,12 @@ class Rerunner:
                     put(name, value)
             ns[BIND_HOOK], ns[LAST_HOOK], ns[SET_HOOK] = bind, keep_last, set_now
             with self.silence(), tf.GradientTape() as probe:
+                wrt = self._wrt(grad[1], values) if grad else None
+                if isinstance(wrt, tf.Tensor):
+                    probe.watch(wrt)
                 exec(self.code, ns)
             self.accessed = {id(v) for v in probe.watched_variables()}
+            self.gradient, self.gradient_taken = None, False
             out = {}
             for t in self.targets:
                 value = ns.get(t, missing) if t in self.info.binds else missing
@@ -200,6 +220,9 @@ class Rerunner:
                     value = last[0]
                 self.dtypes[t] = getattr(value, "dtype", None)
                 out[t] = np.real(to_numpy(value)).astype(np.float64)
+                if grad and grad[0] == t and wrt is not None and isinstance(value, tf.Tensor):
+                    self.gradient = _derivative(probe, value, wrt, jacobian=grad[2])
+                    self.gradient_taken = True
             return out
         finally:
             for name, value in saved_names.items():
@@ -209,6 +232,16 @@ class Rerunner:
                     ns[name] = value
             for var, value in saved_vars:
                 var.assign(value)
+
+
+def _derivative(probe: tf.GradientTape, target: Any, source: Any, jacobian: bool) -> Any:
+    try:
+        if jacobian:
+            return probe.jacobian(target, source, experimental_use_pfor=False)
+        g = probe.gradient(target, source)
+        return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+    except Exception:  # no gradient registered...: the check goes on without it
+        return None
 
 
 def _is_var(value: Any) -> bool:
