@@ -6,12 +6,18 @@ table stops when that estimate stops improving (rounding has taken over). Differ
 taken in float64 where the cell allows it (tensor sources are cast, Variables reached by
 name are replaced by float64 copies for the re-run), else in the source's own dtype.
 
-The verdict compares |analytic - numeric| with what rounding explains: the analytic
-derivative's own (its dtype's unit roundoff, times its size and times the curvature the
-rounding of the point itself meets) plus the differences' error estimate. A gap beyond that
-is a MISMATCH only when the differences are sure of themselves: at a kink, or when their
-error estimate is of the size of the gap, the verdict is "inconclusive", with the reason.
-Sources finite differences cannot perturb get "not checked", with the reason.
+When the float64 re-run works, the tape's derivative is taken in it too: the differences
+check TF's derivative code against that float64 derivative, and the shown derivative (in
+float32, float16, bfloat16) is compared with it at its own dtype's precision, so a loss to
+rounding (1 - tanh² in bfloat16) is told apart from a wrong derivative.
+
+The verdict compares |derivative - numeric| with what rounding explains: the derivative's
+own (its dtype's unit roundoff, times its size and times the curvature the rounding of the
+point itself meets, and the digits lost below the smallest normal number) plus the
+differences' error estimate. A gap beyond that is a MISMATCH only when the differences are
+sure of themselves: at a kink, when their error estimate is of the size of the gap, or when
+the band is wider than a quarter of the derivative, the verdict is "inconclusive", with the
+reason. Sources finite differences cannot perturb get "not checked", with the reason.
 
 Large sources are checked along a few random directions (a directional derivative costs the
 same whatever the size), small ones along every coordinate.
