@@ -99,6 +99,22 @@ def test_a_running_trainer_is_stopped_between_steps_when_a_new_one_is_made():
     assert (a.numpy(), b.numpy()) == start
 
 
+def test_a_trainer_made_inside_the_old_ones_run_takes_over_without_waiting_for_itself():
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    old = params_trainer(a, b)
+    made = []
+
+    def make_new(record):  # in the old run's own thread, as a callback could
+        if record.epoch == 2 and not made:
+            made.append(params_trainer(a, b))
+
+    old.add_listener(make_new)
+    thread = run_in_thread(old, 10**7)
+    thread.join(60)  # a bound for a deadlock, not a speed
+    assert not thread.is_alive() and made and old.superseded_by is made[0]
+    assert old.epoch == len(old.history) < 10**7 and old.error is None
+
+
 def test_trainers_on_different_variables_run_side_by_side():
     first = params_trainer(tf.Variable(0.0), tf.Variable(0.0))
     second = params_trainer(tf.Variable(0.0), tf.Variable(0.0))

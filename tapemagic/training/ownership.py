@@ -53,6 +53,7 @@ class _Record:
     def __init__(self) -> None:
         self.superseded: Supersession | None = None
         self.watchers: list[Callable[[Supersession], Any]] = []
+        self.thread: int | None = None  # the thread of its latest run (set by `check`)
 
 
 _lock = threading.RLock()
@@ -93,9 +94,14 @@ def _owners_of(variables: Iterable[Any], but: Any) -> list[Any]:
 def _stop(owners: Iterable[Owner]) -> None:
     """Stop each owner's run between steps and wait for its end. Called without the lock:
     a run's last step may need other threads to finish."""
+    here = threading.get_ident()
     for owner in owners:
         owner.request_stop()
-        owner.wait()
+        with _lock:
+            record = _records.get(id(owner))
+            inside = record is not None and record.thread == here and owner.running
+        if not inside:  # made from the old run's own thread (a callback): it stops after
+            owner.wait()
 
 
 def stop_owners(variables: Iterable[Any], new: Any) -> None:
@@ -157,8 +163,12 @@ def superseded(owner: Any) -> Supersession | None:
 
 
 def check(owner: Any) -> None:
-    """Refuse, in one line, to run an owner that a newer one superseded."""
-    event = superseded(owner)
+    """Refuse, in one line, to run an owner that a newer one superseded. A run calls it
+    from its own thread as it starts."""
+    with _lock:
+        record = _record_of(owner)
+        record.thread = threading.get_ident()
+        event = record.superseded
     if event is not None:
         raise RuntimeError(
             f"this Trainer was superseded by {event.describe()}, made later on the same "
