@@ -255,6 +255,33 @@ def test_ctrl_c_stops_a_main_thread_run_between_steps_with_one_short_keyboard_in
     assert trainer.epoch == len(trainer.history) == n + 2
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals")
+def test_ctrl_c_during_a_blocking_panel_run_outside_a_kernel(capsys):
+    from tapemagic import TrainingPanel
+
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    p = TrainingPanel(
+        params=[a, b], predict=lambda x: a * x + b, loss="mse", data=(X, Y), view="text"
+    )
+    sent = []
+
+    def interrupt(record):  # in the panel's worker: the signal goes to the main thread
+        if record.epoch == 3 and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+
+    p.trainer.add_listener(interrupt)
+    with pytest.raises(KeyboardInterrupt) as err:
+        p.run(10**7)
+    n = p.trainer.epoch
+    assert str(err.value) == f"training stopped at epoch {n}" and 3 < n < 10**7
+    files = {os.path.basename(f.path) for f in err.traceback}
+    assert "threading.py" not in files and [f.name for f in err.traceback][-1] == "run"
+    assert not p.trainer.running and len(p.trainer.history) == n
+    assert f"interrupted at epoch {n}" in list(p.trainer.messages)
+    p.run(2)
+    assert p.trainer.epoch == len(p.trainer.history) == n + 2
+
+
 # -- a real kernel -----------------------------------------------------------------------
 
 
