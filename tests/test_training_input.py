@@ -333,3 +333,37 @@ def test_a_python_error_raised_while_compiling_names_the_users_line():
     assert "in user code" in str(info.value.__cause__)
     assert trainer.error is info.value
     assert len(trainer.history) == 0 and (a.numpy(), b.numpy()) == (0.0, 0.0)
+
+
+def test_an_assert_in_a_step_function_names_the_step_and_undoes_the_call():
+    a = tf.Variable(0.0)
+    optimizer = keras.optimizers.SGD(0.01)
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(y - a * x))
+        optimizer.apply_gradients(zip(tape.gradient(loss, [a]), [a], strict=True))
+        tf.debugging.Assert(a < 0.05, ["a grew too much"])
+        return loss
+
+    trainer = Trainer(step=step, params=[a], data=(X, Y))
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        trainer.run(5)
+    line = line_of(step, '"a grew too much"')
+    assert str(info.value) == f"a grew too much (in step, {__file__}, line {line})"
+    assert trainer.error is info.value and trainer.epoch == 0 and a.numpy() == 0.0
+
+
+def test_a_step_function_that_fails_to_compile_is_refused_at_construction():
+    a = tf.Variable(0.0)
+
+    def step(x, y):
+        raise RuntimeError("my step is not written yet")
+
+    line = line_of(step, "raise RuntimeError")
+    refused(
+        ValueError,
+        "step fails when compiled on a batch of X with shape (2,): my step is not written yet "
+        f"(in step, {__file__}, line {line})",
+        lambda: Trainer(step=step, params=[a], data=(X, Y)),
+    )

@@ -21,8 +21,6 @@ Dataset's iterator is made on the host and passed in.
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ import tensorflow as tf
 
 from tapemagic.training.data import ArrayData, DatasetData, batch_count
 from tapemagic.training.steps import Steps
+from tapemagic.training.subject import traced_message
 from tapemagic.variables import unwrap
 
 
@@ -465,80 +464,19 @@ def batch_samples(x: Any) -> tf.Tensor:
 
 # -- errors raised inside the compiled call ----------------------------------------------
 
-_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S*)')
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Warning)): (.*)$")
-_ASSERT = re.compile(r"^assertion failed: \[(.*?)\](.*)$")
-_NODE = re.compile(r" \([\w/]+:\d+\)")
-_KERAS_WRAPPER = "Exception encountered when calling"  # Keras's first line: the cause follows
-_LIBRARIES = tuple(
-    os.path.dirname(m.__file__) + os.sep for m in (tf, keras, np) if getattr(m, "__file__", None)
-) + (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
-
 
 def step_error(err: Exception) -> Exception:
     """An error from inside the compiled call as the user should read it: one exception of
     the same type whose message is the user's own message, then where in the user's code
-    it was raised (file, line, function), without TensorFlow's node trace. The original
+    it was raised (function, file, line), without TensorFlow's node trace. The original
     is kept as `__cause__` by the caller (`raise step_error(err) from err`). Errors that
     carry no such trace are returned as they are."""
-    text = _ANSI.sub("", err.message if isinstance(err, tf.errors.OpError) else str(err))
-    if not text.startswith(("in user code:", "Graph execution error:")):
+    message = traced_message(err)
+    if message is None:
         return err
-    lines = text.splitlines()
-    frames = [(i, m) for i, m in ((i, _FRAME.match(ln)) for i, ln in enumerate(lines)) if m]
-    after = lines[frames[-1][0] + 1 :] if frames else lines[1:]
-    message = _message(after) or (lines[-1].strip() if lines else type(err).__name__)
-    where = _user_frame([m for _, m in frames])
-    if where:
-        message = f"{message} ({where})"
     try:
         if isinstance(err, tf.errors.OpError):
             return type(err)(err.node_def, err.op, message)
         return type(err)(message)
     except Exception:  # an exception type that takes other arguments
         return RuntimeError(message)
-
-
-def _message(lines: Sequence[str]) -> str:
-    """The raised message among the lines after the trace's last frame."""
-    rest = [ln.strip() for ln in lines if ln.strip()]
-    rest = [ln for ln in rest if not ln.startswith(("[[", "[Op:"))]
-    raised = [k for k, ln in enumerate(rest) if _RAISED.match(ln)]
-    rest = rest[raised[0] :] if raised else rest  # past the last frame's source line
-    for k, line in enumerate(rest):
-        raised = _RAISED.match(line)
-        if raised:  # a Python exception raised while tracing: "ValueError: ..."
-            line = raised.group(2)
-        if line.startswith(_KERAS_WRAPPER):  # Keras names the call, then the cause
-            causes = [ln for ln in rest[k + 1 :] if not ln.startswith("Arguments received")]
-            line = causes[0] if causes else line
-        asserted = _ASSERT.match(line)
-        if asserted:  # tf.debugging: "assertion failed: [the user's message] [values]..."
-            user = asserted.group(1)
-            detail = _NODE.sub("", asserted.group(2)).strip()  # graph names mean nothing here
-            return f"{user}: assertion failed {detail}" if detail else user
-        if line:
-            return line
-    return ""
-
-
-def _user_frame(frames: Sequence[re.Match]) -> str:
-    """'in fn, file.py, line N': the innermost frame outside TensorFlow, Keras, NumPy and
-    tapemagic that the training code called (not the line that called run())."""
-    entered = False
-    found = None
-    for m in frames:
-        path = m.group(1)
-        inside = path.startswith(_LIBRARIES) or "site-packages" in path
-        entered = entered or inside
-        if entered and not inside:
-            found = m
-    if found is None:
-        return ""
-    func = found.group(3)
-    return (
-        f"in {func}, {found.group(1)}, line {found.group(2)}"
-        if func
-        else (f"{found.group(1)}, line {found.group(2)}")
-    )

@@ -8,6 +8,7 @@ touches, and returns the complete, frozen `Style` the rest of training reads.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,72 @@ def first_line(err: BaseException) -> str:
         text = lines[1] if not lines[1].startswith("Arguments received") else text
     text = _OP_SUFFIX.sub("", _OP_PREFIX.sub("", text))  # an eager op's name and device
     return f"{type(err).__name__}: {text}"
+
+
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S*)')
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Warning)): (.*)$")
+_ASSERT = re.compile(r"^assertion failed: \[(.*?)\](.*)$")
+_NODE = re.compile(r" \([\w/]+:\d+\)")
+_LIBRARIES = tuple(
+    os.path.dirname(m.__file__) + os.sep for m in (tf, keras, np) if getattr(m, "__file__", None)
+) + (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
+
+
+def traced_message(err: BaseException) -> str | None:
+    """For an error that carries TensorFlow's trace (raised while tracing a tf.function,
+    "in user code: ...", or while running one, "Graph execution error: ..."): the user's
+    own message, then where in the user's code it was raised, '(in fn, file, line N)'.
+    None for any other error."""
+    text = _ANSI.sub("", err.message if isinstance(err, tf.errors.OpError) else str(err))
+    traced = text.startswith("in user code:")
+    if not (traced or text.startswith("Graph execution error:")):
+        return None
+    lines = text.splitlines()
+    frames = [(i, m) for i, m in ((i, _FRAME.match(ln)) for i, ln in enumerate(lines)) if m]
+    after = lines[frames[-1][0] + 1 :] if frames else lines[1:]
+    message = _raised_message(after) or (lines[-1].strip() if lines else type(err).__name__)
+    # A trace of a traced function starts inside it; a graph error's starts at the
+    # program's first line, so the user's frames before the library's are the caller's.
+    where = _user_frame([m for _, m in frames], inside_already=traced)
+    return f"{message} ({where})" if where else message
+
+
+def _raised_message(lines: Sequence[str]) -> str:
+    """The raised message among the lines after the trace's last frame."""
+    rest = [ln.strip() for ln in lines if ln.strip()]
+    rest = [ln for ln in rest if not ln.startswith(("[[", "[Op:"))]
+    raised = [k for k, ln in enumerate(rest) if _RAISED.match(ln)]
+    rest = rest[raised[0] :] if raised else rest  # past the last frame's source line
+    for k, line in enumerate(rest):
+        exc = _RAISED.match(line)
+        if exc:  # a Python exception raised while tracing: "ValueError: ..."
+            line = exc.group(2)
+        if line.startswith(_KERAS_WRAPPER):  # Keras names the call, then the cause
+            causes = [ln for ln in rest[k + 1 :] if not ln.startswith("Arguments received")]
+            line = causes[0] if causes else line
+        asserted = _ASSERT.match(line)
+        if asserted:  # tf.debugging: "assertion failed: [the user's message] [values]..."
+            user = asserted.group(1)
+            detail = _NODE.sub("", asserted.group(2)).strip()  # graph names mean nothing here
+            return f"{user}: assertion failed {detail}" if detail else user
+        if line:
+            return line
+    return ""
+
+
+def _user_frame(frames: Sequence[re.Match], inside_already: bool) -> str:
+    """'in fn, file.py, line N': the innermost frame outside TensorFlow, Keras, NumPy and
+    tapemagic that training code called (not the line that called run())."""
+    entered, found = inside_already, None
+    for m in frames:
+        library = m.group(1).startswith(_LIBRARIES) or "site-packages" in m.group(1)
+        entered = entered or library
+        if entered and not library:
+            found = m
+    if found is None:
+        return ""
+    path, line, func = found.group(1), found.group(2), found.group(3)
+    return f"in {func}, {path}, line {line}" if func else f"{path}, line {line}"
 
 
 def resolve(model: Any, params: Any, predict: Any, step: Any) -> SubjectSpec:
@@ -192,7 +259,15 @@ def _build_step(spec: SubjectSpec, x: Any, y: Any) -> Style:
     """Trace the user's step once to find (and build) every variable it touches."""
     shapes = (x, y)
     spec_in = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), shapes)
-    concrete = tf.function(spec.user_step).get_concrete_function(*spec_in)
+    try:
+        concrete = tf.function(spec.user_step).get_concrete_function(*spec_in)
+    except Exception as err:
+        shapes = [tuple(t.shape) for t in tf.nest.flatten(x)]
+        message = traced_message(err) or first_line(err)
+        raise ValueError(
+            f"step fails when compiled on a batch of X with shape "
+            f"{shapes[0] if len(shapes) == 1 else shapes}: {message}"
+        ) from err
     found = list(concrete.variables)
     lr = [v for v in found if not v.trainable and v.name.split("/")[-1] == "learning_rate:0"]
     state = [v for v in found if not any(v is r for r in lr)]
