@@ -226,7 +226,8 @@ def test_exception_in_user_code_then_a_new_run(panel):
         broken["now"] = True
         p.run()
         assert "flaky loss" in str(p.error)
-        assert "<b>error</b>: RuntimeError: flaky loss" in p.messages.value
+        assert "<b>error</b> at epoch 0: RuntimeError: flaky loss" in p.messages.value
+        assert "stopped by an error" not in p.messages.value  # said once, in the error line
         # One line: not TensorFlow's "in user code:" traceback through tapemagic's files.
         assert "in user code" not in p.messages.value and "File " not in p.messages.value
         assert len(p.trainer.history) == 0 and (a.numpy(), b.numpy()) == (0.0, 0.0)
@@ -385,8 +386,8 @@ def test_errors_from_compiled_code_keep_the_users_message():
         # line: the panel shows that line, with the error's type.
         first = str(p.error).splitlines()[0]
         assert first.startswith("user boom") and "test_panel.py" in first
-        assert f"<b>error</b>: InvalidArgumentError: {html.escape(first)}</div>" in shown
-        assert "stopped by an error at epoch 1: " in shown
+        assert f"<b>error</b> at epoch 1: InvalidArgumentError: {html.escape(first)}</div>" in shown
+        assert "stopped by an error" not in shown  # said once, in the error line
         for noise in ("Graph execution error", "Detected at node", "File ", "[[", "[Op:"):
             assert noise not in shown, noise
         assert len(p.trainer.history) == 1 and "stopped · epoch 1" in p.status.value
@@ -636,27 +637,38 @@ def test_the_text_view_prints_the_error_that_stopped_a_run(capsys):
     finally:
         p.close()
     out = capsys.readouterr().out
-    assert out.count("error: RuntimeError: my loss is broken") == 1
+    assert out.count("error at epoch 0: RuntimeError: my loss is broken") == 1
 
 
 def test_an_error_line_shows_the_cause_not_kerass_argument_list():
     rng = np.random.default_rng(0)
     x, y = rng.random((32, 3), dtype=np.float32), rng.random((32, 1), dtype=np.float32)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     narrow = rng.random((8, 2), dtype=np.float32)  # validation data of the wrong width
-    try:
-        p = TrainingPanel(
-            model=model, loss="mse", data=(x, y), validation_data=(narrow, y[:8]),
-            optimizer="sgd", learning_rate=0.01, epochs=2, view="widget",
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 3"):
+        TrainingPanel(
+            model=keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]), loss="mse",
+            data=(x, y), validation_data=(narrow, y[:8]), optimizer="sgd", epochs=2,
         )  # fmt: skip
-    except ValueError as err:  # refused before training: the message names the width too
-        shown = str(err)
-    else:
-        try:
-            p.run()
-            shown = p.messages.value
-            assert "<b>error</b>: ValueError: " in shown
-        finally:
-            p.close()
-    assert "expected axis -1 of input shape to have value 3" in shown
-    assert "kwargs=" not in shown and "inspect._empty" not in shown
+    broken = {"now": False}
+
+    class Checked(keras.layers.Layer):
+        def call(self, inputs, **kwargs):  # Keras lists its arguments after the message
+            if broken["now"]:
+                raise ValueError("these features do not match the weights")
+            return inputs
+
+    model = keras.Sequential([keras.Input((3,)), Checked(), keras.layers.Dense(1)])
+    p = TrainingPanel(
+        model=model, loss="mse", data=(x, y), optimizer="sgd", learning_rate=0.01, epochs=2,
+        view="widget",
+    )  # fmt: skip
+    try:
+        broken["now"] = True  # fails when the run compiles its step
+        p.run()
+        shown = p.messages.value
+        assert "<b>error</b> at epoch 0: ValueError: " in shown
+        assert "these features do not match the weights" in shown
+        assert "kwargs=" not in shown and "inspect._empty" not in shown
+        assert "Arguments received" not in shown
+    finally:
+        p.close()

@@ -91,6 +91,7 @@ class TrainingPanel:
         self._lr_echo = False  # the panel itself is moving the slider: no message
         self._printed = 0
         self._printed_error: BaseException | None = None
+        self._error_epoch = 0  # where the error in self.error stopped the run
         self._handles: list = []  # display handles: their snapshot is updated after a run
         self.error: BaseException | None = None
         self._superseded: str | None = None  # "superseded by the panel in cell [7]"
@@ -344,7 +345,7 @@ class TrainingPanel:
         try:
             t.run(epochs)
         except BaseException as err:  # shown in the panel; the trainer's state is consistent
-            self.error = err
+            self.error, self._error_epoch = err, t.epoch
         finally:
             release()
             if self._interrupted:
@@ -471,7 +472,7 @@ class TrainingPanel:
 
     def _say(self, text: str) -> None:
         self.trainer.messages.append(text)
-        self.messages.value = _messages_html(self._shown_messages(), self.error)
+        self.messages.value = _messages_html(self._shown_messages(), self.error, self._error_epoch)
 
     def _shown_messages(self) -> list[str]:
         """The last messages, a fault's only while it stands (Reset or a clean run clears
@@ -481,6 +482,9 @@ class TrainingPanel:
             self._fault_texts.add(t.fault.message)
         faulted = t.fault is not None or self._fault_left > 0
         lines = [m for m in list(t.messages) if faulted or m not in self._fault_texts]
+        if self.error is not None:  # the error line says it: not twice
+            said = str(self.error)
+            lines = [m for m in lines if not (m.startswith("stopped by an error") and said in m)]
         folded: list[list] = []
         for line in lines:
             if folded and folded[-1][0] == line:
@@ -510,7 +514,7 @@ class TrainingPanel:
         self._update_progress(n, running, holding)
         self.strategy.value = html.escape(t.distribution() or "")
         self.params.value = _params_html(t.param_values())
-        self.messages.value = _messages_html(self._shown_messages(), self.error)
+        self.messages.value = _messages_html(self._shown_messages(), self.error, self._error_epoch)
         self._maybe_plot(n, force_plot, running)
         if self.view == "text":
             self._print_new_epochs(n)
@@ -628,7 +632,7 @@ class TrainingPanel:
         # Where no widget shows, an error that stopped a run is printed, once.
         if self.error is not None and self.error is not self._printed_error:
             self._printed_error = self.error
-            print(f"error: {_error_line(self.error)}")
+            print(f"error at epoch {self._error_epoch}: {_error_line(self.error)}")
 
 
 class RunClock:
@@ -727,11 +731,11 @@ def _params_html(values: dict[str, float]) -> str:
     return f"<table style='font-size:90%'>{rows}</table>"
 
 
-def _messages_html(lines: list[str], error: BaseException | None) -> str:
+def _messages_html(lines: list[str], error: BaseException | None, epoch: int = 0) -> str:
     items = [f"<div>{html.escape(_one_line(line))}</div>" for line in lines]
     if error is not None:
-        text = _error_line(error)
-        items.append(f"<div style='color:#d62728'><b>error</b>: {html.escape(text)}</div>")
+        text = html.escape(_error_line(error))
+        items.append(f"<div style='color:#d62728'><b>error</b> at epoch {epoch}: {text}</div>")
     return "".join(items)
 
 
