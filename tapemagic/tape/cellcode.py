@@ -112,6 +112,7 @@ class CellInfo:
     bind_lines: dict[str, list[int]]
     quiet: bool = False  # the last expression ends with `;`: IPython shows no value
     has_walrus: bool = True  # whether the cell may hold a `:=` (the rewriter looks for them)
+    call_lines: set[int] | None = None  # lines with a call on them (None: not known)
     # ast.dump of the code each magic in the cell runs (`%time y = x ** 2`) -> the offset
     # of its line numbers in the cell, for the rewriter to number that code's hooks.
     magic_offsets: dict[str, int] = field(default_factory=dict)
@@ -156,7 +157,7 @@ class CellInfo:
         return sorted(on_path, key=lambda s: s.lineno)
 
 
-@functools.lru_cache(maxsize=256)  # a cell is often re-run unchanged: analyse it once
+@functools.lru_cache(maxsize=32)  # a cell is often re-run unchanged: analyse it once
 def analyse(source: str, numeric_modules: frozenset[str] = frozenset()) -> CellInfo:
     """Analyse cell code (plain Python, after IPython's own transforms).
 
@@ -307,6 +308,7 @@ class _Analyser:
         self.functions: dict[str, list[str]] = {}  # a function the cell defines -> free names
         self.magic_offsets: dict[str, int] = {}
         self._walked: tuple[ast.AST | None, list[ast.AST]] = (None, [])
+        self.call_lines: set[int] = set()
         # Only a cell with a magic line in it has magic calls to look for in every statement.
         self.has_magics = "run_line_magic" in source or "run_cell_magic" in source
         self.has_walrus = ":=" in source  # else no statement needs walking for one
@@ -328,6 +330,7 @@ class _Analyser:
             quiet=quiet,
             magic_offsets=self.magic_offsets,
             has_walrus=self.has_walrus,
+            call_lines=self.call_lines,
         )
 
     # -- walking statements in execution order --------------------------------------
@@ -384,7 +387,8 @@ class _Analyser:
             self._body(node.orelse, conds | test_reads)
         elif type(node).__name__ == "Match":  # Python 3.10+
             reads = self._read(node.subject)
-            self._walrus_statement(node, node.subject, reads, conds)
+            if not self._walrus_statement(node, node.subject, reads, conds):
+                self._findings_only(node.subject)
             for name in reads:  # which case runs is control flow
                 self.conditions.setdefault(name, node.lineno + self.offset)
             for case in node.cases:
@@ -547,6 +551,10 @@ class _Analyser:
     def _find(self, expr: ast.AST) -> list[Finding]:
         found = []
         for node in self._walk(expr):
+            if type(node) not in _CLASSIFIED:  # the only nodes _classify has a word for
+                continue
+            if type(node) is ast.Call and not self.offset:
+                self.call_lines.add(node.lineno)
             kind = self._classify(node)
             if kind:
                 lineno = getattr(node, "lineno", 0) + self.offset
@@ -678,6 +686,7 @@ class _Analyser:
 
 
 _WEIGHT_LISTS = {"trainable_variables", "trainable_weights", "variables", "weights"}
+_CLASSIFIED = {ast.BinOp, ast.Compare, ast.Call}
 # Statements with a body: their header is read by _stmt, their body statement by statement.
 _COMPOUND = tuple(
     getattr(ast, n)
@@ -819,8 +828,16 @@ class Rewriter(ast.NodeTransformer):
         quiet: bool = False,
         magic_offsets: dict[str, int] | None = None,
         walrus: bool = True,
+        watch: set[str] | None = None,
+        every: bool = True,
+        call_lines: set[int] | None = None,
     ) -> None:
         self.quiet = quiet
+        # Which bindings get a hook: every one (the re-runs replace values through them);
+        # else those of the names in `watch`, or, without `watch`, those whose value calls
+        # something: only a call can make the Variable a cell creates (`w = x * 2` cannot).
+        self.watch, self.every = watch, every
+        self.call_lines = call_lines  # from the analysis: spares a walk of each statement
         self.walrus = walrus  # False: the cell has no `:=` (CellInfo.has_walrus)
         self.offset = 0  # added to hook line numbers inside a magic's code
         self._only: set[str] | None = None  # inside a function: its `global` names only
@@ -861,7 +878,7 @@ class Rewriter(ast.NodeTransformer):
             self._walrus_hooks(node)
             self._descend(node)
             out.append(node)
-            names = self._wanted(_bound_by(node))
+            names = self._wanted(_bound_by(node), getattr(node, "value", None))
             if not names:
                 continue
             if _single_name(node):  # `y = v` -> `y = hook(line, ("y",), (v,))[0]`
@@ -870,8 +887,20 @@ class Rewriter(ast.NodeTransformer):
                 out.append(_hook(node, names, self.offset))
         return out
 
-    def _wanted(self, names: list[str]) -> list[str]:
-        return names if self._only is None else [n for n in names if n in self._only]
+    def _wanted(self, names: list[str], value: ast.AST | None = None) -> list[str]:
+        """The names among `names` (bound from `value`) that get a hook."""
+        if self._only is not None:
+            names = [n for n in names if n in self._only]
+        if self.watch is not None:
+            return [n for n in names if n in self.watch]
+        if self.every or value is None or not names:
+            return names
+        if self.call_lines is not None and not self.offset:
+            lines = range(value.lineno, (value.end_lineno or value.lineno) + 1)
+            calls = any(line in self.call_lines for line in lines)
+        else:
+            calls = any(type(n) in _CALLS for n in ast.walk(value))
+        return names if calls else []
 
     def _walrus_hooks(self, node: ast.stmt) -> None:
         """`(n := value)` becomes `(n := __tapemagic_bind__(line, ("n",), (value,))[0])`."""
@@ -886,12 +915,12 @@ class Rewriter(ast.NodeTransformer):
         for expr in exprs:
             for walrus in _walruses(expr) if expr is not None else []:
                 name = walrus.target.id
-                if self._wanted([name]):
+                if self._wanted([name], walrus.value):
                     walrus.value = _hooked_value(walrus, name, walrus.value, self.offset)
 
     def _descend(self, node: ast.stmt) -> None:
         if isinstance(node, (ast.For, ast.AsyncFor)):
-            loop_names = self._wanted(_target_names(node.target))
+            loop_names = self._wanted(_target_names(node.target), node.iter)
             hook = [_hook(node, loop_names, self.offset)] if loop_names else []
             node.body = hook + self._body(node.body)
             node.orelse = self._body(node.orelse)
@@ -900,7 +929,7 @@ class Rewriter(ast.NodeTransformer):
             node.orelse = self._body(node.orelse)
         elif isinstance(node, (ast.With, ast.AsyncWith)):
             names = [n for item in node.items for n in _target_names(item.optional_vars)]
-            names = self._wanted(names)
+            names = self._wanted(names, node)
             node.body = ([_hook(node, names, self.offset)] if names else []) + self._body(node.body)
         elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
             node.body = self._body(node.body)
@@ -910,7 +939,7 @@ class Rewriter(ast.NodeTransformer):
             node.finalbody = self._body(node.finalbody)
         elif type(node).__name__ == "Match":
             for case in node.cases:
-                names = self._wanted(_pattern_names(case.pattern))
+                names = self._wanted(_pattern_names(case.pattern), node.subject)
                 hook = [_hook(case.pattern, names, self.offset)] if names else []
                 case.body = hook + self._body(case.body)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -923,9 +952,17 @@ class Rewriter(ast.NodeTransformer):
                     self._only = saved
 
 
-def rewriter_for(info: CellInfo) -> Rewriter:
-    """The rewriter for a cell already analysed (what it found spares the rewriter a search)."""
-    return Rewriter(info.quiet, info.magic_offsets, info.has_walrus)
+_CALLS = {ast.Call, ast.Await}
+
+
+def rewriter_for(info: CellInfo, watch: list[str] | None = None) -> Rewriter:
+    """The rewriter for a cell already analysed (what it found spares the rewriter a
+    search), hooking only the bindings a recording needs: those of the `watch` names, or,
+    without them, those that may bind a Variable the cell creates."""
+    watched = set(watch) if watch is not None else None
+    return Rewriter(
+        info.quiet, info.magic_offsets, info.has_walrus, watched, False, info.call_lines
+    )
 
 
 def _bound_by(node: ast.stmt) -> list[str]:

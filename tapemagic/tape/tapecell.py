@@ -133,7 +133,7 @@ def tape_cell(
         namespace.update(swaps)
         recorder.start(sources)
         namespace[BIND_HOOK], namespace[LAST_HOOK] = recorder.bind, recorder.last
-        ok = execute(cellcode.rewriter_for(info))
+        ok = execute(cellcode.rewriter_for(info, opts.watch))
         if ok:
             targets = _collect_targets(info, namespace, opts, recorder)
             _add_accessed_variables(recorder, opts, info, namespace)
