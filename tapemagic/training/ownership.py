@@ -7,7 +7,7 @@ of them is stopped between steps (its `request_stop` and `wait`: nothing half-ap
 the older one is marked superseded and refuses to run again, naming its successor, and
 whoever watches it (a panel) is told. Owners are held weakly and keyed by the ids of the
 underlying tf.Variables (Keras 3 Variables unwrapped), so a dropped trainer or variable
-leaves nothing behind. Thread-safe: a trainer may be made while another runs elsewhere.
+is forgotten (swept at the next claim). Thread-safe: a trainer may be made while another runs elsewhere.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class _Record:
 
 _lock = threading.RLock()
 _variables: dict[int, tuple[weakref.ref, weakref.ref]] = {}  # id -> (variable, owner)
-_records: dict[int, _Record] = {}  # id(owner) -> its record, dropped with the owner
+_records: dict[int, tuple[weakref.ref, _Record]] = {}  # id(owner) -> (owner, its record)
 _labels = threading.local()
 
 
@@ -98,7 +98,7 @@ def _stop(owners: Iterable[Owner]) -> None:
     for owner in owners:
         owner.request_stop()
         with _lock:
-            record = _records.get(id(owner))
+            record = _find(owner)
             inside = record is not None and record.thread == here and owner.running
         if not inside:  # made from the old run's own thread (a callback): it stops after
             owner.wait()
@@ -118,6 +118,7 @@ def claim(owner: Owner, variables: Iterable[Any]) -> list[Supersession]:
     variables = list(variables)
     label = getattr(_labels, "value", None)
     with _lock:
+        _sweep()
         olds = _owners_of(variables, owner)
         _record_of(owner)
         ref = weakref.ref(owner)
@@ -138,27 +139,37 @@ def claim(owner: Owner, variables: Iterable[Any]) -> list[Supersession]:
     return told
 
 
+def _find(owner: Any) -> _Record | None:
+    """The owner's record; lock held. Checked against the owner itself: an id can be
+    reused by a new object once the old one is gone."""
+    entry = _records.get(id(owner))
+    return entry[1] if entry is not None and entry[0]() is owner else None
+
+
 def _record_of(owner: Any) -> _Record:
     """The owner's record, made on first use; lock held."""
-    record = _records.get(id(owner))
+    record = _find(owner)
     if record is None:
-        record = _records[id(owner)] = _Record()
-        weakref.finalize(owner, _forget, id(owner))
+        record = _Record()
+        _records[id(owner)] = (weakref.ref(owner), record)
     return record
 
 
-def _forget(key: int) -> None:
-    with _lock:
-        _records.pop(key, None)
-        dead = [k for k, (var, own) in _variables.items() if var() is None or own() is None]
-        for k in dead:
-            del _variables[k]
+def _sweep() -> None:
+    """Drop what dead owners and variables left; lock held. Done here rather than in
+    weakref callbacks, which a garbage collection may run in the middle of a lookup."""
+    for key, (ref, _) in list(_records.items()):
+        if ref() is None:
+            del _records[key]
+    for key, (var, own) in list(_variables.items()):
+        if var() is None or own() is None:
+            del _variables[key]
 
 
 def superseded(owner: Any) -> Supersession | None:
     """How `owner` lost its variables, or None while it owns them."""
     with _lock:
-        record = _records.get(id(owner))
+        record = _find(owner)
         return record.superseded if record else None
 
 
