@@ -150,3 +150,26 @@ def test_traceback_lines_stay_right_after_the_rewrite(ip):
     text = re.sub(r"\x1b\[[0-9;]*m", "", cap.stdout)  # without the colours
     # numbered as IPython numbers a cell magic's body, the line as the user wrote it
     assert "line 2" in text and "----> 2 z = y + undefined_name" in text
+
+
+def test_nonlocal_in_nested_functions(ip):
+    run(ip, "x = tf.constant(3.0)")
+    cell = (
+        "%%tape -q\n"
+        "def outer():\n"
+        "    acc = x * 1.0\n"
+        "    def inner():\n"
+        "        nonlocal acc\n"
+        "        acc = acc * 2.0\n"
+        "    inner()\n"
+        "    return acc\n"
+        "y = outer()"
+    )
+    run(ip, cell)
+    assert derivatives(ip) == {"∂y/∂x": 2.0}
+
+
+def test_the_magic_line_takes_a_comment(ip):
+    run(ip, "x = tf.constant(3.0)")
+    run(ip, "%%tape -q -o 2  # second derivative too\ny = x ** 3")
+    assert float(ip.user_ns["_tape"].gradient("y", "x", order=2)) == 18.0

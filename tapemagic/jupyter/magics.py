@@ -144,7 +144,7 @@ class TapeMagics(Magics):
         (a loss); when it binds none, every float tensor it binds, else the value of its
         last expression. --all: every target with respect to every source.
         """
-        args = parse_argstring(self.tape, line)
+        args = parse_argstring(self.tape, strip_comment(line))
         from tapemagic.tape.tapecell import TapeError, TapeOptions, tape_cell
 
         options = TapeOptions(
