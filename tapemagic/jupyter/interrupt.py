@@ -1,15 +1,15 @@
 """The kernel's Interrupt stops the training this kernel runs in worker threads.
 
 Interrupt (the toolbar's stop button, `kernel:interrupt`) sends SIGINT to the kernel, and
-only the main thread runs Python signal handlers. ipykernel (kernelapp.py) ignores SIGINT
-at start; around each message it handles (kernelbase.py's pre/post_handler_hook) it saves
-the handler, installs `signal.default_int_handler` (a busy cell gets KeyboardInterrupt)
-and puts the saved one back. So a panel's run, in a worker thread while the kernel is
-idle, gets nothing. While such runs are going, this module installs a handler that stops
-them and then does what the previous one did: as the handler in force while the kernel is
-idle (through the kernel's `saved_sigint_handler`, which the post-hook restores), and
-around each cell (ipykernel's handling of the cell's own Interrupt is kept). Once no run
-is left, the next cell puts the previous handlers back.
+only the main thread runs Python signal handlers. ipykernel's app ignores SIGINT at start;
+around each message it handles (`Kernel.pre_handler_hook` and `post_handler_hook`) the
+kernel saves the handler, installs `signal.default_int_handler` (a busy cell gets
+KeyboardInterrupt) and puts the saved one back. So a panel's run, in a worker thread while
+the kernel is idle, gets nothing. While such runs are going, this module installs a
+handler that stops them and then does what the previous one did: as the handler in force
+while the kernel is idle (the kernel's `saved_sigint_handler`, which the post-hook
+restores), and around each cell (ipykernel's handling of the cell's own Interrupt is
+kept). Once no run is left, the next cell puts the previous handlers back.
 """
 
 from __future__ import annotations
