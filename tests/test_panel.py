@@ -558,6 +558,7 @@ def test_an_epoch_slower_than_the_redraws_shows_its_progress():
         assert p.wait(WAIT)
         t = p.trainer
         assert len(t.history) == 0 and 0 < t.batch < n  # stopped inside the first epoch
+        assert p.status.value.startswith(f"stopped · epoch 0 (0/1 this run) · batch {t.batch:,}/")
         # The plot shows how far into the epoch the run got: a dotted line, no loss yet.
         assert bytes(p.plot.value) == LossPlot().render([], [], progress=t.batch / n)
         assert bytes(p.plot.value) != empty

@@ -560,7 +560,7 @@ class TrainingPanel:
             )
         else:
             head = f"{'running' if running else 'stopped'} · epoch {n:,}{this_run}"
-        if running and t.batch and t.samples_per_epoch and t.batch_size:  # inside an epoch
+        if t.batch and t.samples_per_epoch and t.batch_size:  # inside an epoch (or stopped in)
             steps = math.ceil(t.samples_per_epoch / t.batch_size)
             head += f" · batch {t.batch:,}/{steps:,}"
         parts = [head]
