@@ -131,3 +131,22 @@ def test_jacobian_and_hessian_beside_gradient(ip):
     run(ip, "%%tape -q\nf = tf.reduce_sum(w ** 3)")
     with pytest.raises(KeyError, match="run it with %%tape --hessian"):
         ip.user_ns["_tape"].hessian("f", "w")
+
+
+def test_a_loop_variable_does_not_name_the_last_item(ip):
+    run(ip, "Ws = [tf.Variable(0.5), tf.Variable(2.0)]\nx = tf.constant(1.0)")
+    run(ip, "%%tape -q\nh = x\nfor W in Ws:\n    h = h * W\nloss = h * 1.0")
+    r = ip.user_ns["_tape"]
+    assert r.sources == ["Ws[0]", "Ws[1]"]  # not `W`, which the loop leaves bound to Ws[1]
+    assert [float(r.gradient("loss", s)) for s in r.sources] == [2.0, 0.5]
+
+
+def test_a_variable_no_name_reaches_is_labelled_by_its_own_name_in_brackets(ip):
+    run(
+        ip,
+        "def make():\n    v = tf.Variable(3.0, name='hidden')\n    return lambda: v * v\n"
+        "f = make()",
+    )
+    run(ip, "%%tape -q\ny = f()")
+    assert ip.user_ns["_tape"].sources == ["<hidden>"]
+    assert float(ip.user_ns["_tape"].gradient("y", "<hidden>")) == 6.0

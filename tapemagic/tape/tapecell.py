@@ -383,11 +383,13 @@ def _add_accessed_variables(
         return
     from tapemagic.tape.naming import reach_names
 
-    used = [n for n in dict.fromkeys([*info.reads, *info.binds]) if n in namespace]
-    rest = [n for n in namespace if not n.startswith("_") and n not in _SHELL_NAMES]
+    # What the cell reads first (`Ws[7]`, not the loop variable `W` left bound to it), then
+    # what it binds, then the rest of the namespace.
+    groups = [info.reads, [n for n in info.binds if n not in info.reads]]
+    groups.append([n for n in namespace if not n.startswith("_") and n not in _SHELL_NAMES])
     names = reach_names(
         new,
-        [[(n, namespace[n]) for n in used], [(n, namespace[n]) for n in rest]],
+        [[(n, namespace[n]) for n in group if n in namespace] for group in groups],
         taken=recorder.sources,
     )
     for var in new:
