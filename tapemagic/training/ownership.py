@@ -7,7 +7,8 @@ of them is stopped between steps (its `request_stop` and `wait`: nothing half-ap
 the older one is marked superseded and refuses to run again, naming its successor, and
 whoever watches it (a panel) is told. Owners are held weakly and keyed by the ids of the
 underlying tf.Variables (Keras 3 Variables unwrapped), so a dropped trainer or variable
-is forgotten (swept at the next claim). Thread-safe: a trainer may be made while another runs elsewhere.
+is forgotten (swept at the next claim). Thread-safe: a trainer may be made while another
+runs elsewhere.
 """
 
 from __future__ import annotations
