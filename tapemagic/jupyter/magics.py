@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import re
 import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -368,31 +370,37 @@ def _grad_value(result, args) -> Any:
 
 
 def _executor(shell, raw_cell: str, transformed: str):
-    """Run the raw cell through IPython with the rewriter as an AST transformer.
+    """Run the raw cell through IPython with the rewriter applied to its AST.
 
-    `transformed` is `shell.transform_cell(raw_cell)`, already made for the analysis:
-    run_cell is handed it instead of transforming the cell a second time (a tenth of a
-    second on a 2,000-line cell); any other text (a magic's code) is transformed as usual."""
+    Two of the shell's steps are replaced for this one run (and put back after):
+    `transform_cell` hands back `transformed`, already made for the analysis, instead of
+    transforming the cell a second time (any other text, a magic's code, as usual);
+    `transform_ast` applies the rewriter (to the cell, and to the code a magic in it runs)
+    before the shell's own AST transformers, if any. Registered among those, the rewriter
+    would cost IPython's `fix_missing_locations` walk over the whole tree, which the
+    rewriter does not need (it places every node it adds), and an error in it would be
+    turned into a warning and a cell run without hooks."""
 
     def execute(rewriter) -> bool:
         outer = shell.displayhook.exec_result
-        shell.ast_transformers.append(rewriter)
-        own = "transform_cell" in vars(shell)
-        original = shell.transform_cell
 
-        def transform_cell(raw: str) -> str:
-            return transformed if raw == raw_cell else original(raw)
+        def transform_cell(original):
+            return lambda raw: transformed if raw == raw_cell else original(raw)
 
-        shell.transform_cell = transform_cell
+        def transform_ast(original):
+            def apply(node):
+                node = rewriter.visit(node)
+                return original(node) if shell.ast_transformers else node
+
+            return apply
+
         try:
-            inner = shell.run_cell(raw_cell, store_history=False)
+            with (
+                _instead(shell, "transform_cell", transform_cell),
+                _instead(shell, "transform_ast", transform_ast),
+            ):
+                inner = shell.run_cell(raw_cell, store_history=False)
         finally:
-            if own:
-                shell.transform_cell = original
-            else:
-                del shell.transform_cell
-            if rewriter in shell.ast_transformers:
-                shell.ast_transformers.remove(rewriter)
             shell.displayhook.exec_result = outer
         if inner.success:
             return True
@@ -401,3 +409,18 @@ def _executor(shell, raw_cell: str, transformed: str):
         return False
 
     return execute
+
+
+@contextlib.contextmanager
+def _instead(shell, name: str, make: Callable[[Any], Any]) -> Iterator[None]:
+    """`shell.<name>` is `make(original)` inside the block, the original again after."""
+    own = name in vars(shell)
+    original = getattr(shell, name)
+    setattr(shell, name, make(original))
+    try:
+        yield
+    finally:
+        if own:
+            setattr(shell, name, original)
+        else:
+            delattr(shell, name)
