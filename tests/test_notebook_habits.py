@@ -67,7 +67,7 @@ def test_a_new_trainer_supersedes_the_old_one_which_refuses_to_run_or_reset():
     new = params_trainer(a, b)
     assert old.superseded_by is new and new.superseded_by is None
     before = (a.numpy(), b.numpy(), len(old.history))
-    for call in (lambda: old.run(1), old.reset, old.step):
+    for call in (lambda: old.run(1), old.reset, old.step, old.restore_last_finite):
         with pytest.raises(RuntimeError) as err:
             call()
         message = str(err.value)

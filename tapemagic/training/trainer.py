@@ -391,7 +391,7 @@ class Trainer:
     @property
     def superseded_by(self) -> Any:
         """The newer trainer made on (some of) these variables, which owns them now; None
-        while this one does. A superseded trainer refuses to run or reset."""
+        while this one does. A superseded trainer refuses to run, reset or restore."""
         event = ownership.superseded(self)
         return event.new if event is not None else None
 
@@ -635,6 +635,7 @@ class Trainer:
     def restore_last_finite(self) -> bool:
         """After a fault with on_nonfinite='keep': back to the last finite step."""
         self._require_idle("restore")
+        ownership.check(self)  # the variables are another trainer's now
         if self._last_fault is None:
             return False
         self._say(f"restored the last finite weights: {self._restore_fault()}")
