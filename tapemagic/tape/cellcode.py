@@ -514,7 +514,7 @@ class _Analyser:
         """Every node under `expr`; a statement's value is read and searched for culprits,
         so the last walk is kept (one walk of each expression, not two)."""
         if self._walked[0] is not expr:
-            self._walked = (expr, list(ast.walk(expr)))
+            self._walked = (expr, _nodes(expr))
         return self._walked[1]
 
     def _read(self, expr: ast.AST) -> set[str]:
@@ -558,12 +558,12 @@ class _Analyser:
             kind = self._classify(node)
             if kind:
                 lineno = getattr(node, "lineno", 0) + self.offset
-                found.append(Finding(kind, lineno, self.segment(node)))
+                found.append((lineno, node.col_offset, Finding(kind, lineno, self.segment(node))))
             if _is_method_call(node, "gradient"):
                 self.gradient_calls.append((node.func.value.id, node))
             if _is_method_call(node, "watch"):
                 self.watch_calls.append((node.func.value.id, node))
-        return found
+        return [f for *_, f in sorted(found, key=lambda t: t[:2])]  # as written
 
     def _classify(self, node: ast.AST) -> str | None:
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.FloorDiv):
@@ -696,6 +696,35 @@ _COMPOUND = tuple(
     )
     if hasattr(ast, n)
 )  # fmt: skip
+
+
+def _nodes(root: ast.AST) -> list[ast.AST]:
+    """Every node under `root` (as `ast.walk`, in another order, without the contexts and
+    operators, which are read from their parents): the analysis walks each statement, and
+    `ast.walk`'s generators were most of its time on a long cell."""
+    out, todo = [root], [root]
+    fields = _CHILD_FIELDS
+    while todo:
+        node = todo.pop()
+        names = fields.get(type(node))
+        if names is None:
+            names = fields[type(node)] = tuple(
+                f for f in node._fields if f not in ("ctx", "op", "ops")
+            )
+        for name in names:
+            child = getattr(node, name, None)
+            if isinstance(child, ast.AST):
+                out.append(child)
+                todo.append(child)
+            elif isinstance(child, list):
+                for item in child:
+                    if isinstance(item, ast.AST):
+                        out.append(item)
+                        todo.append(item)
+    return out
+
+
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def _pos(node: ast.AST) -> dict:
