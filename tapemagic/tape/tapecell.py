@@ -426,10 +426,18 @@ def _default_pairs(
     if opts.watch is None and parameters:
         for name in [n for n, v in sources.items() if not isinstance(v, tf.Variable)]:
             hidden[name] = sources.pop(name)
-    if not opts.targets and any(size_of(v) == 1 for v in targets.values()):
-        for name in [n for n, v in targets.items() if size_of(v) != 1]:
+    scalar = {n: _elements(v) == 1 for n, v in targets.items()}
+    if not opts.targets and any(scalar.values()):
+        for name in [n for n, one in scalar.items() if not one]:
             del targets[name]
     return hidden
+
+
+def _elements(value: Any) -> int:
+    """Elements in a target: a tensor's, or a NumPy value's (one that left TensorFlow)."""
+    if is_tensor_like(value) or isinstance(value, (list, tuple)):
+        return size_of(value)
+    return int(np.size(value))
 
 
 def _build_result(
