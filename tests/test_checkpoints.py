@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run
+from IPython.utils.capture import capture_output
 
 from tapemagic.training.checkpoints import CheckpointError
 from tapemagic.training.controls import Controls
@@ -131,6 +133,31 @@ def test_state_file_missing_is_an_error_then_latest_valid_resumes_and_loses_noth
     trainer.close()
     again, _, _ = make(str(saved))  # the directory is whole again: a plain resume
     assert again.epoch == 7 and again.history["loss"] == trainer.history["loss"]
+
+
+def test_train_magic_says_its_own_options_and_resumes_with_them(saved, ip):
+    """%train users are told the option to type, and --resume latest_valid works."""
+    (saved / "checkpoint").unlink()
+    ip.user_ns.update(sum_sq=sum_sq, X=np.array(X, "float32"), Y=np.array(Y, "float32"))
+    run(ip, "a, b = tf.Variable(0.5), tf.Variable(0.5)\npredict = lambda x: a * x + b")
+    line = (
+        f"%train --params a,b --predict predict --loss sum_sq --data X,Y --checkpoint-dir {saved}"
+    )
+    with capture_output() as cap:
+        assert not ip.run_cell(line).success
+    assert cap.stderr.strip().splitlines()[-1] == (
+        f"UsageError: %train: checkpoint_dir {saved} is damaged: its 'checkpoint' state file is "
+        f"missing; valid checkpoints there, newest first: {VALID_3}; pass --resume latest_valid "
+        "to resume from ckpt-3 (epoch 3) (nothing is deleted), or another --checkpoint-dir to "
+        "start afresh"
+    )
+    assert ip.user_ns["a"].numpy() == 0.5  # nothing was restored into the user's variables
+    with capture_output():
+        run(ip, line + " --resume latest_valid")
+    panel = ip.user_ns["_panel"]
+    assert panel.trainer.epoch == 3 and ip.user_ns["a"].numpy() == pytest.approx(SGD_AB[2][0])
+    panel.close()
+    panel.trainer.close()
 
 
 def test_garbled_state_file_is_an_error_and_its_bytes_are_kept(saved):

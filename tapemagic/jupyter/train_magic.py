@@ -38,6 +38,11 @@ class TrainMagics(Magics):
     @argument("--metrics", metavar="m1,m2", help="Keras metric names")
     @argument("--device", metavar="D", help="auto, CPU, GPU, GPU:1")
     @argument("--checkpoint-dir", metavar="PATH", help="save and resume here")
+    @argument(
+        "--resume",
+        choices=("latest_valid", "False"),
+        help="with --checkpoint-dir: latest_valid (skip damaged checkpoints) or False (start at 0)",
+    )
     @argument("--seed", type=int, help="for reproducible shuffling")
     @argument("--as", dest="as_name", metavar="NAME", help="also store the panel under NAME")
     @line_magic
@@ -82,6 +87,7 @@ class TrainMagics(Magics):
             metrics=split_names(args.metrics, "--metrics"),
             device=args.device or "auto",
             checkpoint_dir=args.checkpoint_dir,
+            resume={None: None, "False": False}.get(args.resume, args.resume),
             seed=args.seed,
         )
         from tapemagic.jupyter.panel import TrainingPanel
@@ -91,8 +97,22 @@ class TrainMagics(Magics):
                 epochs=args.epochs, **{k: v for k, v in kwargs.items() if v is not None}
             )
         except (ValueError, TypeError, RuntimeError) as exc:
-            raise UsageError(f"%train: {exc}") from None
+            raise UsageError(f"%train: {_as_options(str(exc))}") from None
         ns["_panel"] = panel
         if args.as_name:
             ns[args.as_name] = panel
         display(panel)
+
+
+# The Trainer's messages name its keyword arguments; %train users type options instead.
+_OPTION_SPELLING = {
+    "resume='latest_valid'": "--resume latest_valid",
+    "resume=False": "--resume False",
+    "another checkpoint_dir": "another --checkpoint-dir",
+}
+
+
+def _as_options(message: str) -> str:
+    for keyword, option in _OPTION_SPELLING.items():
+        message = message.replace(keyword, option)
+    return message
