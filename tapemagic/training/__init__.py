@@ -28,8 +28,10 @@ it checks. What crosses a module boundary is a named type (in brackets).
   one, the message [`FaultSite`, `FaultedCall`, `Fault`].
 - `callbacks.py`: `callbacks`: Keras callbacks driven without `model.fit`.
 - `history.py`: the per-epoch records, stored by column [`EpochColumns`, `EpochRecord`].
-- `checkpoints.py`: `checkpoint_dir`, `checkpoint_every`: weights, optimizer state and
-  history saved and resumed together.
+- `checkpoints.py`: `checkpoint_dir`, `checkpoint_every`, `resume`: weights, optimizer
+  state and history saved and resumed together; damaged directories refused; one writer.
+- `ownership.py`: one running trainer per set of variables: a newer trainer stops and
+  supersedes an older one on the same variables.
 - `distributed/replicas.py`: `strategy`, `loss_reduction`: checks, each batch split
   across replicas, the steps there (`Replicas.split_steps`).
 - `distributed/lockstep.py`: several workers: the chief's orders reach every worker
