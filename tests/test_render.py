@@ -226,6 +226,22 @@ def test_summed_gradient_says_so(fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_a_summed_target_is_said_once_whatever_its_sources(fmt):
+    """The sum is about the target: one note, not one per source's row."""
+    r = TapeResult(
+        targets=["y", "z"],
+        sources=["a", "b"],
+        point={"a": tf.constant(1.0), "b": tf.constant(2.0)},
+        values={"y": tf.constant([1.0, 4.0]), "z": tf.constant([3.0, 5.0])},
+        derivatives=[
+            Derivative(t, s, value=tf.constant(1.0), summed=True) for t in "yz" for s in "ab"
+        ],
+    )
+    out = FORMATS[fmt](r).replace("&#x27;", "'")
+    assert out.count("sum of y's elements") == 1 and out.count("sum of z's elements") == 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_check_verdicts(fmt):
     ok = Check(ok=True, max_rel_error=1.2e-9, tolerance=1e-6, precision="float64")
     bad = Check(ok=False, max_rel_error=0.3, tolerance=1e-6, precision="float64", kink=True)

@@ -196,14 +196,25 @@ def _row(result: TapeResult, d: Derivative) -> _Row:
         dtype=_dtype_of(d.value, a),
         label=label,
     )
-    if d.summed:
-        t = d.target
-        shape = f" (shape {_shape_of(result.values[t])})" if t in result.values else ""
-        row.notes.append(
-            f"sum: this is the gradient of Σ{t}, the sum of {t}'s elements{shape}, not of "
-            f"each element; use --jacobian for per-element derivatives"
-        )
     return row
+
+
+def _rows(result: TapeResult) -> list[_Row]:
+    """Every derivative's row; a note about a whole target (its elements summed) goes on
+    that target's first summed row only, not on each source's."""
+    rows, told = [], set()
+    for d in result.derivatives:
+        row = _row(result, d)
+        if d.summed and d.target not in told:
+            told.add(d.target)
+            t = d.target
+            shape = f" (shape {_shape_of(result.values[t])})" if t in result.values else ""
+            row.notes.append(
+                f"sum: this is the gradient of Σ{t}, the sum of {t}'s elements{shape}, not of "
+                f"each element; use --jacobian for per-element derivatives"
+            )
+        rows.append(row)
+    return rows
 
 
 def _at_text(r: _Row) -> str:
@@ -340,7 +351,7 @@ def to_html(result: TapeResult) -> str:
     ]
     if result.derivatives:
         head = "".join(f'<th style="{_CELL}{_LINE}">{c}</th>' for c in COLUMNS)
-        rows = "".join(_row_html(_row(result, d)) for d in result.derivatives)
+        rows = "".join(_row_html(r) for r in _rows(result))
         parts.append(
             f'<table style="border-collapse:collapse;margin:0.3em 0">'
             f"<thead><tr>{head}</tr></thead>{rows}</table>"
@@ -416,7 +427,7 @@ def _code(text: str) -> str:
 def to_markdown(result: TapeResult) -> str:
     """Markdown with LaTeX notation, for Colab, which typesets math in markdown outputs."""
     lines = [f"**tapemagic**: {_header_text(result, lambda s: f'${_tex_name(s)}$')}", ""]
-    rows = [_row(result, d) for d in result.derivatives]
+    rows = _rows(result)
     if rows:
         lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     diagnoses = []
@@ -464,7 +475,7 @@ def to_latex(result: TapeResult) -> str:
     if not result.derivatives:
         return r"$$\text{tapemagic: no derivatives}$$"
     lines = []
-    for r in (_row(result, d) for d in result.derivatives):
+    for r in _rows(result):
         extra = [_at_text(r)] if r.point or r.point_shape else []
         extra += [r.label] if r.label else []
         extra += ["gradient of the sum of the target's elements"] if r.d.summed else []
@@ -478,7 +489,7 @@ def to_latex(result: TapeResult) -> str:
 def to_text(result: TapeResult) -> str:
     """Aligned columns for terminal IPython, with diagnoses indented under their row."""
     out = [f"tapemagic: {_header_text(result)}"]
-    rows = [_row(result, d) for d in result.derivatives]
+    rows = _rows(result)
     table = [[[c] for c in COLUMNS]] if rows else []
     table += [
         [[r.d.notation], [_at_text(r)], r.value.splitlines(), [r.shape], [r.dtype], [r.label]]
