@@ -589,7 +589,7 @@ class _Analyser:
             return None
         attr = func.attr
         root = _root_name(func)
-        if "random" in _dotted(func).split(".")[:-1]:  # tf.random.normal, np.random.rand
+        if "random" in dotted_name(func).split(".")[:-1]:  # tf.random.normal, np.random.rand
             return "random"
         if root in _LEAVE_MODULES or root in self.numeric_modules:
             return "leave"
@@ -806,7 +806,7 @@ def _is_method_call(node: ast.AST, method: str) -> bool:
     )
 
 
-def _dotted(node: ast.AST) -> str:
+def dotted_name(node: ast.AST) -> str:
     """`tf.random.normal` for the function of a call."""
     parts = []
     while isinstance(node, ast.Attribute):

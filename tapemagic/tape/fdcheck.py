@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tapemagic.tape.cellcode import dotted_name
 from tapemagic.tape.recording import to_numpy
 from tapemagic.tape.rerun import Rerunner, written_before_read
 from tapemagic.tape.result import (
@@ -125,7 +126,7 @@ def random_draws(code: str, namespace: dict) -> list[tuple[int, str]]:
     made_here = {  # names the cell binds to a new generator
         t.id
         for node in ast.walk(tree)
-        if isinstance(node, ast.Assign) and "random" in _dotted(_callee(node.value)).split(".")
+        if isinstance(node, ast.Assign) and "random" in dotted_name(_callee(node.value)).split(".")
         for t in node.targets
         if isinstance(t, ast.Name)
     }
@@ -141,7 +142,7 @@ def random_draws(code: str, namespace: dict) -> list[tuple[int, str]]:
         generator = isinstance(root, ast.Name) and (
             isinstance(namespace.get(root.id), tf.random.Generator) or root.id in made_here
         )
-        if generator or "random" in _dotted(node.func).split(".")[:-1]:
+        if generator or "random" in dotted_name(node.func).split(".")[:-1]:
             text = ast.get_source_segment(code, node) or node.func.attr
             found.append((node.lineno, text))
     return sorted(set(found))
@@ -149,16 +150,6 @@ def random_draws(code: str, namespace: dict) -> list[tuple[int, str]]:
 
 def _callee(node: ast.AST) -> ast.AST:
     return node.func if isinstance(node, ast.Call) else node
-
-
-def _dotted(node: ast.AST) -> str:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-    return ".".join(reversed(parts))
 
 
 def _not_checked(reason: str) -> Check:
