@@ -149,6 +149,32 @@ def long_cells(
     return out
 
 
+def back_to_back(ip, lines: int, reps: int) -> tuple[float, float, tuple[int, int]]:
+    """Seconds a cell for `reps` plain cells in a row, then `reps` %%tape cells, with no
+    collection forced in between: what a user pays, full garbage collections included
+    (in a kernel holding TensorFlow each walks some 400,000 objects). Also how many full
+    collections each side set off."""
+    full = [0]
+
+    def count(phase: str, info: dict) -> None:
+        full[0] += phase == "start" and info["generation"] == 2
+
+    out, collections = [], []
+    gc.callbacks.append(count)
+    try:
+        for prefix in ("", "%%tape -q\n"):
+            gc.collect()
+            full[0] = 0
+            start = time.perf_counter()
+            for i in range(reps):
+                ip.run_cell(prefix + long_cell(lines, 1000 + i))
+            out.append((time.perf_counter() - start) / reps)
+            collections.append(full[0])
+    finally:
+        gc.callbacks.remove(count)
+    return out[0], out[1], (collections[0], collections[1])
+
+
 RENDER_SETUP = "W = tf.Variable(tf.random.normal((1000, 1000), seed=0))"
 RENDER_CELL = "%%tape -q\ny = tf.reduce_sum(W * W)"
 
@@ -353,6 +379,13 @@ def main() -> int:
             f"(linear: {LONG_SIZES[-1] / LONG_SIZES[0]:.0f})"
         )
         long_ratio[tf_ops] = last / statistics.median(rows[-1][1])
+    plain_s, tape_s, collections = back_to_back(ip, LONG_SIZES[-1], reps_long)
+    print(
+        f"back to back, garbage collection included ({reps_long} cells of "
+        f"{LONG_SIZES[-1]} lines each): plain {plain_s * MS:.0f} ms a cell, %%tape "
+        f"{tape_s * MS:.0f} ms a cell ({tape_s / plain_s:.2f}x); full collections: plain "
+        f"{collections[0]}, %%tape {collections[1]}"
+    )
 
     # -- 3. rendering a 1000x1000 gradient ---------------------------------------------
     from tapemagic.display import render
