@@ -9,6 +9,7 @@ result is plain data and never imports the display layer.
 """
 
 from __future__ import annotations
+import __future__
 
 import argparse
 import ast
@@ -379,13 +380,26 @@ def _executor(shell, raw_cell: str, transformed: str):
     before the shell's own AST transformers, if any. Registered among those, the rewriter
     would cost IPython's `fix_missing_locations` walk over the whole tree, which the
     rewriter does not need (it places every node it adds), and an error in it would be
-    turned into a warning and a cell run without hooks."""
+    turned into a warning and a cell run without hooks. When the analysis parsed the cell,
+    the shell's compiler is handed that parse instead of parsing the same text again."""
 
-    def execute(rewriter) -> bool:
+    def execute(rewriter, tree=None) -> bool:
         outer = shell.displayhook.exec_result
+        if shell.compile.flags & _BARRY_AS_FLUFL:  # the one __future__ that changes the
+            tree = None  # grammar: the compiler's own parse, under its flags
 
         def transform_cell(original):
             return lambda raw: transformed if raw == raw_cell else original(raw)
+
+        def ast_parse(original):
+            def parse(source, *args, **kwargs):
+                nonlocal tree
+                if tree is None or source != transformed:
+                    return original(source, *args, **kwargs)
+                given, tree = tree, None  # once: a second run of the text parses it anew
+                return given
+
+            return parse
 
         def transform_ast(original):
             def apply(node):
@@ -398,6 +412,7 @@ def _executor(shell, raw_cell: str, transformed: str):
             with (
                 _instead(shell, "transform_cell", transform_cell),
                 _instead(shell, "transform_ast", transform_ast),
+                _instead(shell.compile, "ast_parse", ast_parse),
             ):
                 inner = shell.run_cell(raw_cell, store_history=False)
         finally:
@@ -409,6 +424,9 @@ def _executor(shell, raw_cell: str, transformed: str):
         return False
 
     return execute
+
+
+_BARRY_AS_FLUFL = __future__.barry_as_FLUFL.compiler_flag
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import ast
 import contextlib
 import functools
 import gc
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -65,15 +66,20 @@ class Finding:
     text: str  # the source segment, e.g. "x.numpy()"
 
 
-@dataclass
+@dataclass(slots=True)
 class Statement:
-    """A statement that binds names, flattened out of the cell's compound statements."""
+    """A statement that binds names, flattened out of the cell's compound statements.
+
+    Read-only, and made of tuples and frozensets (shared between statements when equal):
+    a long cell's analysis is cached, and a statement holding lists and sets of its own
+    was five objects for the garbage collector to track instead of one (each cached
+    2,000-line cell added 10,000 to every full collection, and set off more of them)."""
 
     lineno: int
-    binds: list[str]
-    reads: set[str]
-    findings: list[Finding] = field(default_factory=list)
-    conditions: set[str] = field(default_factory=set)  # names read by enclosing if/while tests
+    binds: tuple[str, ...]
+    reads: frozenset[str]
+    findings: tuple[Finding, ...] = ()
+    conditions: frozenset[str] = frozenset()  # names read by enclosing if/while tests
     text: str = ""
 
 
@@ -157,7 +163,6 @@ class CellInfo:
         return sorted(on_path, key=lambda s: s.lineno)
 
 
-@functools.lru_cache(maxsize=32)  # a cell is often re-run unchanged: analyse it once
 def analyse(source: str, numeric_modules: frozenset[str] = frozenset()) -> CellInfo:
     """Analyse cell code (plain Python, after IPython's own transforms).
 
@@ -165,9 +170,42 @@ def analyse(source: str, numeric_modules: frozenset[str] = frozenset()) -> CellI
     `import numpy as anything`); the usual aliases are known without it. The result is
     shared between calls: treat it as read-only.
     """
+    return _analyse(source, numeric_modules, False)[0]
+
+
+def analyse_parsed(
+    source: str, numeric_modules: frozenset[str] = frozenset()
+) -> tuple[CellInfo, ast.Module | None]:
+    """`analyse`, and the parse it made of the cell: the caller may run (and rewrite) it
+    instead of parsing the cell a second time. None when the analysis came from the cache
+    (a cell is often re-run unchanged: it is analysed once)."""
+    return _analyse(source, numeric_modules, True)
+
+
+def _analyse(
+    source: str, numeric_modules: frozenset[str], keep_tree: bool
+) -> tuple[CellInfo, ast.Module | None]:
+    key = (source, numeric_modules)
+    info = _ANALYSES.get(key)
+    if info is not None:
+        _ANALYSES.move_to_end(key)
+        return info, None
     with gc_paused():
-        tree = ast.parse(source)
-        return _Analyser(source, numeric_modules).run(tree)
+        tree: ast.Module | None = ast.parse(source)
+        info = _Analyser(source, numeric_modules).run(tree)
+        if not keep_tree:
+            tree = None  # freed while collection is paused: no node reaches an old generation
+    _ANALYSES[key] = info
+    _cached_statements[0] += len(info.statements)
+    # At most 32 cells and 20,000 statements: what the cache holds, every full garbage
+    # collection walks (one 2,000-line cell's analysis is some 2,000 objects).
+    while len(_ANALYSES) > 1 and (len(_ANALYSES) > 32 or _cached_statements[0] > 20_000):
+        _cached_statements[0] -= len(_ANALYSES.popitem(last=False)[1].statements)
+    return info, tree
+
+
+_ANALYSES: OrderedDict[tuple[str, frozenset[str]], CellInfo] = OrderedDict()
+_cached_statements = [0]  # statements in _ANALYSES
 
 
 @contextlib.contextmanager
@@ -309,6 +347,7 @@ class _Analyser:
         self.magic_offsets: dict[str, int] = {}
         self._walked: tuple[ast.AST | None, list[ast.AST]] = (None, [])
         self.call_lines: set[int] = set()
+        self._frozen: dict[frozenset[str], frozenset[str]] = {_NONE: _NONE}
         # Only a cell with a magic line in it has magic calls to look for in every statement.
         self.has_magics = "run_line_magic" in source or "run_cell_magic" in source
         self.has_walrus = ":=" in source  # else no statement needs walking for one
@@ -447,10 +486,11 @@ class _Analyser:
 
     def _record(self, node, names, reads, value, conds, walrus=()) -> None:
         """A statement that binds `names` (and the names its walruses bound while read)."""
-        findings = self._find(value) if value is not None else []
+        findings = tuple(self._find(value)) if value is not None else ()
         text = self.segment(node)
-        binds = list(dict.fromkeys([*walrus, *names]))
-        st = Statement(node.lineno + self.offset, binds, set(reads), findings, set(conds), text)
+        binds = tuple(dict.fromkeys([*walrus, *names]))
+        lineno = node.lineno + self.offset
+        st = Statement(lineno, binds, self._shared(reads), findings, self._shared(conds), text)
         self.statements.append(st)
         self._bind(names, node.lineno + self.offset)
 
@@ -484,7 +524,7 @@ class _Analyser:
                             self.reads.append(r)
                     for st in inner.statements:
                         self.statements.append(
-                            Statement(st.lineno, [], st.reads, st.findings, st.conditions, st.text)
+                            Statement(st.lineno, (), st.reads, st.findings, st.conditions, st.text)
                         )
             finally:
                 self.segment, self.offset = saved
@@ -498,8 +538,16 @@ class _Analyser:
         reads = set(self.functions[node.name])
         names = sorted(declared)
         lineno = node.lineno + self.offset
-        self.statements.append(Statement(lineno, names, reads, [], set(), self.segment(node)))
+        text = self.segment(node)
+        self.statements.append(
+            Statement(lineno, tuple(names), self._shared(reads), (), _NONE, text)
+        )
         self._bind(names, lineno)
+
+    def _shared(self, names: set[str] | frozenset[str]) -> frozenset[str]:
+        """`names` as a frozenset, the same object for every statement with the same names."""
+        frozen = frozenset(names)
+        return self._frozen.setdefault(frozen, frozen)
 
     def _findings_only(self, value: ast.expr) -> None:
         self._find(value)
@@ -685,6 +733,7 @@ class _Analyser:
         return lints
 
 
+_NONE: frozenset[str] = frozenset()
 _WEIGHT_LISTS = {"trainable_variables", "trainable_weights", "variables", "weights"}
 _CLASSIFIED = {ast.BinOp, ast.Compare, ast.Call}
 # Statements with a body: their header is read by _stmt, their body statement by statement.

@@ -63,16 +63,18 @@ class TapeOptions:
     silence_reruns: Callable[[], AbstractContextManager] | None = None
 
 
-# execute(rewriter) runs the cell with the rewriter applied; False when the cell failed
-# (the executor has shown the error), an exception propagates otherwise.
-Executor = Callable[[ast.NodeTransformer], bool]
+# execute(rewriter, tree) runs the cell with the rewriter applied; False when the cell
+# failed (the executor has shown the error), an exception propagates otherwise. `tree` is
+# the cell's parse when the analysis made one (the executor may rewrite and run it rather
+# than parse the cell again), else None.
+Executor = Callable[[ast.NodeTransformer, "ast.Module | None"], bool]
 
 
 def plain_executor(code: str, namespace: dict) -> Executor:
     """Run with `exec`, as a script would; the cell's exception propagates."""
 
-    def execute(rewriter: ast.NodeTransformer) -> bool:
-        tree = rewriter.visit(ast.parse(code, "<tape cell>"))
+    def execute(rewriter: ast.NodeTransformer, parsed: ast.Module | None = None) -> bool:
+        tree = rewriter.visit(parsed if parsed is not None else ast.parse(code, "<tape cell>"))
         body, last = tree.body, None
         if body and isinstance(body[-1], ast.Expr):
             body, last = body[:-1], body[-1]
@@ -97,20 +99,20 @@ def tape_cell(
     if not 1 <= opts.order <= MAX_ORDER:
         raise TapeError(f"--order must be 1 to {MAX_ORDER}, not {opts.order}")
     try:
-        info: CellInfo | None = cellcode.analyse(code, _numeric_modules(namespace))
+        info, tree = cellcode.analyse_parsed(code, _numeric_modules(namespace))
     except SyntaxError:
         if execute is None:
             raise
-        info = None  # the executor shows the syntax error as IPython does
+        info = tree = None  # the executor shows the syntax error as IPython does
     try:
         device = devices.resolve(opts.device) if opts.device else None
     except ValueError as exc:
         raise TapeError(f"--device: {exc}") from None
     execute = execute or plain_executor(code, namespace)
     if info is None:
-        execute(cellcode.Rewriter())
+        execute(cellcode.Rewriter(), None)
         return None
-    if not info.statements and not ast.parse(code).body:
+    if not info.statements and not (tree or ast.parse(code)).body:
         raise TapeError("the cell is empty: put the code to differentiate below %%tape")
     sources, watched, swaps = _resolve_sources(info, namespace, opts)
     _check_target_names(info, namespace, opts)
@@ -133,7 +135,9 @@ def tape_cell(
         namespace.update(swaps)
         recorder.start(sources)
         namespace[BIND_HOOK], namespace[LAST_HOOK] = recorder.bind, recorder.last
-        ok = execute(cellcode.rewriter_for(info, opts.watch))
+        given, tree = tree, None  # the run rewrites it: nothing else may hold it
+        ok = execute(cellcode.rewriter_for(info, opts.watch), given)
+        del given
         if ok:
             targets = _collect_targets(info, namespace, opts, recorder)
             _add_accessed_variables(recorder, opts, info, namespace)

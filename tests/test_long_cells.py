@@ -1,0 +1,58 @@
+"""Long cells: a %%tape cell of thousands of lines runs as the plain cell does, and what
+tapemagic keeps of its analysis stays small (speeds are measured in tests/bench_tape.py)."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+from conftest import run
+
+LINES = 2000
+
+
+def long_cell(tag: str, lines: int = LINES) -> str:
+    body = "n = 0.5\n" + "n = n * 1.0001 + 0.25\n" * (lines - 2)
+    return body + f"y = x * n\n# {tag}\n"
+
+
+def plain_n(lines: int = LINES) -> float:
+    n = 0.5
+    for _ in range(lines - 2):
+        n = n * 1.0001 + 0.25
+    return n
+
+
+@pytest.mark.parametrize("runs", [1, 2])  # the second run of the same text: a cached analysis
+def test_long_cell_values_and_derivative(ip, runs):
+    run(ip, "x = tf.constant(3.0)")
+    for _ in range(runs):
+        run(ip, "%%tape -q\n" + long_cell(f"values {runs}"))
+    r = ip.user_ns["_tape"]
+    assert ip.user_ns["n"] == plain_n()  # the Python float a plain cell binds
+    assert r.targets == ["y"] and r.sources == ["x"]
+    assert r.gradient("y", "x").numpy() == pytest.approx(plain_n(), rel=1e-6)
+
+
+def test_long_cell_error_names_its_line(ip):
+    run(ip, "x = tf.constant(3.0)")
+    cell = long_cell("error").replace("y = x * n\n", "y = x * n\nz = undefined_name\n")
+    result = ip.run_cell("%%tape -q\n" + cell)
+    assert isinstance(result.error_in_exec, NameError)
+    assert "undefined_name" in str(result.error_in_exec)
+
+
+def test_analyses_kept_stay_small(ip):
+    """Each analysis is cached for a re-run of the same cell; twenty different 2,000-line
+    cells must not keep twenty analyses' worth of objects alive (each was 10,000)."""
+    from tapemagic.tape import cellcode
+
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(20):
+        info = cellcode.analyse(long_cell(f"cache {i}"))
+        assert len(info.statements) == LINES and info.binds == ["n", "y"]
+    del info
+    gc.collect()
+    kept = len(gc.get_objects()) - before
+    assert kept < 25_000, f"{kept} objects kept by 20 analyses of {LINES}-line cells"
