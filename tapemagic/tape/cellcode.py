@@ -334,8 +334,10 @@ class _Analyser:
         self.segment = Segments(source)
         self.offset = 0  # added to line numbers: inside a magic's code, where its line 1 is
         self.numeric_modules = set(numeric_modules)
-        self.reads: list[str] = []
-        self.binds: list[str] = []
+        # Ordered sets (dicts): a long cell binds and reads many names, and a list's `in`
+        # made the analysis quadratic in them.
+        self.reads: dict[str, None] = {}
+        self.binds: dict[str, None] = {}
         self.bind_lines: dict[str, list[int]] = {}
         self.statements: list[Statement] = []
         self.conditions: dict[str, int] = {}
@@ -358,8 +360,8 @@ class _Analyser:
         quiet = ends_quiet(self.source, tree)
         return CellInfo(
             source=self.source,
-            reads=self.reads,
-            binds=self.binds,
+            reads=list(self.reads),
+            binds=list(self.binds),
             statements=self.statements,
             has_last_expr=has_last,
             conditions=self.conditions,
@@ -520,8 +522,8 @@ class _Analyser:
                     inner.offset = offset
                     inner._body(tree.body, conds)
                     for r in inner.reads:
-                        if r not in self.binds and r not in self.reads:
-                            self.reads.append(r)
+                        if r not in self.binds:
+                            self.reads[r] = None
                     for st in inner.statements:
                         self.statements.append(
                             Statement(st.lineno, (), st.reads, st.findings, st.conditions, st.text)
@@ -554,8 +556,7 @@ class _Analyser:
 
     def _bind(self, names: list[str], lineno: int) -> None:
         for n in names:
-            if n not in self.binds:
-                self.binds.append(n)
+            self.binds[n] = None
             self.bind_lines.setdefault(n, []).append(lineno)
 
     def _walk(self, expr: ast.AST) -> list[ast.AST]:
@@ -577,6 +578,7 @@ class _Analyser:
         events.sort()
         called = [e for e in events if not e[1] and e[2] in self.functions]
         seen = {e[2] for e in called}
+        resort = bool(called)
         while called:  # calling a function the cell defined reads what its body reads
             position, _, function = called.pop()
             for name in self.functions.get(function, ()):
@@ -584,15 +586,16 @@ class _Analyser:
                 if name in self.functions and name not in seen:
                     seen.add(name)
                     called.append((position, 0, name))
-        events.sort()
+        if resort:
+            events.sort()
         reads = set()
         for _, bind, name in events:
             if bind:
                 self._bind([name], self.offset + (getattr(expr, "lineno", 0) or 0))
             else:
                 reads.add(name)
-                if name not in self.binds and name not in self.reads:
-                    self.reads.append(name)
+                if name not in self.binds:
+                    self.reads[name] = None
         return reads
 
     # -- what matters to a gradient -------------------------------------------------
@@ -607,6 +610,8 @@ class _Analyser:
             if kind:
                 lineno = getattr(node, "lineno", 0) + self.offset
                 found.append((lineno, node.col_offset, Finding(kind, lineno, self.segment(node))))
+            if type(node) is not ast.Call:
+                continue
             if _is_method_call(node, "gradient"):
                 self.gradient_calls.append((node.func.value.id, node))
             if _is_method_call(node, "watch"):
@@ -773,7 +778,8 @@ def _nodes(root: ast.AST) -> list[ast.AST]:
     return out
 
 
-_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+# Leaves: a name's `id` and a constant's `value` are never nodes (most of a cell's nodes).
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {ast.Name: (), ast.Constant: ()}
 
 
 def _pos(node: ast.AST) -> dict:
