@@ -8,6 +8,7 @@ browser download is never used. Without Chromium these tests skip, loudly, excep
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -95,7 +96,12 @@ def lab():
                         f"jupyter lab did not start: {(home / 'lab.log').read_text()}"
                     ) from None
                 time.sleep(0.5)
-        yield {"url": f"http://127.0.0.1:{port}", "token": token, "chromium": browser_path}
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "token": token,
+            "chromium": browser_path,
+            "root": notebooks,
+        }
     finally:
         server.terminate()
         try:
@@ -333,3 +339,54 @@ def test_mlp_plot_keeps_up_and_reads_on_the_dark_theme(training_page):
     finally:
         panel.locator("button:has-text('Stop')").click()
         set_theme(page, "JupyterLab Light")
+
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def test_a_saved_notebook_reopens_with_its_panels_drawn(lab, browser, training_page):
+    """tapemagic ships a JupyterLab settings default (overrides.d) that saves the widgets'
+    state with the notebook: reopened later, with a new kernel that has none of the panels'
+    models, the panels show their last plot and status instead of "Error displaying widget".
+    Runs last: it shuts notebook 02's kernel down."""
+    page = training_page
+    setting = page.evaluate(
+        """async () => {
+            const s = await window.jupyterapp.serviceManager.settings.fetch(
+                '@jupyter-widgets/jupyterlab-manager:plugin');
+            return {default: s.schema.properties.saveState.default, raw: s.raw};
+        }"""
+    )
+    # The default comes from the shipped overrides.d file; the user's own settings are untouched.
+    assert setting["default"] is True and "saveState" not in setting["raw"], setting
+    panels = page.locator(".jp-NotebookPanel:visible .tapemagic-panel")
+    statuses = [s.strip() for s in panels.locator(".tapemagic-status").all_inner_texts()]
+    assert len(statuses) == 3  # the two left open by the notebook and the MLP one added above
+    page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+    saved = lab["root"] / "02_training_panel.ipynb"
+    wait_until(lambda: WIDGET_STATE in saved.read_text(), 30, "the save with the widget state")
+    state = json.loads(saved.read_text())["metadata"]["widgets"][WIDGET_STATE]["state"]
+    images = [m for m in state.values() if m["model_name"] == "ImageModel"]
+    # Each plot's PNG is saved as a base64 buffer for its "value".
+    pngs = [b["data"] for m in images for b in m.get("buffers", []) if b["path"] == ["value"]]
+    assert len(pngs) == 3 and all(d.startswith("iVBORw0KGgo") for d in pngs), len(pngs)
+    page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+
+    reopened = open_notebook(browser, lab, "02_training_panel.ipynb")  # a new kernel
+    try:
+        panels = reopened.locator(".jp-NotebookPanel:visible .tapemagic-panel")
+        wait_until(lambda: panels.count() == 3, 60, "the panels drawn from the saved state")
+        plots = panels.locator("img.tapemagic-plot")
+        assert plots.count() == 3
+        for plot in plots.all():
+            assert re.match(r"(blob|data):", plot.get_attribute("src") or ""), plot
+            assert plot.evaluate("img => img.complete && img.naturalWidth") > 100
+        after = [s.strip() for s in panels.locator(".tapemagic-status").all_inner_texts()]
+        assert after == statuses
+        screenshot(reopened, "02_training_panel_reopened.png")
+        outputs = " ".join(
+            reopened.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").all_inner_texts()
+        )
+        assert "Error displaying widget" not in outputs
+    finally:
+        reopened.close()

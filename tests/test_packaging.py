@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import re
 import sys
 from pathlib import Path
@@ -69,3 +70,25 @@ def test_the_declared_license_ships():
     assert pyproject()["project"]["license"] == "MIT"
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License") and "Copyright (c) 2026 the tapemagic authors" in text
+
+
+LAB_OVERRIDES = "share/jupyter/lab/settings/overrides.d"
+SAVE_WIDGET_STATE = {"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True}}
+
+
+def test_the_jupyterlab_settings_default_ships_and_is_read():
+    """The wheel installs overrides.d/tapemagic.json into JupyterLab's app settings directory,
+    where jupyterlab_server merges it under the user's settings: widget state is saved."""
+    shared = pyproject()["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
+    source = next(src for src, dest in shared.items() if dest == LAB_OVERRIDES)
+    shipped = ROOT / source / "tapemagic.json"
+    assert json.loads(shipped.read_text()) == SAVE_WIDGET_STATE
+    # Installed (pip copies shared data at install time, also for an editable install).
+    from jupyterlab.commands import get_app_dir
+    from jupyterlab_server.settings_utils import _get_overrides  # what the settings API calls
+
+    installed = Path(sys.prefix) / LAB_OVERRIDES / "tapemagic.json"
+    assert installed.read_text() == shipped.read_text(), "reinstall: pip install -e '.[test]'"
+    overrides, error = _get_overrides(str(Path(get_app_dir()) / "settings"))
+    assert error == ""
+    assert overrides.get("@jupyter-widgets/jupyterlab-manager:plugin", {}).get("saveState") is True
