@@ -56,3 +56,18 @@ def test_analyses_kept_stay_small(ip):
     gc.collect()
     kept = len(gc.get_objects()) - before
     assert kept < 25_000, f"{kept} objects kept by 20 analyses of {LINES}-line cells"
+
+
+def test_computed_from_agrees_with_depends_on():
+    """The one-pass `computed_from` finds exactly the names whose `depends_on` meets the
+    sources (what the targets and notes were found by, name by name)."""
+    from tapemagic.tape import cellcode
+
+    cell = (
+        "a = x * 2.0\nb = a + y\nc = z ** 2\nd = b * c\ne = 1.0\nf = e + d\n"
+        "g = g0 + 1.0\ng = g * a\nh = w\nfor k in range(3):\n    m = k * h\n"
+    )
+    info = cellcode.analyse(cell)
+    for sources in (["x"], ["z"], ["x", "w"], ["e"], ["g0"], ["nothing"], []):
+        expected = {n for n in info.binds if info.depends_on(n) & set(sources)}
+        assert info.computed_from(sources) & set(info.binds) == expected, sources

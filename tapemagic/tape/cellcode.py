@@ -15,7 +15,7 @@ import contextlib
 import functools
 import gc
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 BIND_HOOK = "__tapemagic_bind__"
@@ -105,6 +105,17 @@ class Lint:
     message: str
 
 
+def _closure(edges: dict[str, set[str]], start: list[str]) -> set[str]:
+    """Every name reached from `start` by one edge or more."""
+    seen: set[str] = set()
+    while start:
+        for name in edges.get(start.pop(), ()):
+            if name not in seen:
+                seen.add(name)
+                start.append(name)
+    return seen
+
+
 @dataclass
 class CellInfo:
     source: str
@@ -129,21 +140,30 @@ class CellInfo:
 
     def depends_on(self, target: str) -> set[str]:
         """Every name `target` was computed from, by the cell's dataflow (order ignored)."""
-        binders = self.__dict__.get("_binders")
-        if binders is None:  # name -> what its binding statements read, built once
+        return _closure(self._binders(), [target])
+
+    def _binders(self) -> dict[str, set[str]]:
+        """Name -> what its binding statements read, built once."""
+        binders = self.__dict__.get("_binders_map")
+        if binders is None:
             binders = {}
             for st in self.statements:
                 for name in st.binds:
                     binders.setdefault(name, set()).update(st.reads)
-            self.__dict__["_binders"] = binders
-        seen: set[str] = set()
-        todo = [target]
-        while todo:
-            for r in binders.get(todo.pop(), ()):
-                if r not in seen:
-                    seen.add(r)
-                    todo.append(r)
-        return seen
+            self.__dict__["_binders_map"] = binders
+        return binders
+
+    def computed_from(self, sources: Iterable[str]) -> set[str]:
+        """Every name computed from any of `sources`: the names whose `depends_on` meets
+        them, in one pass (asking `depends_on` of each name is quadratic in a long cell)."""
+        users = self.__dict__.get("_users")
+        if users is None:  # name -> the names bound from it, built once
+            users = {}
+            for name, reads in self._binders().items():
+                for read in reads:
+                    users.setdefault(read, set()).add(name)
+            self.__dict__["_users"] = users
+        return _closure(users, list(sources))
 
     def path(self, source: str, target: str) -> list[Statement]:
         """Statements on some dataflow path from `source` to `target`, in cell order."""

@@ -326,6 +326,7 @@ def _collect_targets(info: CellInfo, namespace: dict, opts: TapeOptions, recorde
     # their None is explained: NumPy or Python numbers computed from a source (they left
     # TensorFlow), and integer results when the sources themselves are integers.
     all_int = all(not is_float_tensor(v) for v in recorder.sources.values())
+    from_sources = None  # the names computed from the sources, found when first needed
     for name in info.binds:
         value = namespace.get(name)
         if name in targets or name in recorder.sources or value is None:
@@ -334,7 +335,11 @@ def _collect_targets(info: CellInfo, namespace: dict, opts: TapeOptions, recorde
             np.asarray(value).dtype.kind == "f"
         )
         int_result = all_int and isinstance(value, tf.Tensor) and value.dtype.is_integer
-        if (left_tf or int_result) and info.depends_on(name) & set(recorder.sources):
+        if not (left_tf or int_result):
+            continue
+        if from_sources is None:
+            from_sources = info.computed_from(recorder.sources)
+        if name in from_sources:
             targets[name] = value
     if not targets and info.has_last_expr:
         last = ast.parse(info.source).body[-1]
@@ -554,11 +559,8 @@ def _notes(info: CellInfo, namespace: dict, recorder: Recorder, targets: dict) -
 
 
 def _no_sources_note(info: CellInfo, namespace: dict, targets: dict) -> str:
-    made_here = [
-        n
-        for n in info.binds
-        if is_float_tensor(namespace.get(n)) and any(n in info.depends_on(t) for t in targets)
-    ]
+    upstream = set().union(*(info.depends_on(t) for t in targets))
+    made_here = [n for n in info.binds if n in upstream and is_float_tensor(namespace.get(n))]
     if made_here:
         name = made_here[0]
         return (
