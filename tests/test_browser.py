@@ -383,7 +383,9 @@ def test_a_saved_notebook_reopens_with_its_panels_drawn(lab, browser, training_p
             assert plot.evaluate("img => img.complete && img.naturalWidth") > 100
         after = [s.strip() for s in panels.locator(".tapemagic-status").all_inner_texts()]
         assert after == statuses
+        panels.first.scroll_into_view_if_needed()
         screenshot(reopened, "02_training_panel_reopened.png")
+        panels.nth(1).screenshot(path=str(ARTIFACTS / "panel_reopened.png"))
         outputs = " ".join(
             reopened.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").all_inner_texts()
         )
