@@ -12,11 +12,13 @@ It measures, in one IPython InteractiveShell and one run, the targets of the iss
 3. rendering a 1000x1000 gradient takes at most 50 ms, in under 50 KB of HTML;
 4. a long cell (250 to 2,000 lines) costs time linear in its length, 2,000 lines within
    1.5x the same cell run plain (each run is a new cell text, so the analysis is paid).
-   Two kinds: lines of Python arithmetic around one tensor target (what tapemagic itself
-   costs per line: analysis, rewrite, hooks), and lines that are each a TensorFlow op on
-   the target, where the tape's own recording and backward pass add to it; for those the
-   same tape written by hand (its statements at top level, as IPython runs a cell's) is
-   timed too, for reference.
+   Three kinds: lines of Python arithmetic around one tensor target (what tapemagic itself
+   costs per line: analysis, rewrite, hooks), the same with a new name on every line (what
+   is done per name must not be done per name per line), and lines that are each a
+   TensorFlow op on the target, where the tape's own recording and backward pass add to
+   it; for those the same tape written by hand (its statements at top level, as IPython
+   runs a cell's) is timed too, for reference. The arithmetic cells also run back to back
+   with no collection forced, full garbage collections included (what a user pays).
 
 The two sides of a comparison run interleaved (ABBA) so that the noise of a shared
 machine falls on both; figures are medians after a warm-up. It prints a table and a
@@ -104,12 +106,18 @@ W1, W2, W3, W4, W5, W6, W7, W8 = Ws
 """
 
 
-def long_cell(lines: int, run_no: int, tf_ops: bool = False) -> str:
+def long_cell(lines: int, run_no: int, kind: str = "floats") -> str:
     """A cell of `lines` lines, each an op on the last result: Python floats around one
-    tensor target, or (`tf_ops`) TensorFlow ops on the target. A new text on every run (the
-    comment), so neither side reuses an analysis or a compilation of an earlier run."""
-    if tf_ops:
+    tensor target ("floats"), the same with a new name on every line ("names"), or
+    TensorFlow ops on the target ("tf"). A new text on every run (the comment), so neither
+    side reuses an analysis or a compilation of an earlier run."""
+    if kind == "tf":
         return "y = x\n" + "y = y * 1.0001 + x\n" * (lines - 1) + f"# run {run_no}\n"
+    if kind == "names":
+        body = "n0 = 0.5\n" + "".join(
+            f"n{i} = n{i - 1} * 1.0001 + 0.25\n" for i in range(1, lines - 1)
+        )
+        return body + f"y = x * n{lines - 2}\n# run {run_no}\n"
     body = "n = 0.5\n" + "n = n * 1.0001 + 0.25\n" * (lines - 2)
     return body + f"y = x * n\n# run {run_no}\n"
 
@@ -123,9 +131,7 @@ def hand_tape(cell: str) -> str:
     )
 
 
-def long_cells(
-    ip, tf_ops: bool, reps: int
-) -> list[tuple[str, list[float], list[float], list[float]]]:
+def long_cells(ip, kind: str, reps: int) -> list[tuple[str, list[float], list[float], list[float]]]:
     """(label, plain, %%tape, hand-written tape) seconds per size, rounds interleaved with
     the order rotated; the first round is a warm-up."""
     out = []
@@ -133,9 +139,9 @@ def long_cells(
         times: list[list[float]] = [[], [], []]
         for i in range(reps + 1):
             cells = [
-                long_cell(lines, 3 * i, tf_ops),
-                "%%tape -q\n" + long_cell(lines, 3 * i + 1, tf_ops),
-                hand_tape(long_cell(lines, 3 * i + 2, tf_ops)),
+                long_cell(lines, 3 * i, kind),
+                "%%tape -q\n" + long_cell(lines, 3 * i + 1, kind),
+                hand_tape(long_cell(lines, 3 * i + 2, kind)),
             ]
             for k in [(i + j) % 3 for j in range(3)]:
                 # A full collection walks TensorFlow's ~400,000 objects (0.2 to 0.4 s) and
@@ -150,29 +156,32 @@ def long_cells(
 
 
 def back_to_back(ip, lines: int, reps: int) -> tuple[float, float, tuple[int, int]]:
-    """Seconds a cell for `reps` plain cells in a row, then `reps` %%tape cells, with no
-    collection forced in between: what a user pays, full garbage collections included
-    (in a kernel holding TensorFlow each walks some 400,000 objects). Also how many full
+    """Seconds a cell for plain cells in a row, then %%tape cells, with no collection forced
+    in between: what a user pays, full garbage collections included (in a kernel holding
+    TensorFlow each walks some 400,000 objects, and one falls every few long cells, plain
+    or not). Blocks of `reps` cells in the order plain, %%tape, %%tape, plain, each started
+    after a full collection, so that drift falls on both sides. Also how many full
     collections each side set off."""
     full = [0]
 
     def count(phase: str, info: dict) -> None:
         full[0] += phase == "start" and info["generation"] == 2
 
-    out, collections = [], []
+    seconds, collections = [0.0, 0.0], [0, 0]
     gc.callbacks.append(count)
     try:
-        for prefix in ("", "%%tape -q\n"):
+        for block, side in enumerate((0, 1, 1, 0)):
             gc.collect()
             full[0] = 0
+            prefix = "%%tape -q\n" if side else ""
             start = time.perf_counter()
             for i in range(reps):
-                ip.run_cell(prefix + long_cell(lines, 1000 + i))
-            out.append((time.perf_counter() - start) / reps)
-            collections.append(full[0])
+                ip.run_cell(prefix + long_cell(lines, 1000 + 100 * block + i))
+            seconds[side] += time.perf_counter() - start
+            collections[side] += full[0]
     finally:
         gc.callbacks.remove(count)
-    return out[0], out[1], (collections[0], collections[1])
+    return seconds[0] / (2 * reps), seconds[1] / (2 * reps), (collections[0], collections[1])
 
 
 RENDER_SETUP = "W = tf.Variable(tf.random.normal((1000, 1000), seed=0))"
@@ -364,8 +373,13 @@ def main() -> int:
     # -- 4. long cells -------------------------------------------------------------------
     reps_long = 3 if args.quick else 7
     long_ratio = {}
-    for tf_ops, title in ((False, "n = n * 1.0001 + 0.25"), (True, "y = y * 1.0001 + x")):
-        rows = long_cells(ip, tf_ops, reps_long)
+    kinds = (
+        ("floats", "n = n * 1.0001 + 0.25"),
+        ("names", "n9 = n8 * 1.0001 + 0.25"),
+        ("tf", "y = y * 1.0001 + x"),
+    )
+    for kind, title in kinds:
+        rows = long_cells(ip, kind, reps_long)
         print(
             f"\nlong cell, {title:<24}{'plain ms':>10}{'%%tape ms':>11}{'ratio':>8}"
             f"{'by hand ms':>12}"
@@ -378,10 +392,11 @@ def main() -> int:
             f"%%tape time, {LONG_SIZES[-1]} lines / {LONG_SIZES[0]} lines: {last / first:.1f} "
             f"(linear: {LONG_SIZES[-1] / LONG_SIZES[0]:.0f})"
         )
-        long_ratio[tf_ops] = last / statistics.median(rows[-1][1])
-    plain_s, tape_s, collections = back_to_back(ip, LONG_SIZES[-1], reps_long)
+        long_ratio[kind] = last / statistics.median(rows[-1][1])
+    reps_b2b = 6 if args.quick else 15
+    plain_s, tape_s, collections = back_to_back(ip, LONG_SIZES[-1], reps_b2b)
     print(
-        f"back to back, garbage collection included ({reps_long} cells of "
+        f"back to back, garbage collection included ({2 * reps_b2b} cells a side of "
         f"{LONG_SIZES[-1]} lines each): plain {plain_s * MS:.0f} ms a cell, %%tape "
         f"{tape_s * MS:.0f} ms a cell ({tape_s / plain_s:.2f}x); full collections: plain "
         f"{collections[0]}, %%tape {collections[1]}"
@@ -430,11 +445,19 @@ def main() -> int:
         (f"HTML size < {HTML_BYTES / 1000:g} KB", f"{html_bytes / 1000:.1f} KB"),
         (
             f"{LONG_SIZES[-1]}-line cell <= {LONG_RATIO_MAX:g}x plain",
-            f"{long_ratio[False]:.2f}x",
+            f"{long_ratio['floats']:.2f}x",
+        ),
+        (
+            f"the same, back to back <= {LONG_RATIO_MAX:g}x plain",
+            f"{tape_s / plain_s:.2f}x",
+        ),
+        (
+            f"the same, a name a line <= {LONG_RATIO_MAX:g}x plain",
+            f"{long_ratio['names']:.2f}x",
         ),
         (
             f"the same, TF ops <= {LONG_RATIO_MAX:g}x plain",
-            f"{long_ratio[True]:.2f}x",
+            f"{long_ratio['tf']:.2f}x",
         ),
     ]
     oks = [
@@ -445,8 +468,10 @@ def main() -> int:
         html_ms <= RENDER_MS,
         display_ms <= RENDER_MS,
         html_bytes < HTML_BYTES,
-        long_ratio[False] <= LONG_RATIO_MAX,
-        long_ratio[True] <= LONG_RATIO_MAX,
+        long_ratio["floats"] <= LONG_RATIO_MAX,
+        tape_s / plain_s <= LONG_RATIO_MAX,
+        long_ratio["names"] <= LONG_RATIO_MAX,
+        long_ratio["tf"] <= LONG_RATIO_MAX,
     ]
     print("\nsummary")
     for (target, figure), ok in zip(rows, oks, strict=True):
