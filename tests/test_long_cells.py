@@ -71,3 +71,25 @@ def test_computed_from_agrees_with_depends_on():
     for sources in (["x"], ["z"], ["x", "w"], ["e"], ["g0"], ["nothing"], []):
         expected = {n for n in info.binds if info.depends_on(n) & set(sources)}
         assert info.computed_from(sources) & set(info.binds) == expected, sources
+
+
+def test_numbers_given_with_w_stay_numbers_down_a_long_chain(ip):
+    """-w pf makes pf a tensor for the run; what the cell computed from it by plain
+    arithmetic is left a Python float, as a plain cell leaves it, and what TensorFlow took
+    part in (t) stays a tensor."""
+    import tensorflow as tf
+
+    run(ip, "pf = 0.5\nt = tf.constant(2.0)")
+    lines = 100
+    cell = "n0 = pf * 1.0\n" + "".join(
+        f"n{i} = n{i - 1} * 1.0001 + 0.25\n" for i in range(1, lines)
+    )
+    run(ip, f"%%tape -q -w pf\n{cell}m = n{lines - 1} * t\n")
+    expected = 0.5
+    for _ in range(1, lines):
+        expected = expected * 1.0001 + 0.25
+    last = ip.user_ns[f"n{lines - 1}"]
+    assert type(last) is float and last == pytest.approx(expected, rel=1e-5)
+    assert type(ip.user_ns["pf"]) is float and ip.user_ns["pf"] == 0.5
+    assert isinstance(ip.user_ns["m"], tf.Tensor)
+    assert ip.user_ns["m"].numpy() == pytest.approx(2 * expected, rel=1e-5)

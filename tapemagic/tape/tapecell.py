@@ -162,9 +162,10 @@ def tape_cell(
             for n in swaps
             if n in saved and isinstance(saved[n], (float, np.floating, np.ndarray))
         }
-        for name in info.binds if numbers else []:
+        plain = _PlainValues(info, numbers, namespace) if numbers else None
+        for name in info.binds if plain else []:
             if name in namespace:
-                namespace[name] = _as_plain(name, namespace[name], info, numbers, namespace)
+                namespace[name] = plain.of(name, namespace[name])
     if not ok:
         return None
     return _build_result(
@@ -273,23 +274,38 @@ def _as_source(name: str, value: Any, explicit: bool, peer: tf.DType | None = No
     )
 
 
-def _as_plain(name: str, now: Any, info: CellInfo, numbers: dict, namespace: dict) -> Any:
-    """What a plain cell leaves in `name`, for a value the cell computed from numbers given
-    with -w (`numbers`: their original values): a number or array when the computation was
-    plain arithmetic (`pf = pf * 3.0`, `q = pf ** 2`), the tensor when TensorFlow took part
-    (`pf = tf.sin(pf)`) or when it does not come from those numbers at all."""
-    if not isinstance(now, tf.Tensor):
-        return now
-    deps = info.depends_on(name) | {name}
-    used = [numbers[d] for d in deps if d in numbers]
-    if not used:
-        return now
-    for dep in deps:
-        if dep in info.binds or dep in numbers:
-            continue  # made in the cell: what it was made from is in the closure too
-        value = namespace.get(dep)
-        if isinstance(value, (tf.Tensor, tf.Variable, types.ModuleType)) or callable(value):
-            return now  # TensorFlow (or code that may use it) computed the value
+class _PlainValues:
+    """What a plain cell leaves in each name the cell computed from numbers given with -w
+    (`numbers`: their original values): a number or array when the computation was plain
+    arithmetic (`pf = pf * 3.0`, `q = pf ** 2`), the tensor when TensorFlow took part
+    (`pf = tf.sin(pf)`) or when it does not come from those numbers at all. The dataflow is
+    followed once for all names (name by name it was quadratic in a long cell)."""
+
+    def __init__(self, info: CellInfo, numbers: dict, namespace: dict) -> None:
+        self.numbers = numbers
+        # each number -> the names computed from it, and itself
+        self.reach = {d: info.computed_from([d]) | {d} for d in numbers}
+        bound = set(info.binds)
+        outside = {r for st in info.statements for r in st.reads} - bound - set(numbers)
+        # names computed from a value TensorFlow (or code that may use it) made
+        self.by_tf = info.computed_from(
+            d
+            for d in outside
+            if isinstance(value := namespace.get(d), (tf.Tensor, tf.Variable, types.ModuleType))
+            or callable(value)
+        )
+
+    def of(self, name: str, now: Any) -> Any:
+        if not isinstance(now, tf.Tensor):
+            return now
+        used = [value for d, value in self.numbers.items() if name in self.reach[d]]
+        if not used or name in self.by_tf:
+            return now
+        return _plain_value(now, used)
+
+
+def _plain_value(now: tf.Tensor, used: list) -> Any:
+    """`now` as the number or array plain arithmetic on the numbers `used` gives."""
     array = to_numpy(now)
     arrays = [u for u in used if isinstance(u, np.ndarray)]
     if arrays:  # NumPy's own promotion of the arrays' dtypes
