@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import run
 
-from tapemagic.tape import cellcode
+from tapemagic.tape import analysis
 from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, VALUE, ZERO
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -465,4 +465,4 @@ def test_every_cause_in_the_catalog_has_a_test_named_after_it():
     ],
 )
 def test_lints_carry_their_catalog_number(name, cell):
-    assert [lint.cause for lint in cellcode.analyse(cell).lints] == [catalog()[name]]
+    assert [lint.cause for lint in analysis.analyse(cell).lints] == [catalog()[name]]

@@ -45,12 +45,12 @@ def test_long_cell_error_names_its_line(ip):
 def test_analyses_kept_stay_small(ip):
     """Each analysis is cached for a re-run of the same cell; twenty different 2,000-line
     cells must not keep twenty analyses' worth of objects alive (each was 10,000)."""
-    from tapemagic.tape import cellcode
+    from tapemagic.tape import analysis
 
     gc.collect()
     before = len(gc.get_objects())
     for i in range(20):
-        info = cellcode.analyse(long_cell(f"cache {i}"))
+        info = analysis.analyse(long_cell(f"cache {i}"))
         assert len(info.statements) == LINES and info.binds == ["n", "y"]
     del info
     gc.collect()
@@ -61,13 +61,13 @@ def test_analyses_kept_stay_small(ip):
 def test_computed_from_agrees_with_depends_on():
     """The one-pass `computed_from` finds exactly the names whose `depends_on` meets the
     sources (what the targets and notes were found by, name by name)."""
-    from tapemagic.tape import cellcode
+    from tapemagic.tape import analysis
 
     cell = (
         "a = x * 2.0\nb = a + y\nc = z ** 2\nd = b * c\ne = 1.0\nf = e + d\n"
         "g = g0 + 1.0\ng = g * a\nh = w\nfor k in range(3):\n    m = k * h\n"
     )
-    info = cellcode.analyse(cell)
+    info = analysis.analyse(cell)
     for sources in (["x"], ["z"], ["x", "w"], ["e"], ["g0"], ["nothing"], []):
         expected = {n for n in info.binds if info.depends_on(n) & set(sources)}
         assert info.computed_from(sources) & set(info.binds) == expected, sources

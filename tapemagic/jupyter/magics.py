@@ -337,7 +337,7 @@ def _split_top_level(text: str) -> list[str]:
 def _default_wrt(expr: str, namespace: dict, at: dict[str, Any]) -> list[str]:
     import numpy as np
 
-    from tapemagic.tape.cellcode import analyse
+    from tapemagic.tape.analysis import analyse
     from tapemagic.tape.recording import is_float_tensor
     from tapemagic.variables import unwrap
 

@@ -1,7 +1,7 @@
 """Why a gradient is None, NaN or Inf: one sentence naming the source, the cause and the line.
 
 Inputs are what the recording knew (the source and target objects, which names the
-cell bound and where) and the cell's dataflow from `cellcode`. The causes are those of
+cell bound and where) and the cell's dataflow from `analysis`. The causes are those of
 docs/diagnosis.md, cited below by their stable names; each message ends with the fix.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tapemagic.tape.cellcode import CellInfo, Finding, findings_in
+from tapemagic.tape.analysis import CellInfo, Finding, findings_in
 from tapemagic.tape.recording import to_numpy
 from tapemagic.tape.result import NONE, NONFINITE, STRUCTURAL, ZERO, Derivative
 from tapemagic.variables import unwrap

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tapemagic.tape.cellcode import dotted_name
 from tapemagic.tape.recording import to_numpy
 from tapemagic.tape.rerun import Rerunner, written_before_read
 from tapemagic.tape.result import (
@@ -48,6 +47,7 @@ from tapemagic.tape.result import (
     Derivative,
     TapeResult,
 )
+from tapemagic.tape.syntax import dotted_name
 
 # Machine epsilon by dtype (bfloat16 keeps 8 significant bits, float16 11).
 EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}

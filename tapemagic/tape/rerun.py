@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tapemagic.tape import cellcode
-from tapemagic.tape.cellcode import BIND_HOOK, LAST_HOOK
+from tapemagic.tape import analysis, rewrite
 from tapemagic.tape.recording import to_numpy
+from tapemagic.tape.rewrite import BIND_HOOK, LAST_HOOK
 from tapemagic.variables import unwrap
 
 
@@ -136,8 +136,8 @@ class Rerunner:
         for name, index in sorted(self.set_after.items(), key=lambda kv: -kv[1]):
             call = ast.Call(ast.Name(SET_HOOK, ast.Load()), [ast.Constant(name)], [])
             parsed.body.insert(index + 1, ast.Expr(call))
-        tree = cellcode.Rewriter().visit(ast.fix_missing_locations(parsed))
-        self.info = cellcode.analyse(code)
+        tree = rewrite.Rewriter().visit(ast.fix_missing_locations(parsed))
+        self.info = analysis.analyse(code)
         # Sources the cell binds before reading them are replaced as they are bound.
         self.made_in_cell = {n for n in sources if n in self.info.binds} - set(self.info.reads)
         self.code = compile(tree, "<tapemagic re-run>", "exec")

@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from tapemagic import devices
-from tapemagic.tape import cellcode
-from tapemagic.tape.cellcode import BIND_HOOK, LAST_HOOK, CellInfo
+from tapemagic.tape import analysis, rewrite
+from tapemagic.tape.analysis import CellInfo
 from tapemagic.tape.diagnosis import Context, arithmetic_names, explain
 from tapemagic.tape.recording import (
     Plan,
@@ -35,6 +35,7 @@ from tapemagic.tape.recording import (
 )
 from tapemagic.tape.rerun import snapshot, variables_in, written_before_read
 from tapemagic.tape.result import NONE, Derivative, TapeResult
+from tapemagic.tape.rewrite import BIND_HOOK, LAST_HOOK
 
 MAX_ORDER = 4
 
@@ -99,7 +100,7 @@ def tape_cell(
     if not 1 <= opts.order <= MAX_ORDER:
         raise TapeError(f"--order must be 1 to {MAX_ORDER}, not {opts.order}")
     try:
-        info, tree = cellcode.analyse_parsed(code, _numeric_modules(namespace))
+        info, tree = analysis.analyse_parsed(code, _numeric_modules(namespace))
     except SyntaxError:
         if execute is None:
             raise
@@ -110,7 +111,7 @@ def tape_cell(
         raise TapeError(f"--device: {exc}") from None
     execute = execute or plain_executor(code, namespace)
     if info is None:
-        execute(cellcode.Rewriter(), None)
+        execute(rewrite.Rewriter(), None)
         return None
     if not info.statements and not (tree or ast.parse(code)).body:
         raise TapeError("the cell is empty: put the code to differentiate below %%tape")
@@ -136,7 +137,7 @@ def tape_cell(
         recorder.start(sources)
         namespace[BIND_HOOK], namespace[LAST_HOOK] = recorder.bind, recorder.last
         given, tree = tree, None  # the run rewrites it: nothing else may hold it
-        ok = execute(cellcode.rewriter_for(info, opts.watch), given)
+        ok = execute(rewrite.rewriter_for(info, opts.watch), given)
         del given
         if ok:
             targets = _collect_targets(info, namespace, opts, recorder)

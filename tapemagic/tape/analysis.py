@@ -1,32 +1,39 @@
-"""What a cell reads, binds and does on the way, from its AST alone (no TensorFlow here).
-
-Two jobs:
-- analysis: which names the cell reads from the namespace, which it binds, and for
-  each statement the constructs that break or poison a gradient (`.numpy()`, `argmax`,
-  `assign`, `tf.where`...), so a diagnosis can name the cell line;
-- rewriting: a hook call after every binding, so a name bound inside the cell can be
-  watched from the moment it exists, and a wrapper around the last expression.
+"""What a cell reads, binds and does on the way, from its AST alone (no TensorFlow here):
+which names the cell reads from the namespace, which it binds, and for each statement the
+constructs that break or poison a gradient (`.numpy()`, `argmax`, `assign`, `tf.where`...), so
+a diagnosis can name the cell line; the dataflow between the names (`CellInfo.depends_on`,
+`CellInfo.path`) and the mistakes in the cell's own tapes (`Lint`). Analyses are cached: a
+cell is often re-run unchanged. The rewrite the cell runs is in `rewrite`, the syntax both
+read in `syntax`.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
-import functools
-import gc
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-BIND_HOOK = "__tapemagic_bind__"
-LAST_HOOK = "__tapemagic_last__"
-
-# Magics whose argument is code IPython runs in the user's namespace: `transform_cell` writes
-# `%time y = x ** 2` as `get_ipython().run_line_magic('time', 'y = x ** 2')`, and the magic
-# parses, transforms (with our rewriter among the shell's AST transformers) and runs it. The
-# value says whether its assignments land in the namespace (%timeit runs the code inside a
-# function of its own, so they do not).
-CODE_MAGICS = {"time": True, "timeit": False, "prun": True, "capture": True}
+from tapemagic.tape.syntax import (
+    _COMPOUND,
+    CODE_MAGICS,
+    Segments,
+    _declared_globals,
+    _free_names,
+    _is_method_call,
+    _is_tape_ctor,
+    _nodes,
+    _pattern_names,
+    _pos,
+    _root_name,
+    _target_names,
+    _walruses,
+    dotted_name,
+    ends_quiet,
+    gc_paused,
+    magic_code,
+    walrus_names,
+)
 
 # Ways a value leaves TensorFlow: the tape cannot follow it back
 # (docs/diagnosis.md#left-tensorflow).
@@ -226,120 +233,6 @@ def _analyse(
 
 _ANALYSES: OrderedDict[tuple[str, frozenset[str]], CellInfo] = OrderedDict()
 _cached_statements = [0]  # statements in _ANALYSES
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No garbage collection while a cell's AST is built or rewritten. Each AST node is a
-    new object, and in a kernel holding TensorFlow's many objects the collections they
-    trigger cost more than the work itself (measured: half of a 2,000-line cell's rewrite);
-    these trees hold no cycles that need collecting meanwhile."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def ends_quiet(source: str, tree: ast.Module) -> bool:
-    """Whether the cell's last statement is an expression followed by `;`, which tells
-    IPython not to display its value (the text after the node, before any comment)."""
-    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
-        return False
-    last = tree.body[-1]
-    tail = Segments(source).after(last.end_lineno or 0, last.end_col_offset or 0)
-    return tail.lstrip().startswith(";")
-
-
-class Segments:
-    """Source segments of AST nodes in time linear in the source (`ast.get_source_segment`
-    splits the whole source on every call). Offsets are in UTF-8 bytes, as the AST's."""
-
-    def __init__(self, source: str) -> None:
-        self.lines = source.splitlines(keepends=True)
-        self._encoded: dict[int, bytes] = {}
-
-    def _line(self, index: int) -> bytes:
-        line = self._encoded.get(index)
-        if line is None:
-            line = self._encoded[index] = self.lines[index].encode()
-        return line
-
-    def __call__(self, node: ast.AST) -> str:
-        try:
-            first, last = node.lineno - 1, node.end_lineno - 1
-            start, end = node.col_offset, node.end_col_offset
-        except AttributeError:
-            return ""
-        if end is None or not 0 <= first <= last < len(self.lines):
-            return ""
-        if first == last:
-            return self._line(first)[start:end].decode(errors="replace")
-        parts = [self._line(first)[start:]]
-        parts += [self._line(i) for i in range(first + 1, last)]
-        parts.append(self._line(last)[:end])
-        return b"".join(parts).decode(errors="replace")
-
-    def after(self, lineno: int, col: int) -> str:
-        """The rest of the source from a position, comments cut off line by line."""
-        if not 0 < lineno <= len(self.lines):
-            return ""
-        rest = [self._line(lineno - 1)[col:].decode(errors="replace")]
-        rest += self.lines[lineno:]
-        return "".join(r.split("#", 1)[0] for r in rest)
-
-
-def magic_code(node: ast.AST) -> tuple[str, str, ast.Module, int] | None:
-    """(magic, code, its parse, line offset) for a call that runs code through a magic
-    (`get_ipython().run_line_magic('time', 'y = x ** 2')`, or run_cell_magic's body);
-    line k of the code is line k + offset of the cell. None for anything else."""
-    if not (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("run_line_magic", "run_cell_magic")
-        and isinstance(node.func.value, ast.Call)
-        and isinstance(node.func.value.func, ast.Name)
-        and node.func.value.func.id == "get_ipython"
-        and node.args
-        and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)
-    ):
-        return None
-    name = node.args[0].value
-    if name not in CODE_MAGICS:
-        return None
-    if node.func.attr == "run_line_magic" and len(node.args) == 2:
-        code = _code_after_options(node.args[1].value)
-        offset = node.lineno - 1
-    elif node.func.attr == "run_cell_magic" and len(node.args) == 3:
-        code = _code_after_options(node.args[2].value)
-        offset = node.lineno  # the magic's body starts on the line after `%%time`
-    else:
-        return None
-    return None if code is None else (name, code, parse_cached(code), offset)
-
-
-@functools.lru_cache(maxsize=256)
-def parse_cached(code: str) -> ast.Module | None:
-    """The parse of a magic's code, shared: never mutate it."""
-    try:
-        return ast.parse(code)
-    except SyntaxError:
-        return None
-
-
-def _code_after_options(line: str) -> str | None:
-    """The code of a magic's line, after its options (`-n 10 y = x ** 2`)."""
-    words = line.split(" ")
-    for skip in range(len(words)):
-        if skip and not words[0].startswith("-"):
-            break
-        code = " ".join(words[skip:]).strip() if skip else line
-        tree = parse_cached(code)
-        if tree is not None and tree.body:
-            return code
-    return None
 
 
 def findings_in(source: str) -> list[Finding]:
@@ -761,149 +654,6 @@ class _Analyser:
 _NONE: frozenset[str] = frozenset()
 _WEIGHT_LISTS = {"trainable_variables", "trainable_weights", "variables", "weights"}
 _CLASSIFIED = {ast.BinOp, ast.Compare, ast.Call}
-# Statements with a body: their header is read by _stmt, their body statement by statement.
-_COMPOUND = tuple(
-    getattr(ast, n)
-    for n in (
-        "For", "AsyncFor", "While", "If", "With", "AsyncWith", "Try", "TryStar", "Match",
-        "FunctionDef", "AsyncFunctionDef", "ClassDef",
-    )
-    if hasattr(ast, n)
-)  # fmt: skip
-
-
-def _nodes(root: ast.AST) -> list[ast.AST]:
-    """Every node under `root` (as `ast.walk`, in another order, without the contexts and
-    operators, which are read from their parents): the analysis walks each statement, and
-    `ast.walk`'s generators were most of its time on a long cell."""
-    out, todo = [root], [root]
-    fields = _CHILD_FIELDS
-    while todo:
-        node = todo.pop()
-        names = fields.get(type(node))
-        if names is None:
-            names = fields[type(node)] = tuple(
-                f for f in node._fields if f not in ("ctx", "op", "ops")
-            )
-        for name in names:
-            child = getattr(node, name, None)
-            if isinstance(child, ast.AST):
-                out.append(child)
-                todo.append(child)
-            elif isinstance(child, list):
-                for item in child:
-                    if isinstance(item, ast.AST):
-                        out.append(item)
-                        todo.append(item)
-    return out
-
-
-# Leaves: a name's `id` and a constant's `value` are never nodes (most of a cell's nodes).
-_CHILD_FIELDS: dict[type, tuple[str, ...]] = {ast.Name: (), ast.Constant: ()}
-
-
-def _pos(node: ast.AST) -> dict:
-    return {k: getattr(node, k) for k in ("lineno", "col_offset", "end_lineno", "end_col_offset")}
-
-
-def _walruses(expr: ast.AST) -> list[ast.NamedExpr]:
-    """The walrus expressions in `expr` that bind in the cell's scope (not a lambda's)."""
-    out, todo = [], [expr]
-    while todo:
-        node = todo.pop()
-        if isinstance(node, ast.NamedExpr) and isinstance(node.target, ast.Name):
-            out.append(node)
-        if isinstance(node, (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            continue
-        todo.extend(ast.iter_child_nodes(node))
-    return out
-
-
-def walrus_names(expr: ast.AST) -> list[str]:
-    nodes = sorted(_walruses(expr), key=lambda n: (n.end_lineno, n.end_col_offset))
-    return list(dict.fromkeys(n.target.id for n in nodes))
-
-
-def _pattern_names(pattern: ast.AST) -> list[str]:
-    """Names a `case` pattern binds: `case (a, b)`, `case {"k": v, **rest}`, `case [*xs]`."""
-    names = []
-    for sub in ast.walk(pattern):
-        name = getattr(sub, "name", None) or (
-            getattr(sub, "rest", None) if type(sub).__name__ == "MatchMapping" else None
-        )
-        if isinstance(name, str):
-            names.append(name)
-    return list(dict.fromkeys(names))
-
-
-def _free_names(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
-    """Names a function's body reads from the namespace when it runs: those it loads and
-    neither takes as a parameter nor assigns (unless it declares them `global`)."""
-    local = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
-    loads = []
-    for stmt in node.body:
-        for sub in ast.walk(stmt):
-            if isinstance(sub, ast.Name):
-                if isinstance(sub.ctx, ast.Load):
-                    loads.append(sub)
-                else:
-                    local.add(sub.id)
-            elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                local.add(sub.name)
-    local -= _declared_globals(node)
-    loads.sort(key=lambda n: (n.lineno, n.col_offset))
-    return list(dict.fromkeys(n.id for n in loads if n.id not in local))
-
-
-def _declared_globals(node: ast.AST) -> set[str]:
-    return {n for sub in ast.walk(node) if isinstance(sub, ast.Global) for n in sub.names}
-
-
-def _target_names(node: ast.AST | None) -> list[str]:
-    if node is None:
-        return []
-    if isinstance(node, ast.Name):
-        return [node.id]
-    if isinstance(node, (ast.Tuple, ast.List)):
-        return [n for elt in node.elts for n in _target_names(elt)]
-    if isinstance(node, ast.Starred):
-        return _target_names(node.value)
-    return []
-
-
-def _is_method_call(node: ast.AST, method: str) -> bool:
-    """`name.method(...)`"""
-    return (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == method
-        and isinstance(node.func.value, ast.Name)
-    )
-
-
-def dotted_name(node: ast.AST) -> str:
-    """`tf.random.normal` for the function of a call."""
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-    return ".".join(reversed(parts))
-
-
-def _root_name(node: ast.AST) -> str | None:
-    while isinstance(node, ast.Attribute):
-        node = node.value
-    return node.id if isinstance(node, ast.Name) else None
-
-
-def _is_tape_ctor(expr: ast.AST) -> bool:
-    return (
-        isinstance(expr, ast.Call)
-        and isinstance(expr.func, (ast.Attribute, ast.Name))
-        and (getattr(expr.func, "attr", None) or getattr(expr.func, "id", None)) == "GradientTape"
-    )
 
 
 def _mentions_int_dtype(node: ast.AST) -> bool:
@@ -915,204 +665,3 @@ def _mentions_int_dtype(node: ast.AST) -> bool:
         if isinstance(sub, ast.Name) and sub.id in ("int", "bool"):
             return True
     return False
-
-
-class Rewriter(ast.NodeTransformer):
-    """Insert a `__tapemagic_bind__` call after every binding statement (and around every
-    walrus's value) and wrap the cell's last expression in `__tapemagic_last__(...)` (it
-    stays an expression, so IPython still displays it, unless `quiet`: a trailing `;`).
-
-    Under IPython the rewriter sits among the shell's AST transformers for the cell's run,
-    so the code a magic in the cell runs (`%time y = x ** 2`) comes through `visit` too,
-    after the cell itself: it gets its hooks, numbered with the cell's line numbers.
-    """
-
-    def __init__(
-        self,
-        quiet: bool = False,
-        magic_offsets: dict[str, int] | None = None,
-        walrus: bool = True,
-        watch: set[str] | None = None,
-        every: bool = True,
-        call_lines: set[int] | None = None,
-    ) -> None:
-        self.quiet = quiet
-        # Which bindings get a hook: every one (the re-runs replace values through them);
-        # else those of the names in `watch`, or, without `watch`, those whose value calls
-        # something: only a call can make the Variable a cell creates (`w = x * 2` cannot).
-        self.watch, self.every = watch, every
-        self.call_lines = call_lines  # from the analysis: spares a walk of each statement
-        self.walrus = walrus  # False: the cell has no `:=` (CellInfo.has_walrus)
-        self.offset = 0  # added to hook line numbers inside a magic's code
-        self._only: set[str] | None = None  # inside a function: its `global` names only
-        self._seen_cell = False
-        # ast.dump of a magic's code -> offset (CellInfo.magic_offsets; found here if None)
-        self._magic_offsets = magic_offsets
-
-    def visit_Module(self, node: ast.Module) -> ast.Module:
-        with gc_paused():
-            return self._module(node)
-
-    def _module(self, node: ast.Module) -> ast.Module:
-        if self._seen_cell:  # the code of a magic in the cell
-            self.offset = (self._magic_offsets or {}).get(ast.dump(node), 0)
-            node.body = self._body(node.body)
-            return node
-        self._seen_cell = True
-        if self._magic_offsets is None:
-            self._magic_offsets = {}
-            for sub in ast.walk(node):
-                found = magic_code(sub)
-                if found is not None:
-                    self._magic_offsets.setdefault(ast.dump(found[2]), found[3])
-        node.body = self._body(node.body)
-        if node.body and isinstance(node.body[-1], ast.Expr):
-            last = node.body[-1]
-            call = _located(
-                ast.Call(_located(ast.Name(LAST_HOOK, _LOAD), last), [last.value], []), last
-            )
-            node.body[-1] = _located(ast.Expr(call), last)
-            if self.quiet:  # the value is not the cell's last statement: nothing displayed
-                node.body.append(_located(ast.Pass(), last))
-        return node  # every node made here has its location: no fix_missing_locations pass
-
-    def _body(self, body: list[ast.stmt]) -> list[ast.stmt]:
-        out: list[ast.stmt] = []
-        for node in body:
-            self._walrus_hooks(node)
-            self._descend(node)
-            out.append(node)
-            names = self._wanted(_bound_by(node), getattr(node, "value", None))
-            if not names:
-                continue
-            if _single_name(node):  # `y = v` -> `y = hook(line, ("y",), (v,))[0]`
-                node.value = _hooked_value(node, names[0], node.value, self.offset)
-            else:  # a statement of its own after the binding
-                out.append(_hook(node, names, self.offset))
-        return out
-
-    def _wanted(self, names: list[str], value: ast.AST | None = None) -> list[str]:
-        """The names among `names` (bound from `value`) that get a hook."""
-        if self._only is not None:
-            names = [n for n in names if n in self._only]
-        if self.watch is not None:
-            return [n for n in names if n in self.watch]
-        if self.every or value is None or not names:
-            return names
-        if self.call_lines is not None and not self.offset:
-            lines = range(value.lineno, (value.end_lineno or value.lineno) + 1)
-            calls = any(line in self.call_lines for line in lines)
-        else:
-            calls = any(type(n) in _CALLS for n in ast.walk(value))
-        return names if calls else []
-
-    def _walrus_hooks(self, node: ast.stmt) -> None:
-        """`(n := value)` becomes `(n := __tapemagic_bind__(line, ("n",), (value,))[0])`."""
-        if not self.walrus:
-            return
-        if isinstance(node, _COMPOUND):
-            exprs = [getattr(node, f, None) for f in ("test", "iter", "subject")]
-            exprs += [item.context_expr for item in getattr(node, "items", [])]
-            exprs += [case.guard for case in getattr(node, "cases", [])]
-        else:
-            exprs = [node]
-        for expr in exprs:
-            for walrus in _walruses(expr) if expr is not None else []:
-                name = walrus.target.id
-                if self._wanted([name], walrus.value):
-                    walrus.value = _hooked_value(walrus, name, walrus.value, self.offset)
-
-    def _descend(self, node: ast.stmt) -> None:
-        if isinstance(node, (ast.For, ast.AsyncFor)):
-            loop_names = self._wanted(_target_names(node.target), node.iter)
-            hook = [_hook(node, loop_names, self.offset)] if loop_names else []
-            node.body = hook + self._body(node.body)
-            node.orelse = self._body(node.orelse)
-        elif isinstance(node, (ast.While, ast.If)):
-            node.body = self._body(node.body)
-            node.orelse = self._body(node.orelse)
-        elif isinstance(node, (ast.With, ast.AsyncWith)):
-            names = [n for item in node.items for n in _target_names(item.optional_vars)]
-            names = self._wanted(names, node)
-            node.body = ([_hook(node, names, self.offset)] if names else []) + self._body(node.body)
-        elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
-            node.body = self._body(node.body)
-            for handler in node.handlers:
-                handler.body = self._body(handler.body)
-            node.orelse = self._body(node.orelse)
-            node.finalbody = self._body(node.finalbody)
-        elif type(node).__name__ == "Match":
-            for case in node.cases:
-                names = self._wanted(_pattern_names(case.pattern), node.subject)
-                hook = [_hook(case.pattern, names, self.offset)] if names else []
-                case.body = hook + self._body(case.body)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            declared = _declared_globals(node)
-            if declared:  # `global g; g = ...` binds the cell's g when the function runs
-                saved, self._only = self._only, declared
-                try:
-                    node.body = self._body(node.body)
-                finally:
-                    self._only = saved
-
-
-_CALLS = {ast.Call, ast.Await}
-
-
-def rewriter_for(info: CellInfo, watch: list[str] | None = None) -> Rewriter:
-    """The rewriter for a cell already analysed (what it found spares the rewriter a
-    search), hooking only the bindings a recording needs: those of the `watch` names, or,
-    without them, those that may bind a Variable the cell creates."""
-    watched = set(watch) if watch is not None else None
-    return Rewriter(
-        info.quiet, info.magic_offsets, info.has_walrus, watched, False, info.call_lines
-    )
-
-
-def _bound_by(node: ast.stmt) -> list[str]:
-    if isinstance(node, ast.Assign):
-        return [n for t in node.targets for n in _target_names(t)]
-    if isinstance(node, ast.AugAssign) or (isinstance(node, ast.AnnAssign) and node.value):
-        return _target_names(node.target)
-    return []
-
-
-_LOAD, _STORE = ast.Load(), ast.Store()  # shared, as the parser shares them
-
-
-def _located(new: ast.AST, node: ast.AST) -> ast.AST:
-    """`new` at `node`'s place (what fix_missing_locations would do, without its walk over
-    the whole tree: a 2,000-line cell pays for what is added, not for what is there)."""
-    new.lineno, new.col_offset = node.lineno, node.col_offset
-    new.end_lineno, new.end_col_offset = node.end_lineno, node.end_col_offset
-    return new
-
-
-def _single_name(node: ast.stmt) -> bool:
-    """`y = v` or `y: T = v`: one plain name bound to one value."""
-    if isinstance(node, ast.Assign):
-        return len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-    return isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-
-
-def _hooked_value(node: ast.AST, name: str, value: ast.expr, offset: int) -> ast.expr:
-    """`__tapemagic_bind__(line, ("y",), (value,))[0]`: the value as the hook hands it back."""
-    at = lambda new: _located(new, node)  # noqa: E731
-    keys = at(ast.Tuple([at(ast.Constant(name))], _LOAD))
-    values = at(ast.Tuple([value], _LOAD))
-    line = at(ast.Constant(node.lineno + offset))
-    call = at(ast.Call(at(ast.Name(BIND_HOOK, _LOAD)), [line, keys, values], []))
-    return at(ast.Subscript(call, at(ast.Constant(0)), _LOAD))
-
-
-def _hook(node: ast.AST, names: list[str], offset: int = 0) -> ast.stmt:
-    """`a, b = __tapemagic_bind__(line, ("a", "b"), (a, b))`: the hook sees each value
-    as it is bound and may hand back another (the finite-difference check does)."""
-    at = lambda new: _located(new, node)  # noqa: E731
-    unique = list(dict.fromkeys(names))
-    values = at(ast.Tuple([at(ast.Name(n, _LOAD)) for n in unique], _LOAD))
-    keys = at(ast.Tuple([at(ast.Constant(n)) for n in unique], _LOAD))
-    line = at(ast.Constant(node.lineno + offset))
-    call = at(ast.Call(at(ast.Name(BIND_HOOK, _LOAD)), [line, keys, values], []))
-    store = at(ast.Tuple([at(ast.Name(n, _STORE)) for n in unique], _STORE))
-    return at(ast.Assign(targets=[store], value=call))
