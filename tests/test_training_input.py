@@ -367,3 +367,22 @@ def test_a_step_function_that_fails_to_compile_is_refused_at_construction():
         f"(in step, {__file__}, line {line})",
         lambda: Trainer(step=step, params=[a], data=(X, Y)),
     )
+
+
+def test_warnings_point_at_the_users_own_line():
+    """A warning names the line the user can change, not a line inside tapemagic."""
+    a, b, c = tf.Variable(0.0), tf.Variable(0.0), tf.Variable(0.0)
+    x, y = np.arange(6, dtype="float32"), np.arange(6, dtype="float32")
+
+    def sum_sq(y_true, y_pred):
+        return tf.reduce_sum(tf.square(y_true - y_pred))
+
+    cases = [  # a broadcast the loss does; a variable the loss does not depend on
+        dict(params=[a, b], predict=lambda v: a * v + b, loss=sum_sq, data=(x, y[:, None, None])),
+        dict(params=[a, c], predict=lambda v: a * v, loss="mse", data=(x, y)),
+    ]
+    for kwargs in cases:
+        with pytest.warns(UserWarning) as caught:
+            line = inspect.currentframe().f_lineno + 1
+            Trainer(**kwargs)
+        assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]

@@ -10,7 +10,6 @@ names the argument and the fix.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from tapemagic.training.objectives import (
 )
 from tapemagic.training.steps import all_scalar, make_steps, probe, probe_validation
 from tapemagic.training.subject import Style, SubjectSpec
+from tapemagic.training.user_warnings import warn_user
 
 
 @dataclass
@@ -123,11 +123,10 @@ def build_parts(
         m = resolve_metrics(metrics, None if replicas else device, y1, pred)
     away = [] if replicas else subject.misplaced(style.trainable, style.names, device)
     if away:
-        warnings.warn(
+        warn_user(
             f"{', '.join(away[:3])} {'is' if len(away) == 1 else 'are'} not on {device}: "
             f"TensorFlow copies {'it' if len(away) == 1 else 'them'} every step; create the "
-            f"variables under `with tf.device('{device}'):` or pass device= to match",
-            stacklevel=3,
+            f"variables under `with tf.device('{device}'):` or pass device= to match"
         )
     has_val = val is not None
     home = replicas.host if replicas else device

@@ -12,7 +12,6 @@ message names the variables and the usual way the gradient is lost
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -20,6 +19,7 @@ import tensorflow as tf
 
 from tapemagic.training.objectives import same_rank, scalar_loss
 from tapemagic.training.subject import Style, first_line
+from tapemagic.training.user_warnings import warn_user
 
 if TYPE_CHECKING:
     from tapemagic.training.distributed.replicas import Replicas
@@ -156,33 +156,25 @@ def probe(
     `sources`: what to differentiate against instead of `style.trainable` (under a
     strategy: each variable's first local copy, the one read outside replicas).
     Returns the predictions (their shape tells metrics what 'accuracy' means)."""
-    what = "predict" if style.kind == "params" else "the model"
+    what = _what(style)
     with tf.GradientTape() as tape:
-        try:
-            pred = style.forward(x, False)
-        except Exception as err:
-            raise ValueError(
-                f"{what} fails on a batch of X with shape {_shapes(x)}: {first_line(err)}"
-            ) from err
-        if user_loss:
-            _warn_broadcast(*same_rank(y, pred))
-        try:
-            value = loss_fn(y, pred)
-        except Exception as err:
-            raise ValueError(
+        pred, value = _predict_and_loss(
+            style, loss_fn, x, y, user_loss,
+            lambda err: f"{what} fails on a batch of X with shape {_shapes(x)}: {first_line(err)}",
+            lambda err, pred: (
                 f"loss fails on (Y with shape {_shapes(y)}, predictions with shape "
                 f"{_shapes(pred)}): {first_line(err)}{_shape_hint(y, pred)}"
-            ) from err
-        loss = scalar_loss(_check_loss_value(value))
+            ),
+        )  # fmt: skip
+        loss = scalar_loss(value)
     grads = tape.gradient(loss, sources if sources is not None else style.trainable)
     missing = [n for n, g in zip(style.names, grads, strict=True) if g is None]
     if len(missing) == len(style.names):
         raise ValueError(no_gradient_message(style.names, style.kind))
     if missing:
-        warnings.warn(
+        warn_user(
             f"no gradient for {', '.join(missing)}: the loss does not depend on "
-            "these variables, so training leaves them as they are",
-            stacklevel=3,
+            "these variables, so training leaves them as they are"
         )
     return pred
 
@@ -192,26 +184,49 @@ def probe_validation(
 ) -> None:
     """The probe's forward pass and loss on a sample of validation_data, so that data of
     another width fails here, in one line, and not inside the compiled loop."""
-    what = "predict" if style.kind == "params" else "the model"
-    try:
-        pred = style.forward(x, False)
-    except Exception as err:
-        raise ValueError(
+    what = _what(style)
+    _predict_and_loss(
+        style, loss_fn, x, y, user_loss,
+        lambda err: (
             f"validation_data: {what} fails on a batch of its X with shape {_shapes(x)}, "
             f"where training batches have shape {_shapes(x_train)}: {first_line(err)}; pass "
             "validation X with the same features as the training X"
-        ) from err
+        ),
+        lambda err, pred: (
+            f"validation_data: loss fails on (Y with shape {_shapes(y)}, predictions with "
+            f"shape {_shapes(pred)}): {first_line(err)}; pass validation Y shaped like the "
+            "training Y"
+        ),
+    )  # fmt: skip
+
+
+def _what(style: Style) -> str:
+    return "predict" if style.kind == "params" else "the model"
+
+
+def _predict_and_loss(
+    style: Style,
+    loss_fn: Callable,
+    x: Any,
+    y: Any,
+    user_loss: bool,
+    forward_error: Callable[[BaseException], str],
+    loss_error: Callable[[BaseException, Any], str],
+) -> tuple[Any, tf.Tensor]:
+    """One eager forward pass and the loss on it, each failure a one-line ValueError whose
+    text the caller words (training batch or validation data); a broadcast the loss would
+    do is warned about. Returns the predictions and the checked loss value."""
+    try:
+        pred = style.forward(x, False)
+    except Exception as err:
+        raise ValueError(forward_error(err)) from err
     if user_loss:
         _warn_broadcast(*same_rank(y, pred))
     try:
         value = loss_fn(y, pred)
     except Exception as err:
-        raise ValueError(
-            f"validation_data: loss fails on (Y with shape {_shapes(y)}, predictions with "
-            f"shape {_shapes(pred)}): {first_line(err)}; pass validation Y shaped like the "
-            "training Y"
-        ) from err
-    _check_loss_value(value)
+        raise ValueError(loss_error(err, pred)) from err
+    return pred, _check_loss_value(value)
 
 
 def _shape_hint(y: Any, pred: Any) -> str:
@@ -279,9 +294,8 @@ def _warn_broadcast(y: Any, pred: Any) -> None:
     if both.num_elements() and both.num_elements() > max(
         pred.shape.num_elements() or 0, y.shape.num_elements() or 0
     ):
-        warnings.warn(
+        warn_user(
             f"predictions have shape {tuple(pred.shape)} but Y has {tuple(y.shape)}; they "
             f"broadcast to {tuple(both)} in the loss (as under Keras fit): reshape Y or the "
-            "predictions so they match",
-            stacklevel=4,
+            "predictions so they match"
         )

@@ -17,7 +17,6 @@ import contextlib
 import random
 import signal
 import threading
-import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,6 +55,7 @@ from tapemagic.training.pacing import (
 )
 from tapemagic.training.parts import build_parts, make_loop
 from tapemagic.training.subject import resolve, scalar_names
+from tapemagic.training.user_warnings import warn_user
 from tapemagic.variables import unwrap
 
 MAX_RECORDED_PARAMS = 20  # models this small get their parameter values in the history
@@ -619,7 +619,7 @@ class Trainer:
         )  # fmt: skip
         self.fault = Fault(site.epoch, site.batch, site.loss, site.variables + site.weights, text)
         self._say(text)
-        warnings.warn(text, TrainingFault, stacklevel=6)
+        warn_user(text, TrainingFault)
 
     def _restore_fault(self) -> str:
         fault, self._last_fault = self._last_fault, None

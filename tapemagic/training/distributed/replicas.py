@@ -11,7 +11,6 @@ samples (the seed's reduce_sum), by n_local / n_global for one that averages (Ke
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from tapemagic.training.distributed.cluster import cluster_role
 from tapemagic.training.objectives import scalar_loss
 from tapemagic.training.steps import Steps, all_scalar, differentiate, gradient_summaries
 from tapemagic.training.subject import Style
+from tapemagic.training.user_warnings import warn_user
 from tapemagic.variables import unwrap
 
 REDUCTIONS = ("sum", "mean")
@@ -139,11 +139,10 @@ class Replicas:
         is_sum = abs(whole - as_sum) <= PROBE_RTOL * scale
         is_mean = abs(whole - as_mean) <= PROBE_RTOL * scale
         if is_sum and is_mean:  # e.g. a loss of 0 on this batch
-            warnings.warn(
+            warn_user(
                 "cannot tell whether the loss sums or averages over samples (it is "
                 f"{whole:g} on the first batch); taking it as a mean: pass "
-                "loss_reduction='sum' if it sums",
-                stacklevel=4,
+                "loss_reduction='sum' if it sums"
             )
             is_sum = False
         if not (is_sum or is_mean):
