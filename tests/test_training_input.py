@@ -265,15 +265,20 @@ def test_validation_data_of_another_width_is_refused_at_construction():
     y = np.ones((20, 1), "float32")
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, name="out")])
     weights = [w.copy() for w in model.get_weights()]
-    error = refused(
-        ValueError,
+    with pytest.raises(ValueError) as info:
+        Trainer(model=model, loss="mse", data=(x, y), validation_data=(x[:, :2], y))
+    error = info.value
+    text = str(error)
+    # Keras's own line is quoted; its wording differs between Keras versions.
+    assert text.startswith(
         "validation_data: the model fails on a batch of its X with shape (2, 2), where "
-        "training batches have shape (2, 3): ValueError: Input 0 with name 'None' of layer "
-        "'out' is incompatible with the layer: expected axis -1 of input shape to have value "
-        "3, but received input with shape (2, 2); pass validation X with the same features as "
-        "the training X",
-        lambda: Trainer(model=model, loss="mse", data=(x, y), validation_data=(x[:, :2], y)),
+        "training batches have shape (2, 3): ValueError: Input 0 "
     )
+    assert (
+        "expected axis -1 of input shape to have value 3, but received input with shape "
+        "(2, 2); pass validation X with the same features as the training X" in text
+    )
+    assert "\n" not in text
     assert "kwargs=" not in str(error)
     wide = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)])
     refused(
