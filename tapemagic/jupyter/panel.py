@@ -38,6 +38,7 @@ from tapemagic.jupyter.panel_status import (
     status_line,
 )
 from tapemagic.jupyter.panel_timing import RedrawPacer, RunClock
+from tapemagic.jupyter.panel_views import LOSS
 from tapemagic.jupyter.panel_widgets import all_widgets
 from tapemagic.training import ownership
 from tapemagic.training.trainer import Trainer
@@ -350,7 +351,6 @@ class TrainingPanel(PanelSettings):
         if self.error is not None:  # the error line says it: not twice
             said = str(self.error)
             lines = [m for m in lines if not (m.startswith("stopped by an error") and said in m)]
-        lines = [m for m in list(t.messages) if faulted or m not in self._fault_texts]
         return fold_messages(lines, self.error)
 
     # -- the view ----------------------------------------------------------------------
@@ -376,6 +376,7 @@ class TrainingPanel(PanelSettings):
         self.params.value = params_html(t.param_values())
         self.messages.value = messages_html(self._shown_messages(), self.error, self._error_epoch)
         self._maybe_plot(n, force_plot, running)
+        self.views.refresh_shown(force_plot)
         if self.view == "text":
             self._print_new_epochs(n)
         if self._superseded:
@@ -406,6 +407,8 @@ class TrainingPanel(PanelSettings):
         drawn = (n, progress)
         now = time.monotonic()
         if not (force or self._pacer.due(now, drawn, settings)):
+            return
+        if not force and self.views.current != LOSS:  # hidden: drawn when shown or a run ends
             return
         h = self.trainer.history
         started = time.monotonic()

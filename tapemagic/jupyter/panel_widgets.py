@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
+from tapemagic.jupyter.panel_views import ViewChooser
 from tapemagic.training.objectives import OPTIMIZERS
 from tapemagic.training.trainer import Trainer
 
@@ -74,6 +75,8 @@ def build(panel: TrainingPanel, epochs: int) -> None:
     panel.device.observe(panel._on_device, "value")
     for box in (panel.log_scale, panel.smoothing):
         box.observe(lambda _: panel.refresh(force_plot=True), "value")
+    loss_view = w.HBox([panel.plot, w.VBox([panel.log_scale, panel.smoothing, panel.params])])
+    panel.views = ViewChooser(panel, loss_view)
     buttons = [panel.train_button, panel.pause_button, panel.step_button, panel.stop_button]
     panel.widget = w.VBox(
         [
@@ -81,7 +84,8 @@ def build(panel: TrainingPanel, epochs: int) -> None:
             w.HBox([panel.epochs, panel.learning_rate]),
             w.HBox([panel.optimizer, panel.batch_size, panel.device, panel.strategy]),
             w.HBox([panel.progress, panel.status]),
-            w.HBox([panel.plot, w.VBox([panel.log_scale, panel.smoothing, panel.params])]),
+            panel.views.buttons,
+            panel.views.area,
             panel.messages,
         ]
     )
