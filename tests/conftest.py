@@ -34,3 +34,21 @@ def run(ip, cell: str):
     if not result.success:
         raise AssertionError(f"cell failed: {result.error_in_exec or result.error_before_exec}")
     return result
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """One JupyterLab server for every browser test (on a copy of the notebooks)."""
+    from browser_support import jupyterlab
+
+    with jupyterlab() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def browser(lab):
+    """One headless Chromium for every browser test; each test opens its own pages."""
+    from browser_support import chromium
+
+    with chromium(lab) as browser:
+        yield browser
