@@ -55,6 +55,7 @@ from tapemagic.training.pacing import (
 )
 from tapemagic.training.parts import build_parts, make_loop
 from tapemagic.training.subject import resolve, scalar_names
+from tapemagic.training.trajectory import Trajectory, flat_weights
 from tapemagic.training.user_warnings import warn_user
 from tapemagic.variables import unwrap
 
@@ -97,6 +98,9 @@ class Trainer:
     or averages over samples is probed; `loss_reduction='sum'|'mean'` says it instead.
     With several workers, run the same program on each: the chief leads (panel,
     controls, checkpoints), the others follow (`follow()` between runs).
+
+    `record_trajectory`: keep the weights after each epoch, thinned, in `trajectory` (for
+    the loss landscape); None records models of up to 2 million weights.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class Trainer:
         on_nonfinite: str = "restore",
         strategy: Any = None,
         loss_reduction: str | None = None,
+        record_trajectory: bool | None = None,
     ):
         check_on_nonfinite(on_nonfinite)
         checkpoint_dir = check_arguments(checkpoint_dir, checkpoint_every, resume)
@@ -195,6 +200,8 @@ class Trainer:
                 raise
         if self._lockstep:
             self._agree_with_chief()
+        self._trajectory = Trajectory.for_variables(style.trainable, record_trajectory)
+        self._trajectory.record([self._pos.epoch], self._flat())
         ownership.claim(self, self._style.weights)  # last: a failed construction takes nothing
 
     # -- state -----------------------------------------------------------------------
@@ -264,6 +271,14 @@ class Trainer:
     def variables(self) -> list:
         """The trained variables."""
         return list(self._style.trainable)
+
+    @property
+    def trajectory(self) -> Trajectory:
+        """The weights after each epoch (flat, thinned to a bounded number of points)."""
+        return self._trajectory
+
+    def _flat(self) -> Any:
+        return flat_weights(self._style.trainable) if self._trajectory.enabled else None
 
     def param_values(self) -> dict[str, float]:
         """Current values of a small model's parameters by name ({} for big models)."""
@@ -582,6 +597,7 @@ class Trainer:
         if done.after is not None:
             self._pos.move_to(done.after)
         n = len(done.columns.epochs)
+        self._record_trajectory(res, first, n)
         self._pacer.measured(res)
         cbs = self._callbacks
         if cbs.per_batch and res.batch_rows is not None:
@@ -597,6 +613,16 @@ class Trainer:
         every = self._ckpt_every
         if self._store and every and n and first // every != self._pos.epoch // every:
             self.save_checkpoint()
+
+    def _record_trajectory(self, res: CallResult, first: int, n: int) -> None:
+        """A small model's weights after each epoch (the call's rows hold them); a bigger
+        model's once per call, when it ends on an epoch boundary."""
+        if not self._trajectory.enabled or not n:
+            return
+        if res.params is not None and len(self._record_vars) == len(self._style.trainable):
+            self._trajectory.record(range(first + 1, first + n + 1), res.params[:n])
+        elif self._pos.batch == 0:
+            self._trajectory.record([self._pos.epoch], self._flat())
 
     # -- faults ----------------------------------------------------------------------
 
@@ -627,6 +653,7 @@ class Trainer:
         e, b = self._pos.epoch, self._pos.batch
         if len(self.history) > e:  # stepping back undid epochs recorded in this call
             self.history.truncate(e)
+        self._trajectory.truncate(e)
         where = f"start of epoch {e}" if b == 0 else f"epoch {e}, batch {b}"
         if not all(np.isfinite(unwrap(v).numpy()).all() for v in self._style.trainable):
             where += "; some weights are non-finite there too: reset() or reload a checkpoint"
@@ -657,6 +684,8 @@ class Trainer:
         for v, value in zip(self._state(), self._initial, strict=True):
             unwrap(v).assign(value)
         self.history.clear()
+        self._trajectory.clear()
+        self._trajectory.record([0], self._flat())
         self._pos.set(0)
         self.error = self.fault = self._last_fault = None
         self._callbacks.model.stop_training = False
