@@ -11,8 +11,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "History",
+    "LivePanel",
     "Trainer",
     "TrainingPanel",
+    "live",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]
@@ -22,6 +24,8 @@ _LAZY = {
     "Trainer": "tapemagic.training.trainer",
     "History": "tapemagic.training.history",
     "TrainingPanel": "tapemagic.jupyter.panel",
+    "LivePanel": "tapemagic.jupyter.live",
+    "live": "tapemagic.jupyter.live",
 }
 
 

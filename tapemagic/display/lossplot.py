@@ -78,7 +78,11 @@ def nice_ceil(x: float) -> float:
 
 
 class LossPlot:
-    """Train and validation loss against epoch, rendered to PNG (RGBA) on demand."""
+    """Train and validation loss against epoch, rendered to PNG (RGBA) on demand.
+
+    Optional, for several losses and batch-level points: named extra lines (a multi-output
+    model's per-output losses; a name starting with 'val_' is dashed in the colour of the
+    line it validates) and a faint line of running losses within epochs."""
 
     def __init__(self, width: float = 6.0, height: float = 3.2, dpi: int = 80):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -101,6 +105,9 @@ class LossPlot:
             artist.set_animated(True)
         self._frame_key: tuple | None = None
         self._background = None
+        self._extra: dict = {}  # name -> its line, made when first drawn
+        self._batches = None  # the batch-level line, made when first drawn
+        self._legend_handles: list = []
         self.empty_text = ax.text(
             0.5, 0.5, "no epochs yet", transform=ax.transAxes, ha="center", va="center",
             color=INK, fontsize=10,
@@ -122,13 +129,17 @@ class LossPlot:
         smoothing: float = 0.0,
         progress: float | None = None,
         live: bool = False,
+        extra: Sequence[tuple[str, Sequence[float | None]]] = (),
+        batches: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> bytes:
         """PNG bytes of the curves; points drawn stay bounded whatever the history length.
 
         `progress`: where an unfinished epoch has got to, in epochs (3.4: 40% into the 4th),
         drawn as a dotted line so an epoch slower than the redraws still shows movement.
         `live`: during a run, the axes keep their limits while the curves fit, so most
-        renders redraw only the curves; otherwise the limits fit the curves exactly."""
+        renders redraw only the curves; otherwise the limits fit the curves exactly.
+        `extra`: (name, values per epoch) lines beside loss and val_loss. `batches`: x in
+        epochs (2.5: halfway into the third) and the running loss there, drawn faintly."""
         y = np.asarray(loss, dtype=float)
         x = np.arange(1, len(y) + 1, dtype=float)
         lines = [(self.train_line, x, smooth(y, smoothing))]
@@ -141,11 +152,25 @@ class LossPlot:
             lines.append((self.val_line, x[: v.size], smooth(v, smoothing)))
         else:
             self.val_line.set_data([], [])
+        names = []
+        for name, values in extra:
+            ys = np.array(values, dtype=float)
+            if ys.size and not np.all(np.isnan(ys)):
+                lines.append((self._named(name), x[: ys.size], smooth(ys, smoothing)))
+                names.append(name)
+        for name, line in self._extra.items():
+            line.set_visible(name in names)
+        bx = np.asarray(batches[0] if batches else (), dtype=float)
+        if bx.size:
+            lines.append((self._batch_line(), bx, np.asarray(batches[1], dtype=float)))
+        elif self._batches is not None:
+            self._batches.set_visible(False)
         tops, bottoms = [], []
         for line, xs, ys in lines:
             xs, ys = thin(xs, ys)
             line.set_data(xs, ys)
-            line.set_marker("o" if len(xs) <= MARKERS_UP_TO else "")
+            if line is not self._batches:
+                line.set_marker("o" if len(xs) <= MARKERS_UP_TO else "")
             good = ys[np.isfinite(ys) & ((ys > 0) if log_scale else True)]
             if good.size:
                 tops.append(good.max())
@@ -156,12 +181,14 @@ class LossPlot:
         if shown:
             self.progress_line.set_xdata([progress, progress])
         right = max(len(y), float(np.ceil(progress)) if shown else 0.0, MIN_EPOCHS_SHOWN)
+        if bx.size:
+            right = max(right, float(np.ceil(np.nanmax(bx))))
         # From 0, where the run started: an unfinished first epoch lies between 0 and 1.
         xlim = (0.0, (nice_ceil(right) if live else right) + 0.5)
         ylim = self._ylim(min(bottoms), max(tops), log_scale, live) if tops else None
         if ylim is None:  # nothing to draw yet (or nothing positive on a log scale)
             ylim = (0.1, 10.0) if log_scale else (0.0, 1.0)
-        key = (xlim, ylim, log_scale, has_val, len(y) == 0)
+        key = (xlim, ylim, log_scale, has_val, len(y) == 0 and not bx.size, tuple(names))
         canvas = self.figure.canvas
         if key != self._frame_key:
             self._draw_frame(key)
@@ -195,7 +222,7 @@ class LossPlot:
 
     def _draw_frame(self, key: tuple) -> None:
         """Everything but the curves, drawn and kept for the renders that follow."""
-        xlim, ylim, log_scale, has_val, empty = key
+        xlim, ylim, log_scale, has_val, empty, names = key
         ax = self.axes
         scale = "log" if log_scale else "linear"
         if ax.get_yscale() != scale:  # switching scales is costly: only when it changes
@@ -203,19 +230,44 @@ class LossPlot:
         ax.set_xlim(*xlim)
         ax.set_ylim(*ylim)
         self.empty_text.set_visible(empty)
-        if has_val != (ax.get_legend() is not None):
-            if has_val:
-                legend = ax.legend(
-                    handles=[self.train_line, self.val_line], loc="upper right", fontsize=8,
-                    frameon=False,
-                )  # fmt: skip
-                for text in legend.get_texts():
-                    text.set_color(INK)
-            else:
-                ax.get_legend().remove()
+        handles = [self.train_line, *([self.val_line] if has_val else [])]
+        handles += [self._extra[name] for name in names]
+        legend = ax.get_legend()
+        if legend is not None and (len(handles) < 2 or handles != self._legend_handles):
+            legend.remove()
+            legend = None
+        if legend is None and len(handles) > 1:
+            legend = ax.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
+            for text in legend.get_texts():
+                text.set_color(INK)
+            self._legend_handles = handles
         self.figure.canvas.draw()  # the animated curves are left out of this
         self._background = self.figure.canvas.copy_from_bbox(self.figure.bbox)
         self._frame_key = key
+
+    def _named(self, name: str):
+        """The extra line called `name`; 'val_x' takes the colour of 'x', dashed."""
+        if name not in self._extra:
+            base = name[4:] if name.startswith("val_") else name
+            colours = [n for n in self._extra if not n.startswith("val_")]
+            if base in self._extra:
+                colour = self._extra[base].get_color()
+            else:
+                colour = f"C{(len(colours) + 2) % 10}"
+            style = "--" if name.startswith("val_") else "-"
+            (line,) = self.axes.plot([], [], color=colour, lw=1.2, ls=style, ms=3, label=name)
+            line.set_animated(True)
+            self._extra[name] = line
+            self._moving = (*self._moving, line)
+        return self._extra[name]
+
+    def _batch_line(self):
+        if self._batches is None:
+            (self._batches,) = self.axes.plot([], [], color="C0", lw=0.8, alpha=0.45)
+            self._batches.set_animated(True)
+            self._moving = (self._batches, *self._moving)
+        self._batches.set_visible(True)
+        return self._batches
 
     def points_drawn(self) -> int:
         """How many points the last render drew, over both lines (for tests)."""

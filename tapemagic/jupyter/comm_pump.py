@@ -1,0 +1,130 @@
+"""Widget messages reach a cell that is still running.
+
+A kernel reads the shell channel's messages on its main thread, one at a time: while a
+cell runs (`model.fit(...)` in the main thread), a button click waits until the cell ends.
+ipykernel 7 has a shell-channel thread that forwards each message the main shell is to
+handle over an in-process socket, which the main thread's event loop reads between
+messages. `pump()`, called by the running cell's own code (a Keras callback between
+batches), reads that socket itself: widget messages (comm_open, comm_msg, comm_close) are
+handled at once, as the kernel would, with the message as parent so that what they show
+goes where it belongs; every other request (the next cells' execute requests, completions,
+kernel info) is handed back to the kernel's event loop in arrival order, where it queues
+behind the running cell as it would have. Nothing runs out of order: only widget messages
+overtake, which is the point, and the kernel does the same for a cell that awaits.
+
+Where this cannot work (no kernel, ipykernel 6 without the shell-channel thread, a cell run
+in a subshell thread) `pump()` does nothing and the buttons act once the cell ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from typing import Any
+
+COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
+
+
+class _Pump:
+    def __init__(self, kernel: Any, socket: Any) -> None:
+        self.kernel = kernel
+        self.socket = socket
+
+    def run(self) -> int:
+        import zmq
+
+        handled = 0
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return handled
+            if self._is_comm(frames):
+                self._handle(frames)
+                handled += 1
+            else:
+                self._defer(frames)
+
+    def _is_comm(self, frames: list) -> bool:
+        session = self.kernel.session
+        if session is None or len(frames) < 2:  # the kernel's own one-frame notes
+            return False
+        try:
+            _, rest = session.feed_identities(frames, copy=False)
+            header = session.deserialize(rest, content=False, copy=False)["header"]
+        except Exception:  # the kernel logs a bad message when it gets it back
+            return False
+        return header.get("msg_type") in COMM_TYPES
+
+    def _handle(self, frames: list) -> None:
+        """What the kernel does for a widget message while a cell runs: the handler, with
+        the message as parent for its side effects, then the cell's parent back."""
+        k = self.kernel
+        idents, rest = k.session.feed_identities(frames, copy=False)
+        msg = k.session.deserialize(rest, content=True, copy=False)
+        handler = k.shell_handlers.get(msg["header"]["msg_type"])
+        if handler is None:
+            return
+        parent = k.get_parent("shell")
+        ident = k._parent_ident["shell"]
+        k.set_parent(idents, msg, channel="shell")
+        try:
+            result = handler(k.shell_stream, idents, msg)
+            if inspect.isawaitable(result):  # finishes once the loop runs again
+                asyncio.ensure_future(result)
+        except Exception:  # as the kernel does: a broken handler must not stop training
+            k.log.error("Exception in a widget message handler:", exc_info=True)
+        finally:
+            k.set_parent(ident, parent, channel="shell")
+
+    def _defer(self, frames: list) -> None:
+        """Back to the kernel's loop, where the main shell would have got it: it queues
+        behind the running cell (the shell's lock is held) in the order received."""
+        k = self.kernel
+
+        def again(frames: list = frames) -> None:
+            asyncio.ensure_future(k.shell_main(None, frames))
+
+        k.io_loop.add_callback(again)
+
+
+_pumps: dict[int, _Pump | None] = {}  # kernel id -> its pump (None: cannot pump there)
+
+
+def _pump_for(kernel: Any) -> _Pump | None:
+    key = id(kernel)
+    if key not in _pumps:
+        _pumps[key] = None
+        thread = getattr(kernel, "shell_channel_thread", None)
+        manager = getattr(thread, "manager", None)
+        try:
+            pair = manager.get_shell_channel_to_subshell_pair(None)
+            if callable(getattr(kernel, "shell_main", None)) and pair.to_socket is not None:
+                _pumps[key] = _Pump(kernel, pair.to_socket)
+        except Exception:  # another ipykernel layout: no pump, buttons act after the cell
+            pass
+    return _pumps[key]
+
+
+def available() -> bool:
+    """Whether `pump()` can let widget messages in here (a kernel's main thread)."""
+    return _current() is not None
+
+
+def _current() -> _Pump | None:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    kernel = getattr(get_ipython(), "kernel", None)
+    return None if kernel is None else _pump_for(kernel)
+
+
+def pump() -> int:
+    """Handle the widget messages waiting for this kernel; how many there were. Call it
+    from the running cell's own code (the main thread); elsewhere it does nothing."""
+    p = _current()
+    return p.run() if p is not None else 0
