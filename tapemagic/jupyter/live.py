@@ -81,7 +81,10 @@ class LivePanel(LiveCallback):
         self._release_interrupt()
         super().on_train_end(logs)
         s = self.log.state()
-        where = f"epoch {s.epochs_done}" + (f", batch {s.batch}" if s.batch else "")
+        where = f"epoch {s.epochs_done}"
+        cut = self.log.last_epoch_batches
+        if s.steps and 0 < cut < s.steps:  # Keras logs a cut epoch as an epoch, as History
+            where += f" after batch {cut:,} of {s.steps:,}"
         if self._interrupted:
             self.log.say(f"interrupted at {where}")
         elif s.stop_asked:

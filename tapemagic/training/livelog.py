@@ -62,6 +62,7 @@ class LiveControls:
         self.stop_asked = False
         self.pause_asked = False
         self.holding = False  # the loop is blocked in a pause right now
+        self.hold_since = 0.0  # when the current hold began (time.monotonic())
         self._step = False  # Step: run to the end of the next epoch, then hold
 
     def stop(self) -> None:
@@ -94,7 +95,7 @@ class LiveControls:
         with self._cv:
             if not self.pause_asked or self._step or self.stop_asked:
                 return 0.0
-            self.holding = True
+            self.holding, self.hold_since = True, start
         try:
             while True:
                 with self._cv:
@@ -131,6 +132,7 @@ class LiveLog:
         self.controls = LiveControls()
         self._run_start = 0  # epochs logged when this run began
         self._batches_run = 0  # batches done this run
+        self.last_epoch_batches = 0  # batches the last logged epoch had run
         self._clock_start: float | None = None
         self._held = 0.0  # seconds paused this run
         self._stopped_at: float | None = None
@@ -169,9 +171,15 @@ class LiveLog:
             number = len(self.rows) if epoch is None else int(epoch)
             row = EpochRow(number, clean)
             self.rows.append(row)
-            self.batch = 0
+            self.last_epoch_batches, self.batch = self.batch, 0
         self.controls.epoch_ended()
         return row
+
+    @property
+    def batches_run(self) -> int:
+        """Batches done this run, all epochs together."""
+        with self._lock:
+            return self._batches_run
 
     def held(self, seconds: float) -> None:
         with self._lock:
@@ -217,6 +225,8 @@ class LiveLog:
             done = n - self._run_start
             now = self._stopped_at if self._stopped_at is not None else time.monotonic()
             held = self._held
+            if c.holding and self._stopped_at is None:  # the hold so far is not running time
+                held += now - c.hold_since
             elapsed = max(now - self._clock_start - held, 0.0) if self._clock_start else 0.0
             steps, total, batches = self.steps, self.epochs_total, self._batches_run
             last = self.rows[-1] if self.rows else None
