@@ -1,0 +1,554 @@
+"""The loss landscape around a training run: a grid of losses, the path, the minimum.
+
+Two scalar parameters (the seed's a and b) are drawn in their own coordinates. Any other
+model is drawn on a 2-D slice through its current weights, w = w_now + x d1 + y d2, along
+filter-normalised random directions (Li et al. 2018) or the top two principal directions
+of its trajectory; `line` gives the loss on the straight line from the first weights to
+the current ones (Goodfellow et al. 2015).
+
+Every grid point is a forward pass at other weights than the variables hold. The model's
+forward pass is traced once and its weight reads replaced by inputs (`SliceLoss`), so the
+whole grid is one compiled, vectorised call (`tf.vectorized_map` over chunks of points)
+that never touches the variables: training can go on in another thread meanwhile. The
+loss is taken on a fixed subset of the training data (the first `max_samples` samples;
+all of them for small data), in inference mode, without regularisation terms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+from tapemagic.training.data import ArrayData
+from tapemagic.training.objectives import scalar_loss
+from tapemagic.training.trajectory import TrajectoryPoints, flat_weights, principal_directions
+from tapemagic.variables import unwrap
+
+MAX_SAMPLES = 512  # the fixed data subset the landscape is computed on
+CHUNK_FLOATS = 2**25  # activations held at once by one chunk of grid points (128 MB)
+KINDS = ("auto", "parameters", "random", "pca")
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """The loss on a grid, with the training path projected onto it.
+
+    `values[i, j]` is the loss at (x[j], y[i]), i.e. at weights `center + x[j] *
+    directions[0] + y[i] * directions[1]`. For two scalar parameters `center` is 0 and
+    `directions` the identity, so x and y are the parameters' own values."""
+
+    kind: str  # "parameters", "random", "pca" or "given"
+    axis_names: tuple[str, str]
+    x: np.ndarray  # (nx,) coordinates along the first direction
+    y: np.ndarray  # (ny,) along the second
+    values: np.ndarray  # (ny, nx) losses
+    center: np.ndarray  # (n,) flat weights at coordinates (0, 0)
+    directions: np.ndarray  # (2, n)
+    path: np.ndarray  # (P, 2) the trajectory's points in these coordinates
+    path_epochs: np.ndarray  # (P,) epochs done at each path point
+    current: np.ndarray  # (2,) the latest point of the path
+    current_loss: float  # the loss there
+    gradient: np.ndarray  # (2,) the loss's gradient there, in these coordinates
+    minimum: np.ndarray | None  # (2,) where Newton's method converged, if it did
+    minimum_loss: float | None
+    samples: int  # samples the loss is computed on
+    total_samples: int | None  # training samples (None: a Dataset)
+    note: str  # what a reader must know: the data subset, the directions' variance
+    seconds: float  # time the grid took
+
+
+@dataclass(frozen=True)
+class LineProfile:
+    """The loss along w(t) = w_first + t (w_now - w_first): t=0 first, t=1 current."""
+
+    t: np.ndarray
+    values: np.ndarray
+    path_t: np.ndarray  # the trajectory's points projected onto the line
+    path_epochs: np.ndarray
+    note: str
+
+
+# -- the loss at substituted weights ----------------------------------------------------
+
+
+class SliceLoss:
+    """The training loss at weights w = center + x d1 + y d2, for many (x, y) at once.
+
+    Built from a trainer's forward pass, loss and data; compiled on first use."""
+
+    def __init__(self, trainer: Any, max_samples: int = MAX_SAMPLES):
+        style, parts = trainer._style, trainer._parts
+        if style.forward is None or parts.loss is None:
+            raise ValueError(
+                "the landscape needs the model's predictions and a loss: with step=, also "
+                "pass model= (or params= with predict=) and loss="
+            )
+        self.variables = list(style.trainable)
+        self.names = list(style.names)
+        self.device = trainer.device
+        self.sizes = [int(np.prod(v.shape)) for v in self.variables]
+        self.n = sum(self.sizes)
+        dtypes = {tf.as_dtype(v.dtype) for v in self.variables}
+        self.dtype = tf.float64 if tf.float64 in dtypes else tf.float32
+        data = parts.data
+        if isinstance(data, ArrayData):
+            self.total = data.n
+            self.samples = min(data.n, max_samples)
+            sub = data.take(0, self.samples)
+            x, y = sub.x, sub.y
+        else:
+            x, y = data.first()
+            self.total = None
+            self.samples = int(tf.shape(tf.nest.flatten(x)[0])[0])
+        with tf.device(self.device):
+            self.x, self.y = tf.nest.map_structure(tf.identity, (x, y))
+        self._forward, per_sample = substituted_forward(
+            lambda x: style.forward(x, False), self.variables, self.names, self.x
+        )
+        self._loss_fn = parts.loss
+        per_point = self.samples * max(per_sample, 1) + 2 * self.n
+        self.chunk = int(max(1, min(4096, CHUNK_FLOATS // per_point)))
+        vec, dirs = tf.TensorSpec([self.n], self.dtype), tf.TensorSpec([2, self.n], self.dtype)
+        self._grid = tf.function(
+            self._grid_graph,
+            input_signature=[vec, dirs, tf.TensorSpec([None, self.chunk, 2], self.dtype)],
+        )
+        self._local = tf.function(
+            self._local_graph, input_signature=[vec, dirs, tf.TensorSpec([2], self.dtype)]
+        )
+
+    def _loss_at(self, w: tf.Tensor) -> tf.Tensor:
+        values = [
+            tf.cast(tf.reshape(part, v.shape), v.dtype)
+            for part, v in zip(tf.split(w, self.sizes), self.variables, strict=True)
+        ]
+        pred = self._forward(values, self.x)
+        return tf.cast(scalar_loss(self._loss_fn(self.y, pred)), self.dtype)
+
+    def _grid_graph(self, center, dirs, coords):
+        def one(c):
+            return self._loss_at(center + c[0] * dirs[0] + c[1] * dirs[1])
+
+        return tf.map_fn(
+            lambda chunk: tf.vectorized_map(one, chunk), coords, fn_output_signature=self.dtype
+        )
+
+    def _local_graph(self, center, dirs, c):
+        # Symbolic gradients: the imported ops are not recorded on a tape.
+        loss = self._loss_at(center + c[0] * dirs[0] + c[1] * dirs[1])
+        g = tf.gradients(loss, c)[0]
+        h = tf.stack([tf.gradients(g[i], c)[0] for i in range(2)])
+        return loss, g, h
+
+    def _tensors(self, center: np.ndarray, dirs: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.constant(center, self.dtype), tf.constant(dirs, self.dtype)
+
+    def grid(
+        self,
+        center: np.ndarray,
+        dirs: np.ndarray,
+        coords: np.ndarray,
+        pause: Callable[[float], None] | None = None,
+    ) -> np.ndarray:
+        """Losses at `coords` (G, 2): one compiled call, or with `pause`, one call per
+        chunk of points and `pause(seconds the chunk took)` after each (to yield the CPU)."""
+        coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+        g = len(coords)
+        chunk = self.chunk
+        pad = -g % chunk
+        padded = np.concatenate([coords, np.repeat(coords[-1:], pad, 0)]).reshape(-1, chunk, 2)
+        c, d = self._tensors(center, dirs)
+        out = []
+        with tf.device(self.device):
+            if pause is None:
+                out.append(self._grid(c, d, tf.constant(padded, self.dtype)).numpy())
+            else:
+                for block in padded:
+                    start = time.perf_counter()
+                    out.append(self._grid(c, d, tf.constant(block[None], self.dtype)).numpy())
+                    pause(time.perf_counter() - start)
+        return np.concatenate([o.reshape(-1) for o in out])[:g].astype(np.float64)
+
+    def local(self, center: np.ndarray, dirs: np.ndarray, at: np.ndarray) -> tuple:
+        """(loss, gradient (2,), Hessian (2, 2)) at coordinates `at`."""
+        c, d = self._tensors(center, dirs)
+        with tf.device(self.device):
+            loss, g, h = self._local(c, d, tf.constant(at, self.dtype))
+        return float(loss), g.numpy().astype(np.float64), h.numpy().astype(np.float64)
+
+
+def substituted_forward(
+    forward: Callable[[Any], Any], variables: Sequence[Any], names: Sequence[str], x: Any
+) -> tuple[Callable[[list, Any], Any], int]:
+    """`forward` as a function of (weight values, x), and the floats per sample its
+    intermediate results hold (for sizing chunks).
+
+    The forward pass is traced once; in its graph each read of a trained variable becomes
+    an input. Calling the result inside a `tf.function` imports that graph with the given
+    values in place of the reads: the variables are never read or written."""
+    concrete = tf.function(forward).get_concrete_function(x)
+    graph = concrete.graph
+    index = {id(unwrap(v).handle): i for i, v in enumerate(variables)}
+    n_in = len(tf.nest.flatten(x))
+    rename: dict[str, str] = {}
+    feeds: dict[str, Any] = {}
+    for j, t in enumerate(graph.inputs[:n_in]):
+        rename[t.op.name] = f"__x{j}"
+    dropped = set()
+    for k, (outer, inner) in enumerate(graph.captures):
+        i = index.get(id(outer))
+        if i is None:  # a constant or an untrained variable (BatchNorm statistics): kept
+            rename[inner.op.name] = f"__c{k}"
+            feeds[f"__c{k}:0"] = outer
+            continue
+        dropped.add(inner.op.name)
+        for op in inner.consumers():
+            if op.type != "ReadVariableOp":
+                raise ValueError(
+                    f"the landscape cannot move {names[i]}: the model reads it with "
+                    f"{op.type}, not a plain read (embedding lookups are not supported)"
+                )
+            rename[op.name] = f"__w{i}"
+    source = graph.as_graph_def()
+    graph_def = graph_pb2.GraphDef()
+    graph_def.versions.CopyFrom(source.versions)
+    graph_def.library.CopyFrom(source.library)
+
+    def renamed(name: str) -> str | None:
+        control = name.startswith("^")
+        node, _, port = name.lstrip("^").partition(":")
+        if node not in rename:
+            return name
+        return None if control else f"{rename[node]}:{port or 0}"
+
+    for node in source.node:
+        if node.name in rename or node.name in dropped:
+            continue
+        copy = graph_def.node.add()
+        copy.CopyFrom(node)
+        del copy.input[:]
+        copy.input.extend(r for r in map(renamed, node.input) if r is not None)
+    used = {i.lstrip("^").split(":")[0] for n in graph_def.node for i in n.input}
+    outputs = [t.name for t in tf.nest.flatten(concrete.outputs)]
+    structure = concrete.structured_outputs
+    batch = tf.nest.flatten(x)[0].shape[0]
+    per_sample = 0
+    for op in graph.get_operations():
+        for t in op.outputs:
+            shape = t.shape
+            if shape.rank and shape[0] == batch and shape.is_fully_defined():
+                per_sample += int(np.prod(shape[1:]))
+
+    def call(values: list, xs: Any) -> Any:
+        g = tf.compat.v1.get_default_graph()
+
+        def inside(t):
+            return g.capture(t) if not tf.is_symbolic_tensor(t) else t
+
+        input_map = {name: inside(t) for name, t in feeds.items()}
+        for i, v in enumerate(values):
+            input_map[f"__w{i}:0"] = inside(tf.convert_to_tensor(v))
+        for j, t in enumerate(tf.nest.flatten(xs)):
+            input_map[f"__x{j}:0"] = inside(t)
+        input_map = {k: v for k, v in input_map.items() if k.split(":")[0] in used}
+        out = tf.graph_util.import_graph_def(
+            graph_def, input_map=input_map, return_elements=outputs, name="landscape"
+        )
+        return tf.nest.pack_sequence_as(structure, out)
+
+    return call, per_sample
+
+
+# -- directions -------------------------------------------------------------------------
+
+
+def filter_normalized(
+    noise: np.ndarray, variables: Sequence[Any], weights: np.ndarray
+) -> np.ndarray:
+    """`noise` (flat) scaled filter by filter to the norms of `weights` (Li et al. 2018):
+    in a kernel each output unit (last axis) is a filter; biases and other vectors get 0
+    when the model has kernels (as Li et al. do), else are scaled as a whole."""
+    shapes = [tuple(int(d) for d in v.shape) for v in variables]
+    has_kernels = any(len(sh) >= 2 for sh in shapes)
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        d = noise[start : start + size].reshape(shape)
+        w = weights[start : start + size].reshape(shape).astype(np.float64)
+        start += size
+        if len(shape) >= 2:
+            axes = tuple(range(len(shape) - 1))
+            dn = np.sqrt((d**2).sum(axis=axes, keepdims=True))
+            wn = np.sqrt((w**2).sum(axis=axes, keepdims=True))
+            d = d / np.maximum(dn, 1e-30) * wn
+        elif has_kernels:
+            d = np.zeros(shape)
+        else:
+            d = d / max(np.linalg.norm(d), 1e-30) * np.linalg.norm(w)
+        out.append(d.reshape(-1))
+    flat = np.concatenate(out) if out else np.zeros(0)
+    if not np.any(flat):  # all weights zero (a fresh zero-initialised model): plain noise
+        flat = noise / max(np.linalg.norm(noise), 1e-30)
+    return flat
+
+
+def project(weights: np.ndarray, center: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Least-squares coordinates (P, 2) of the rows of `weights` in the plane through
+    `center` spanned by `dirs` (not necessarily orthogonal)."""
+    gram = dirs @ dirs.T
+    rel = weights.astype(np.float64) - center
+    return np.linalg.solve(gram, dirs @ rel.T).T
+
+
+# -- the grid's extent ------------------------------------------------------------------
+
+MARGIN = 0.25  # room around the path, as a share of its extent
+REFIT_BELOW = 0.2  # refit when the path fills less than this share of the frame
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The grid's extent: [lo[0], hi[0]] x [lo[1], hi[1]]."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def holds(self, points: np.ndarray) -> bool:
+        """The points lie inside and fill a fair share of it (else the grid must move)."""
+        if not len(points):
+            return True
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        inside = bool(np.all(lo >= self.lo) and np.all(hi <= self.hi))
+        span = self.hi - self.lo
+        return inside and bool(np.any(hi - lo >= REFIT_BELOW * span))
+
+
+def fit_frame(points: np.ndarray, floor: float) -> Frame:
+    """A frame around the finite points, with a margin, each side at least 2 * floor."""
+    pts = points[np.all(np.isfinite(points), axis=1)] if len(points) else points
+    if not len(pts):
+        pts = np.zeros((1, 2))
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    mid, half = (lo + hi) / 2, (hi - lo) / 2 * (1 + 2 * MARGIN)
+    half = np.maximum(half, max(half.max() * 0.1, floor))
+    return Frame(mid - half, mid + half)
+
+
+def newton_minimum(
+    loss: SliceLoss, center: np.ndarray, dirs: np.ndarray, start: np.ndarray, iters: int = 20
+) -> tuple[np.ndarray, float] | None:
+    """Newton's method in the plane from `start`; the minimum where it converges with a
+    positive definite Hessian and the loss falling at each step, else None (not convex
+    enough there). A quadratic (the seed's sum of squares) converges in one step."""
+    c = np.asarray(start, dtype=np.float64)
+    value, g, h = loss.local(center, dirs, c)
+    g0 = np.linalg.norm(g)
+    for _ in range(iters):
+        if not (np.all(np.isfinite(h)) and np.all(np.linalg.eigvalsh((h + h.T) / 2) > 0)):
+            return None
+        step = -np.linalg.solve(h, g)
+        new = loss.local(center, dirs, c + step)
+        if not np.isfinite(new[0]) or new[0] > value + 1e-6 * abs(value):
+            return None
+        c, (value, g, h) = c + step, new
+        if np.linalg.norm(step) <= 1e-6 * (1.0 + np.linalg.norm(c)):
+            break
+    converged = np.linalg.norm(g) <= 1e-3 * max(g0, 1e-12) or np.linalg.norm(g) < 1e-6
+    return (c, value) if converged else None
+
+
+# -- the landscape of a trainer ----------------------------------------------------------
+
+
+class LandscapeMaker:
+    """Landscapes of one trainer, kept warm: the compiled loss, the random directions and
+    the grid's frame carry over from one `compute` to the next (a view calls it again and
+    again; the grid moves only when the path leaves it).
+
+    `directions`: "auto" (the parameters themselves for two scalars, else "random"),
+    "parameters", "random" (filter-normalised), "pca" (of the trajectory), or an array
+    (2, n_weights) of your own. `resolution`: grid points per side."""
+
+    def __init__(
+        self,
+        trainer: Any,
+        directions: Any = "auto",
+        resolution: int = 61,
+        max_samples: int = MAX_SAMPLES,
+        seed: int = 0,
+    ):
+        self.trainer = trainer
+        self.resolution = _check_resolution(resolution)
+        if int(max_samples) < 1:
+            raise ValueError(f"max_samples must be 1 or more, not {max_samples}")
+        self.max_samples = int(max_samples)
+        self.seed = int(seed)
+        self.names = list(trainer._style.names)
+        self.n = sum(int(np.prod(v.shape)) for v in trainer.variables)
+        self.directions = directions  # checked by the setter
+        self.frame: Frame | None = None
+        self._loss: SliceLoss | None = None
+        self._noise: np.ndarray | None = None
+
+    @property
+    def directions(self) -> Any:
+        return self._directions
+
+    @directions.setter
+    def directions(self, spec: Any) -> None:
+        if isinstance(spec, str):
+            if spec not in KINDS:
+                raise ValueError(
+                    f"directions must be one of {', '.join(KINDS)} or an array (2, n_weights), "
+                    f"not {spec!r}"
+                )
+            if spec == "parameters" and self.n != 2:
+                raise ValueError(
+                    f"directions='parameters' needs exactly two scalar weights; this model "
+                    f"has {self.n}: use 'random' or 'pca'"
+                )
+            self.kind = spec if spec != "auto" else ("parameters" if self.n == 2 else "random")
+        else:
+            arr = np.asarray(spec, dtype=np.float64)
+            if arr.shape != (2, self.n) or not np.all(np.isfinite(arr)):
+                raise ValueError(
+                    f"directions as an array must have shape (2, {self.n}) (two flat weight "
+                    f"vectors) and be finite, not shape {arr.shape}"
+                )
+            if abs(np.linalg.det(arr @ arr.T)) < 1e-12 * np.sum(arr**2) ** 2:
+                raise ValueError("the two directions are parallel: give two independent ones")
+            self.kind = "given"
+        self._directions = spec
+        self.frame = None
+
+    def loss(self) -> SliceLoss:
+        if self._loss is None:
+            self._loss = SliceLoss(self.trainer, self.max_samples)
+        return self._loss
+
+    def _points(self) -> TrajectoryPoints:
+        pts = self.trainer.trajectory.points()
+        if not len(pts):  # not recording: the current weights alone
+            now = flat_weights(self.trainer.variables)[None]
+            pts = TrajectoryPoints(np.array([self.trainer.epoch]), now, 1)
+        return pts
+
+    def _plane(self, pts: TrajectoryPoints) -> tuple[np.ndarray, np.ndarray, str]:
+        current = pts.current.astype(np.float64)
+        if self.kind == "parameters":
+            return np.zeros(2), np.eye(2), ""
+        if self.kind == "given":
+            return current, np.asarray(self._directions, dtype=np.float64), ""
+        if self.kind == "pca":
+            pc = principal_directions(pts.weights.astype(np.float64))
+            share = ", ".join(f"{100 * e:.1f}%" for e in pc.explained)
+            return current, pc.directions, f"PCA directions explain {share} of the path's variance"
+        if self._noise is None:
+            self._noise = np.random.default_rng(self.seed).standard_normal((2, self.n))
+        dirs = np.stack(
+            [filter_normalized(z, self.trainer.variables, current) for z in self._noise]
+        )
+        return current, dirs, "filter-normalised random directions"
+
+    def _axis_names(self) -> tuple[str, str]:
+        if self.kind == "parameters":
+            return self.names[0], self.names[1]
+        if self.kind == "pca":
+            return "PC 1", "PC 2"
+        return "direction 1", "direction 2"
+
+    def _data_note(self, loss: SliceLoss) -> str:
+        if loss.total is None:
+            return f"loss on the Dataset's first batch ({loss.samples} samples)"
+        if loss.samples < loss.total:
+            return f"loss on a fixed subset: the first {loss.samples:,} of {loss.total:,} samples"
+        return ""
+
+    def compute(
+        self,
+        resolution: int | None = None,
+        pause: Callable[[float], None] | None = None,
+        find_minimum: bool = True,
+    ) -> Landscape:
+        """The grid around the trajectory, re-centred when the path has left the last one."""
+        res = _check_resolution(resolution or self.resolution)
+        start = time.perf_counter()
+        loss = self.loss()
+        pts = self._points()
+        center, dirs, note = self._plane(pts)
+        path = project(pts.weights, center, dirs)
+        current = path[-1]
+        value, grad, _ = loss.local(center, dirs, current)
+        minimum = newton_minimum(loss, center, dirs, current) if find_minimum else None
+        shown = np.concatenate([path, minimum[0][None]]) if minimum else path
+        shown = shown[np.all(np.isfinite(shown), axis=1)]
+        if self.frame is None or not self.frame.holds(shown):
+            extent = float(np.ptp(shown, axis=0).max()) if len(shown) else 0.0
+            # filter-normalised directions have the weights' own scale: Li et al. look
+            # at [-1, 1]; elsewhere the path's extent sets the scale (1 if it has none)
+            floor = 1.0 if self.kind == "random" or extent == 0 else min(1.0, extent)
+            self.frame = fit_frame(shown, floor)
+        f = self.frame
+        xs, ys = np.linspace(f.lo[0], f.hi[0], res), np.linspace(f.lo[1], f.hi[1], res)
+        gx, gy = np.meshgrid(xs, ys)
+        values = loss.grid(center, dirs, np.stack([gx.ravel(), gy.ravel()], 1), pause)
+        notes = [n for n in (self._data_note(loss), note) if n]
+        return Landscape(
+            kind=self.kind,
+            axis_names=self._axis_names(),
+            x=xs,
+            y=ys,
+            values=values.reshape(res, res),
+            center=center,
+            directions=dirs,
+            path=path,
+            path_epochs=pts.epochs,
+            current=current,
+            current_loss=value,
+            gradient=grad,
+            minimum=None if minimum is None else minimum[0],
+            minimum_loss=None if minimum is None else minimum[1],
+            samples=loss.samples,
+            total_samples=loss.total,
+            note="; ".join(notes),
+            seconds=time.perf_counter() - start,
+        )
+
+    def line(
+        self, resolution: int = 41, pause: Callable[[float], None] | None = None
+    ) -> LineProfile:
+        """The loss on the line from the first weights of the trajectory (t=0) to the
+        current ones (t=1), from t=-0.25 to t=1.25 (Goodfellow et al. 2015)."""
+        res = _check_resolution(resolution)
+        loss = self.loss()
+        pts = self._points()
+        w0 = pts.initial.astype(np.float64)
+        d = pts.current.astype(np.float64) - w0
+        if not np.any(d):
+            raise ValueError("the weights have not moved yet: train some epochs first")
+        t = np.linspace(-0.25, 1.25, res)
+        dirs = np.stack([d, np.zeros_like(d)])
+        values = loss.grid(w0, dirs, np.stack([t, np.zeros_like(t)], 1), pause)
+        path_t = (pts.weights.astype(np.float64) - w0) @ d / (d @ d)
+        return LineProfile(t, values, path_t, pts.epochs, self._data_note(loss))
+
+
+def _check_resolution(resolution: Any) -> int:
+    if isinstance(resolution, bool) or not isinstance(resolution, int | np.integer):
+        raise ValueError(f"resolution must be a whole number of grid points, not {resolution!r}")
+    if not 3 <= resolution <= 401:
+        raise ValueError(f"resolution must be from 3 to 401 points per side, not {resolution}")
+    return int(resolution)
+
+
+def landscape(
+    trainer: Any, directions: Any = "auto", resolution: int = 61, **kwargs: Any
+) -> Landscape:
+    """The loss landscape around `trainer`'s run (see `LandscapeMaker`), computed once."""
+    return LandscapeMaker(trainer, directions, resolution, **kwargs).compute()
