@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from tapemagic.training.health_table import GradientTable
+
 # Columns every history has, in display order; metrics and parameters follow them.
 BASE_COLUMNS = ("epoch", "loss", "val_loss", "learning_rate", "grad_norm", "seconds")
 
@@ -71,6 +73,17 @@ class History:
         self._cols: dict[str, list] = {name: [] for name in BASE_COLUMNS}
         self._metrics: dict[str, list] = {name: [] for name in metric_names}
         self._params: dict[str, list] = {name: [] for name in param_names}
+        self._gradients: GradientTable | None = None
+
+    @property
+    def gradients(self) -> GradientTable | None:
+        """Per-layer gradient health by epoch (`GradientTable`: `.to_pandas()`,
+        `.column(layer)`); None when the trainer was made with health=False."""
+        return self._gradients
+
+    @gradients.setter
+    def gradients(self, table: GradientTable | None) -> None:
+        self._gradients = table
 
     # -- writing (the trainer) -------------------------------------------------------
 
@@ -100,6 +113,8 @@ class History:
         with self._lock:
             for col in self._all_columns().values():
                 del col[n:]
+        if self._gradients is not None:  # its epochs are numbered from 0, as the history's
+            self._gradients.truncate(n)
 
     def clear(self) -> None:
         """Forget every epoch (after `Trainer.reset`)."""
@@ -198,6 +213,8 @@ class History:
                 "metrics": {k: [enc(v) for v in col] for k, col in self._metrics.items()},
                 "params": {k: [enc(v) for v in col] for k, col in self._params.items()},
             }
+        if self._gradients is not None:
+            data["gradients"] = self._gradients.to_json()
         return json.dumps(data)
 
     @classmethod
@@ -216,6 +233,8 @@ class History:
         ):
             for k, col in data[group].items():
                 target.setdefault(k, []).extend(dec(v) for v in col)
+        if "gradients" in data:
+            hist._gradients = GradientTable.from_json(data["gradients"])
         return hist
 
     # -- display ---------------------------------------------------------------------

@@ -54,12 +54,19 @@ class RowLayout:
     val_loss: int | None  # None: no validation data
     metrics: slice  # training metrics, then "val_" ones, as `metric_names`
     params: slice  # scalar entries of the recorded variables
+    health: slice  # gradient health's entries (`health.HealthPlan`), last
 
     LOSS = 0  # the epoch's loss (sample-weighted sum over its steps) is always first
 
     @classmethod
     def make(
-        cls, fast: bool, n_grad_vars: int, has_val: bool, n_metrics: int, n_params: int
+        cls,
+        fast: bool,
+        n_grad_vars: int,
+        has_val: bool,
+        n_metrics: int,
+        n_params: int,
+        n_health: int = 0,
     ) -> RowLayout:
         head = 1 + n_grad_vars if fast else 5
         grads = slice(1, head) if fast else slice(1, 1)
@@ -67,9 +74,10 @@ class RowLayout:
         val_loss = head if has_val else None
         m0 = head + int(has_val)
         p0 = m0 + n_metrics
-        width = p0 + n_params
-        metrics, params = slice(m0, p0), slice(p0, width)
-        return cls(width, grads, gn, steps, complete, samples, val_loss, metrics, params)
+        h0 = p0 + n_params
+        width = h0 + n_health
+        metrics, params, health = slice(m0, p0), slice(p0, h0), slice(h0, width)
+        return cls(width, grads, gn, steps, complete, samples, val_loss, metrics, params, health)
 
 
 @dataclass
@@ -92,6 +100,7 @@ class CallResult:
     batch_rows: np.ndarray | None = None
     last_sq: np.ndarray | None = None  # per-variable squared gradient norm at the fault
     bad_params: np.ndarray | None = None  # per scalar parameter: non-finite after the fault
+    health: Any = None  # `health.HealthRows` per touched epoch, when health is watched
     seconds: float = 0.0
     traced: bool = False
 
@@ -157,7 +166,19 @@ class CompiledLoop:
             with tf.device(device):
                 snapshot = snapshot_variables(self.state)
         self.snapshot = list(snapshot)
+        self.health: Any = None  # a `health.HealthPlan` (see `watch`)
         self._fn = tf.function(self._compiled)
+
+    def watch(self, plan: Any, train_step: Callable | None = None) -> None:
+        """Record gradient health (`health.HealthPlan`) in each epoch's row, with
+        `train_step` (one that also returns layer outputs) when given. Before the first call."""
+        self.health = plan
+        if train_step is not None:
+            self.train_step = train_step
+        self.layout = RowLayout.make(
+            self.fast, self.n_grad_vars, self.val is not None, len(self.metric_names),
+            self.n_params, plan.width(self.fast),
+        )  # fmt: skip
 
     # -- host side -------------------------------------------------------------------
 
@@ -219,6 +240,8 @@ class CompiledLoop:
             )
             if params is not None and not res.ok:
                 res.bad_params = ~np.isfinite(params[touched - 1])
+            if self.health is not None:
+                res.health = self.health.decode(rows[:touched, c.health], sq[:touched])
         else:
             touched = len(rows)
             res = CallResult(
@@ -233,6 +256,8 @@ class CompiledLoop:
                 last_sq=out["last_sq"] if self.n_grad_vars else None,
                 batch_rows=out.get("batch_rows"),
             )
+            if self.health is not None:
+                res.health = self.health.decode(rows[:, c.health], None)
         n = res.touched
         res.params = None if params is None else params[:n]
         if c.val_loss is not None:
@@ -284,14 +309,20 @@ class CompiledLoop:
         width = self.layout.width
         rows = tf.TensorArray(tf.float32, size=n_epochs, element_shape=[width])
 
+        hp = self.health
+
         def body(e, rows):
-            loss, grads, pred = self.train_step(x, y)
+            w0 = hp.read() if hp is not None else None
+            loss, grads, pred, *acts = self.train_step(x, y)
             self._update(self.train_metrics, y, pred)
             parts = [loss, *(grads or [])]
             if self.val is not None or self.metric_names:
                 vloss, results = self._epoch_end(xv, yv)
                 parts += ([vloss] if self.val is not None else []) + results
-            return e + 1, rows.write(e, self._row(parts + self._params()))
+            parts += self._params()
+            if hp is not None:
+                parts += hp.parts(w0, None, acts[0] if acts else None)
+            return e + 1, rows.write(e, self._row(parts))
 
         _, rows = tf.while_loop(lambda e, rows: e < n_epochs, body, (tf.constant(0), rows))
         return {"rows": rows.stack()}
@@ -316,19 +347,19 @@ class CompiledLoop:
         idx = perm[lo:hi]
         return tf.nest.map_structure(lambda t: tf.gather(t, idx), (x, y))
 
-    def _epoch(self, x, y, epoch, start, stop, last_sq, batch_ta, it=None):
+    def _epoch(self, x, y, epoch, start, stop, last_sq, batch_ta, hs=(), it=None):
         """Batches [start, stop) of one epoch, stopping at the first non-finite step.
 
         `it` iterates a Dataset of known length, repeated: one iterator per call, not
         per epoch (making one costs about a millisecond)."""
         collect, values = self.collect_batches, self.grads_are_values
-        perm = None
+        perm, hp = None, self.health
 
-        def body(b, ok, total, count, gsum, last_sq, bta, elem=None):
+        def body(b, ok, total, count, gsum, last_sq, bta, hs, elem=None):
             if it is not None:
                 elem = it.get_next()
             xb, yb = elem if elem is not None else self._batch(x, y, perm, b)
-            loss, grads, pred = self.train_step(xb, yb)
+            loss, grads, pred, *acts = self.train_step(xb, yb)
             self._update(self.train_metrics, yb, pred)
             # Keras `fit` reports the mean of the steps' losses weighted by their batch
             # sizes (its loss tracker); a short last batch counts for what it holds
@@ -341,10 +372,12 @@ class CompiledLoop:
                 sq = sq * sq if values else sq
                 gn = tf.sqrt(tf.reduce_sum(sq))
                 gsum, last_sq, ok = gsum + gn, sq, tf.math.is_finite(loss + gn)
-            return b + 1, ok, total + loss * size, count + size, gsum, last_sq, bta
+                if hp is not None:
+                    hs = hp.step(hs, sq, acts[0] if acts else None)
+            return b + 1, ok, total + loss * size, count + size, gsum, last_sq, bta, hs
 
         zero = tf.constant(0.0)
-        state = (start, tf.constant(True), zero, zero, zero, last_sq, batch_ta)
+        state = (start, tf.constant(True), zero, zero, zero, last_sq, batch_ta, hs)
         if isinstance(self.data, DatasetData) and it is None:
             return self._loop_batches(body, lambda b, ok, *_: ok, state, iter(self.data.ds))
         if self.shuffle and it is None:
@@ -358,12 +391,15 @@ class CompiledLoop:
         if it is None and isinstance(self.data, DatasetData) and nb is not None:
             it = iter(self.data.ds.repeat())
 
+        hp = self.health
+
         def body(e, ok, end_batch, last_sq, batch_ta, rows):
             start = tf.where(e == 0, b0, 0)
             stop = tf.where(e == n_epochs - 1, b1, nb or 0)
             epoch = epoch0 + tf.cast(e, tf.int64)
-            b, ok, total, count, gsum, last_sq, batch_ta = self._epoch(
-                x, y, epoch, start, stop, last_sq, batch_ta, it
+            w0, hs = (hp.read(), hp.start()) if hp is not None else (None, ())
+            b, ok, total, count, gsum, last_sq, batch_ta, hs = self._epoch(
+                x, y, epoch, start, stop, last_sq, batch_ta, hs, it
             )
             complete = ok & (b == nb) if nb is not None else ok
             steps, done = tf.cast(b - start, tf.float32), tf.cast(complete, tf.float32)
@@ -371,7 +407,10 @@ class CompiledLoop:
             if self.val is not None or self.metric_names:
                 values = tf.cond(complete, lambda: self._epoch_end_flat(xv, yv), self._skipped)
                 parts += values
-            return e + 1, ok, b, last_sq, batch_ta, rows.write(e, self._row(parts + self._params()))
+            parts += self._params()
+            if hp is not None:
+                parts += hp.parts(w0, hs)
+            return e + 1, ok, b, last_sq, batch_ta, rows.write(e, self._row(parts))
 
         state = (
             tf.constant(0),

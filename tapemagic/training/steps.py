@@ -12,6 +12,7 @@ message names the variables and the usual way the gradient is lost
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -91,6 +92,31 @@ def make_steps(
         return tf.cast(g.loss, tf.float32), gradient_summaries(g.grads, values), g.pred
 
     return Steps(train_step, eval_step, False)
+
+
+def tapped_train_step(
+    style: Style, loss_fn: Callable, optimizer: Any, tapped: Callable[[Any, bool], tuple]
+) -> Callable[[Any, Any], tuple]:
+    """The single-device train step, its forward pass made by `tapped(x, training)` ->
+    (predictions, [layer outputs]) (health's ReLU statistics); it returns those outputs
+    fourth."""
+    outputs: list = []
+
+    def forward(x, training):
+        pred, acts = tapped(x, training)
+        outputs[:] = [acts]  # read back in the same trace, right after the forward pass
+        return pred
+
+    style = dataclasses.replace(style, forward=forward)
+    values = all_scalar(style.trainable)
+
+    def train_step(x, y):
+        g = differentiate(style, lambda y, pred: scalar_loss(loss_fn(y, pred)), x, y)
+        optimizer.apply_gradients(g.pairs)
+        summaries = gradient_summaries(g.grads, values)
+        return tf.cast(g.loss, tf.float32), summaries, g.pred, outputs[0]
+
+    return train_step
 
 
 def differentiate(

@@ -42,6 +42,8 @@ from tapemagic.training.faults import (
     locate_fault,
     replay_to_fault,
 )
+from tapemagic.training.health import Finding, HealthThresholds
+from tapemagic.training.health_watch import TrainerHealth
 from tapemagic.training.history import EpochRecord, History
 from tapemagic.training.loop import CallResult, CompiledLoop, snapshot_variables, step_error
 from tapemagic.training.objectives import check_learning_rate, make_optimizer, optimizer_state
@@ -101,6 +103,10 @@ class Trainer:
 
     `record_trajectory`: keep the weights after each epoch, thinned, in `trajectory` (for
     the loss landscape); None records models of up to 2 million weights.
+
+    `health`: record each layer's gradient norm, update ratio and dead ReLU units per epoch
+    (`history.gradients`) and report problems in words (`findings`, also in `messages`);
+    True, False (the fastest runs: nothing recorded) or a `HealthThresholds`.
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class Trainer:
         strategy: Any = None,
         loss_reduction: str | None = None,
         record_trajectory: bool | None = None,
+        health: bool | HealthThresholds = True,
     ):
         check_on_nonfinite(on_nonfinite)
         checkpoint_dir = check_arguments(checkpoint_dir, checkpoint_every, resume)
@@ -178,6 +185,11 @@ class Trainer:
         self.error: BaseException | None = None
         self.fault: Fault | None = None
         self.messages: deque[str] = deque(maxlen=100)
+        self._health = TrainerHealth.make(health, style, small, self._replicas is not None)
+        if self._health:
+            self.history.gradients = self._health.new_table()
+            for finding in self._health.first_step(parts.loss, parts.data):
+                self._say(finding.text)
         proxy = CallbackModel(lambda: self._parts.optimizer, style.weights, style.model)
         self._callbacks = Callbacks(callbacks, proxy)
         role = self._replicas.role if self._replicas else None
@@ -243,6 +255,8 @@ class Trainer:
                 replicas=self._replicas,
                 snapshot=self._snapshot,
             )
+            if self._health:
+                self._health.attach(self._engine, self._parts.loss, self._parts.optimizer)
         return self._engine
 
     # -- what a panel reads ----------------------------------------------------------
@@ -285,6 +299,11 @@ class Trainer:
         flat = [np.ravel(unwrap(v).numpy()) for v in self._record_vars]
         values = np.concatenate(flat) if flat else []
         return {n: float(x) for n, x in zip(self._param_names, values, strict=True)}
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Gradient-health problems found so far, in words (empty with health=False)."""
+        return self._health.findings if self._health else []
 
     @property
     def strategy(self) -> Any:
@@ -559,6 +578,8 @@ class Trainer:
         if pos.batch == 0 and cbs:
             cbs.call("on_epoch_begin", pos.epoch, {})
         lr, partial_before = self._current_lr(), pos.partial
+        if self._health:
+            self._health.before_call()
         try:
             res = engine(*plan)
         except Exception as err:
@@ -597,6 +618,10 @@ class Trainer:
         if done.after is not None:
             self._pos.move_to(done.after)
         n = len(done.columns.epochs)
+        if self._health:
+            table = self.history.gradients
+            for finding in self._health.commit(res, plan.b0, first, n, table, lr):
+                self._say(finding.text)
         self._record_trajectory(res, first, n)
         self._pacer.measured(res)
         cbs = self._callbacks
@@ -684,6 +709,8 @@ class Trainer:
         for v, value in zip(self._state(), self._initial, strict=True):
             unwrap(v).assign(value)
         self.history.clear()
+        if self._health:
+            self._health.reset()
         self._trajectory.clear()
         self._trajectory.record([0], self._flat())
         self._pos.set(0)
@@ -730,6 +757,8 @@ class Trainer:
                 self._say(resumed.note)
             return
         self.history = History.from_json(meta["history"])
+        if self._health and self.history.gradients is None:  # saved with health=False
+            self.history.gradients = self._health.new_table()
         partial = PartialEpoch.from_json(meta["partial"])
         self._pos.set(int(meta["epoch"]), int(meta["batch"]), partial)
         self.seed = int(meta["seed"])

@@ -1,0 +1,432 @@
+"""Gradient health: per-layer statistics recorded in the compiled loop, findings in words.
+
+What the loop records per epoch, per trainable variable (`HealthPlan`, graph side):
+- the gradient norm: the root mean square over the epoch's steps of each step's norm
+  (exact for one step an epoch; it reuses the squared norms the step already computes:
+  one add a step);
+- the weight norm at the epoch's end and the epoch's weight change, read once an epoch;
+  the update ratio is that change per step over the weight norm (for one step an epoch
+  it is exactly the step's; for many, the net change per step, a lower bound). Models
+  small enough to have their parameters in the history get both from those, at no cost;
+- for ReLU layers of a Keras functional or Sequential model, the fraction of units never
+  active (output > 0) in any step of the epoch: the step runs a sub-model that shares the
+  layers and also returns their outputs; two ops a layer a step keep a running max.
+Under a tf.distribute strategy the norms are recorded and the ReLU statistic is off.
+
+`GradientTable` (`history.gradients`) holds them by epoch; `Watch` turns them into
+`Finding`s by the `HealthThresholds`. `first_step_findings` explains, before training,
+each variable that gets no gradient, with the cause's stable name in docs/diagnosis.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from tapemagic.training.health_table import GradientTable
+from tapemagic.variables import unwrap
+
+__all__ = ["Finding", "GradientTable", "HealthPlan", "HealthThresholds", "first_step_findings"]
+
+RELU_NAMES = ("relu", "relu6")  # activations whose units die (no gradient below zero)
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """When a statistic becomes a finding. Pass one as `Trainer(health=HealthThresholds(...))`.
+
+    vanishing_ratio: a layer's gradient norm below this fraction of the median of the other
+        layers' (needs three layers or more) for `epochs` epochs in a row.
+    exploding_growth: a layer's gradient norm this many times its smallest over the last
+        `exploding_window` epochs, and above its first epoch's.
+    update_high: update ratio (update per step over weight norm, usually about 1e-3) above
+        this for `epochs` epochs in a row, after the first `warmup` epochs (weights that start
+        at zero have large ratios at first).
+    update_low: update ratio below this in each of the first `epochs` epochs: it barely learns.
+    dead_fraction: at least this fraction of a ReLU layer's units never active in an epoch,
+        for `epochs` epochs in a row.
+    frozen: report layers frozen (trainable=False) on the loss's path.
+    """
+
+    vanishing_ratio: float = 1e-3
+    exploding_growth: float = 1e3
+    exploding_window: int = 10
+    update_high: float = 0.1
+    update_low: float = 1e-7
+    warmup: int = 10
+    dead_fraction: float = 0.6
+    epochs: int = 3
+    frozen: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vanishing_ratio", "exploding_growth", "update_high", "update_low"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"HealthThresholds.{name} must be positive")
+        if not 0 < self.dead_fraction <= 1:
+            raise ValueError("HealthThresholds.dead_fraction must be in (0, 1], e.g. 0.6")
+        for name in ("exploding_window", "epochs"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"HealthThresholds.{name} must be a whole number of epochs >= 1")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem, in words: `kind`, where (`layer`, a layer or variable), when (`epoch`),
+    and `text`, which ends with a concrete fix. For 'no-gradient', `cause` is the stable
+    name of the cause in docs/diagnosis.md."""
+
+    kind: str  # no-gradient, vanishing, exploding, update-too-large, update-too-small, dead-relu
+    layer: str
+    epoch: int
+    text: str
+    cause: str | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Tap(NamedTuple):
+    """A ReLU layer whose outputs the step returns."""
+
+    name: str
+    units: int
+
+
+class HealthRows(NamedTuple):
+    """Per touched epoch of one call (rows), as NumPy: what `HealthPlan.decode` reads."""
+
+    grad_sq: np.ndarray  # (epochs, variables): sum over steps of squared gradient norms
+    weight_sq: np.ndarray | None  # (epochs, variables): squared weight norms at the end
+    delta_sq: np.ndarray | None  # (epochs, variables): squared weight change in the epoch
+    act_max: np.ndarray | None  # (epochs, units): each unit's largest output
+
+
+# -- grouping ----------------------------------------------------------------------------
+
+
+def layer_groups(names: Sequence[str], model: Any = None) -> tuple[list[str], list[int]]:
+    """Layer names in order of first appearance, and each variable's layer index. A Keras
+    variable's layer is its path without the model's name and the last part
+    ('sequential/dense_1/kernel' -> 'dense_1'); raw Variables are their own layers."""
+    layers: list[str] = []
+    index: list[int] = []
+    prefix = f"{model.name}/" if model is not None else None
+    for name in names:
+        layer = name
+        if model is not None and "/" in name:
+            layer = name.rsplit("/", 1)[0]
+            layer = layer[len(prefix) :] if layer.startswith(prefix) else layer
+        if layer not in layers:
+            layers.append(layer)
+        index.append(layers.index(layer))
+    return layers, index
+
+
+def relu_taps(model: Any) -> tuple[list[Tap], Any]:
+    """The model's top-level ReLU layers and a sub-model returning (pred, [their outputs]);
+    ([], None) when the model is not a functional graph (subclassed) or has none."""
+    import keras
+
+    if model is None or not isinstance(model, keras.Model):
+        return [], None
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        return [], None
+    if not inputs or not outputs or len(outputs) != 1:
+        return [], None
+    taps, tensors = [], []
+    for layer in model.layers:
+        act = getattr(layer, "activation", None)
+        relu = getattr(act, "__name__", "") in RELU_NAMES or (
+            isinstance(layer, keras.layers.ReLU) and not float(layer.negative_slope)
+        )
+        if not relu:
+            continue
+        try:
+            out = layer.output
+        except (AttributeError, ValueError):  # a shared layer has several outputs
+            continue
+        taps.append(Tap(layer.name, int(out.shape[-1])))
+        tensors.append(out)
+    if not taps:
+        return [], None
+    sub = keras.Model(inputs if len(inputs) > 1 else inputs[0], [outputs[0], *tensors])
+
+    def forward(x: Any, training: bool) -> tuple[Any, list]:
+        pred, *acts = sub(x, training=training)
+        return pred, acts
+
+    return taps, forward
+
+
+# -- graph side --------------------------------------------------------------------------
+
+
+class HealthPlan:
+    """What the compiled loop adds to each epoch's row, and how it reads it back."""
+
+    def __init__(
+        self,
+        variables: Sequence[Any],
+        taps: Sequence[Tap] = (),
+        tapped_forward: Callable | None = None,
+        host_weights: bool = False,
+    ):
+        self.variables = [unwrap(v) for v in variables]
+        self.n = len(self.variables)
+        self.taps = list(taps)
+        self.units = sum(t.units for t in self.taps)
+        self.tapped_forward = tapped_forward if self.taps else None
+        self.host_weights = host_weights  # weight norms from the recorded parameters
+
+    def width(self, fast: bool) -> int:
+        """Entries each row gets (a fast row already holds the gradient summaries)."""
+        weights = 0 if self.host_weights else 2 * self.n
+        return (0 if fast else self.n) + weights + self.units
+
+    def read(self) -> list[tf.Tensor] | None:
+        """The weights now (at an epoch's start), when the graph computes the change."""
+        return None if self.host_weights else [v.read_value() for v in self.variables]
+
+    def start(self) -> tuple:
+        """An epoch's running sums: squared gradient norms, each unit's largest output."""
+        acts = (tf.fill([self.units], -np.inf),) if self.units else ()
+        return (tf.zeros([self.n]), *acts)
+
+    def step(self, sums: tuple, sq: tf.Tensor, acts: Sequence[tf.Tensor] | None) -> tuple:
+        """Sums after one more step with squared gradient norms `sq` and ReLU outputs."""
+        if not self.units:
+            return (sums[0] + sq,)
+        return (sums[0] + sq, tf.maximum(sums[1], self.act_max(acts)))
+
+    def act_max(self, acts: Sequence[tf.Tensor]) -> tf.Tensor:
+        peaks = [
+            tf.reduce_max(tf.reshape(tf.cast(a, tf.float32), [-1, t.units]), axis=0)
+            for a, t in zip(acts, self.taps, strict=True)
+        ]
+        return peaks[0] if len(peaks) == 1 else tf.concat(peaks, 0)
+
+    def parts(self, w0: list | None, sums: tuple | None, acts: Any = None) -> list[tf.Tensor]:
+        """The row's entries: squared gradient sums (batched rows; `sums` None in a fast
+        row), the weights' squared norms and change since `w0`, the ReLU maxima."""
+        out = [] if sums is None else [sums[0]]
+        if not self.host_weights:
+            now = [v.read_value() for v in self.variables]
+            out.append(tf.stack([_sq(w) for w in now]))
+            out.append(tf.stack([_sq(w - w_0) for w, w_0 in zip(now, w0, strict=True)]))
+        if self.units:
+            out.append(sums[1] if sums is not None else self.act_max(acts))
+        return out
+
+    def decode(self, block: np.ndarray, fast_sq: np.ndarray | None) -> HealthRows:
+        """A call's rows (their health entries) as arrays; `fast_sq`: a fast row's
+        squared gradient norms."""
+        block = block.astype(np.float64)
+        at = 0
+        if fast_sq is None:
+            grad_sq, at = block[:, : self.n], self.n
+        else:
+            grad_sq = fast_sq
+        weight_sq = delta_sq = None
+        if not self.host_weights:
+            weight_sq = block[:, at : at + self.n]
+            delta_sq = block[:, at + self.n : at + 2 * self.n]
+            at += 2 * self.n
+        act = block[:, at : at + self.units] if self.units else None
+        return HealthRows(grad_sq, weight_sq, delta_sq, act)
+
+
+def _sq(t: tf.Tensor) -> tf.Tensor:
+    return tf.cast(2.0 * tf.nn.l2_loss(tf.cast(t, tf.float32)), tf.float32)
+
+
+# -- the first step: variables that get no gradient, and why ------------------------------
+
+# Ops whose gradient is None (or zero everywhere): docs/diagnosis.md#non-differentiable-op
+_NONDIFF = {
+    "Round", "Sign", "Floor", "Ceil", "ArgMax", "ArgMin", "StopGradient", "Equal", "NotEqual",
+    "Less", "LessEqual", "Greater", "GreaterEqual", "LogicalAnd", "LogicalOr", "LogicalNot",
+    "FloorDiv", "FloorMod", "TopKV2", "Unique", "RandomShuffle", "Rint",
+}  # fmt: skip
+# Ops that run Python: docs/diagnosis.md#python-function
+_PYTHON = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+
+
+def first_step_findings(
+    style: Any, loss_fn: Callable, x: Any, y: Any, thresholds: HealthThresholds
+) -> list[Finding]:
+    """Each variable (or frozen layer) the first step's gradient misses, with its cause."""
+    if style.kind == "step" or loss_fn is None:
+        return []
+    model = style.model
+    trainable = list(style.trainable)
+    floats = [v for v in trainable if tf.as_dtype(v.dtype).is_floating]
+    frozen = _frozen(model, trainable) if thresholds.frozen else []
+    sources = [unwrap(v) for v in floats] + [unwrap(v) for _, v in frozen]
+    saved = [unwrap(v).numpy() for v in model.non_trainable_weights] if model else []
+    try:
+        with tf.GradientTape() as tape:
+            tape.watch([unwrap(v) for _, v in frozen])
+            pred = style.forward(x, True)  # training mode: BatchNorm's moving stats are off
+            loss = _loss(loss_fn, y, pred, model)
+        grads = tape.gradient(loss, sources)
+    finally:  # a training-mode pass moves BatchNorm statistics and dropout seeds: undo
+        for v, value in zip(model.non_trainable_weights if model else [], saved, strict=True):
+            unwrap(v).assign(value)
+    got = {id(s) for s, g in zip(sources, grads, strict=True) if g is not None}
+    names = dict(zip([id(unwrap(v)) for v in trainable], style.names, strict=True))
+    out: list[Finding] = []
+    cuts = None
+    for v in trainable:
+        name = names[id(unwrap(v))]
+        if not tf.as_dtype(v.dtype).is_floating:  # docs/diagnosis.md#integer-source
+            out.append(Finding(
+                "no-gradient", name, 0,
+                f"{name} is an integer Variable ({tf.as_dtype(v.dtype).name}): gradients exist "
+                "only for floats, so it gets none and never changes; make it a float "
+                "(dtype='float32'), or trainable=False if it is a count or an index",
+                "integer-source",
+            ))  # fmt: skip
+        elif id(unwrap(v)) not in got:
+            if cuts is None:
+                cuts = _cuts(style, loss_fn, x, y, model)
+            out.append(_cut_finding(name, cuts.get(id(unwrap(v)))))
+    layers: dict[str, list[str]] = {}
+    for layer, v in frozen:
+        if id(unwrap(v)) in got:  # docs/diagnosis.md#untrainable-variable
+            layers.setdefault(layer, []).append(getattr(v, "path", v.name))
+    for layer, weights in layers.items():
+        out.append(Finding(
+            "no-gradient", layer, 0,
+            f"layer {layer} is frozen (trainable=False) but on the loss's path: its weights "
+            f"({', '.join(weights)}) get no gradient and never change; if that is a mistake, set "
+            f"model.get_layer('{layer}').trainable = True before making the Trainer",
+            "untrainable-variable",
+        ))  # fmt: skip
+    return out
+
+
+def _loss(loss_fn: Callable, y: Any, pred: Any, model: Any) -> tf.Tensor:
+    value = tf.reduce_mean(tf.cast(loss_fn(y, pred), tf.float32))
+    if model is not None and model.losses:
+        value += tf.cast(tf.add_n(model.losses), tf.float32)
+    return value
+
+
+def _frozen(model: Any, trainable: Sequence[Any]) -> list[tuple[str, Any]]:
+    """(layer name, weight) for float weights of layers set trainable=False, and float
+    weights made with trainable=False outside BatchNormalization-like statistics."""
+    if model is None:
+        return []
+    import keras
+
+    ids = {id(unwrap(v)) for v in trainable}
+    out, seen = [], set()
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if layer.trainable:
+            continue
+        for v in getattr(layer, "_trainable_variables", []):  # what it would train
+            tv = unwrap(v)
+            if id(tv) not in ids and id(tv) not in seen and tv.dtype.is_floating:
+                seen.add(id(tv))
+                out.append((layer.name, v))
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        for v in layer.non_trainable_weights:
+            tv = unwrap(v)
+            if id(tv) not in ids and id(tv) not in seen and tv.dtype.is_floating:
+                seen.add(id(tv))
+                out.append((layer.name, v))
+    return out
+
+
+def _cuts(style: Any, loss_fn: Callable, x: Any, y: Any, model: Any) -> dict[int, str | None]:
+    """For each variable: the first op that cuts its path to the loss (its type and name,
+    e.g. 'Round (dense/Round)'), '' when nothing connects it to the loss, None when the
+    graph shows no cut (the cause is elsewhere)."""
+    fn = tf.function(lambda x, y: _loss(loss_fn, y, style.forward(x, False), model))
+    try:
+        graph = fn.get_concrete_function(x, y).graph
+    except Exception:  # the eager probe already passed: tracing problems are not ours
+        return {}
+    target = graph.outputs[0].op
+    handles = {id(ext): internal for ext, internal in graph.captures}
+    out: dict[int, str | None] = {}
+    for v in style.trainable:
+        tv = unwrap(v)
+        inner = handles.get(id(getattr(tv, "handle", None)))
+        if inner is None:
+            out[id(tv)] = ""
+            continue
+        out[id(tv)] = _walk(inner.op, target)
+    return out
+
+
+def _walk(start: Any, target: Any) -> str | None:
+    """Forward from `start`: '' if `target` is unreachable, the first cutting op met on
+    the way if it is reachable only through cuts, None if a clean path exists."""
+    seen, frontier, cut = {start}, [(start, None)], None
+    reached_clean, reached = False, False
+    while frontier:
+        op, via = frontier.pop()
+        if op is target:
+            reached = True
+            reached_clean = reached_clean or via is None
+            continue
+        if op.type in _NONDIFF or op.type in _PYTHON or _int_cast(op):
+            via = via or f"{op.type} ({op.name})"
+            cut = cut or via
+        for out in op.outputs:
+            for nxt in out.consumers():
+                if nxt not in seen:
+                    seen.add(nxt)
+                    frontier.append((nxt, via))
+    if not reached:
+        return ""
+    return None if reached_clean else cut
+
+
+def _int_cast(op: Any) -> bool:
+    if op.type != "Cast":
+        return False
+    dst = op.get_attr("DstT")
+    return not (dst.is_floating or dst.is_complex)
+
+
+def _cut_finding(name: str, cut: str | None) -> Finding:
+    if cut == "":  # docs/diagnosis.md#structural-zero: no path at all
+        return Finding(
+            "no-gradient", name, 0,
+            f"{name} gets no gradient at the first step: it is not on the loss's path (the "
+            "predictions and the loss do not use it), so training leaves it as it is; use it "
+            "in the model's computation, or leave it out of the trained variables",
+            "structural-zero",
+        )  # fmt: skip
+    if cut is not None and cut.split(" ")[0] in _PYTHON:  # docs/diagnosis.md#python-function
+        return Finding(
+            "no-gradient", name, 0,
+            f"{name} gets no gradient at the first step: its path to the loss goes through "
+            f"{cut}, Python or NumPy code that TensorFlow cannot differentiate; write that "
+            "computation with tf ops, or give it a gradient with tf.custom_gradient",
+            "python-function",
+        )  # fmt: skip
+    if cut is not None:  # docs/diagnosis.md#non-differentiable-op
+        return Finding(
+            "no-gradient", name, 0,
+            f"{name} gets no gradient at the first step: its path to the loss goes through "
+            f"{cut}, which is not differentiable; use a smooth substitute (e.g. softmax for "
+            "argmax, sigmoid for a step, x + tf.stop_gradient(tf.round(x) - x) for round)",
+            "non-differentiable-op",
+        )  # fmt: skip
+    return Finding(  # docs/diagnosis.md#when-no-cause-is-recognised
+        "no-gradient", name, 0,
+        f"{name} gets no gradient at the first step, through no op tapemagic recognises; look "
+        "on its path to the loss for NumPy, integer casts or ops without a gradient",
+        "when-no-cause-is-recognised",
+    )  # fmt: skip
