@@ -493,6 +493,8 @@ class LandscapeMaker:
             # filter-normalised directions have the weights' own scale: Li et al. look
             # at [-1, 1]; elsewhere the path's extent sets the scale (1 if it has none)
             floor = 1.0 if self.kind == "random" or extent == 0 else min(1.0, extent)
+            if self.kind != "parameters":  # a slice is centred on the current weights
+                shown = np.concatenate([shown, -shown])
             self.frame = fit_frame(shown, floor)
         f = self.frame
         xs, ys = np.linspace(f.lo[0], f.hi[0], res), np.linspace(f.lo[1], f.hi[1], res)
