@@ -70,7 +70,10 @@ def test_training_panel_buttons_in_the_browser(training_page):
     page = training_page
     assert page.locator("text=Error displaying widget").count() == 0
     panels = page.locator(".jp-NotebookPanel:visible .tapemagic-panel")
-    assert panels.count() == 2  # four were shown; the last cell closes two of them
+    assert panels.count() == 4  # the two shown that the last cell closed stay, controls off
+    closed = panels.filter(has_text="closed at epoch")
+    assert closed.count() == 2
+    assert all(b.is_disabled() for b in closed.locator("button:has-text('Train')").all())
     panel = panels.first
     wait_until(lambda: epoch_of(panel) == 6, what="the 6 epochs run from code")
     screenshot(page, "02_training_panel.png")
@@ -168,7 +171,9 @@ def test_a_saved_notebook_reopens_with_its_panels_drawn(lab, browser, training_p
     assert setting["default"] is True and "saveState" not in setting["raw"], setting
     panels = page.locator(".jp-NotebookPanel:visible .tapemagic-panel")
     statuses = [s.strip() for s in panels.locator(".tapemagic-status").all_inner_texts()]
-    assert len(statuses) == 3  # the two left open by the notebook and the MLP one added above
+    # Every panel the notebook showed, the two it closed at its end included (a closed
+    # panel keeps its view), and the MLP one added above.
+    assert len(statuses) == 5, statuses
     page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
     saved = lab["root"] / "02_training_panel.ipynb"
     wait_until(lambda: WIDGET_STATE in saved.read_text(), 30, "the save with the widget state")
@@ -176,15 +181,16 @@ def test_a_saved_notebook_reopens_with_its_panels_drawn(lab, browser, training_p
     images = [m for m in state.values() if m["model_name"] == "ImageModel"]
     # Each plot's PNG is saved as a base64 buffer for its "value".
     pngs = [b["data"] for m in images for b in m.get("buffers", []) if b["path"] == ["value"]]
-    assert len(pngs) == 3 and all(d.startswith("iVBORw0KGgo") for d in pngs), len(pngs)
+    # Six: the panel made (`resumed`) but never shown is in the kernel's models too.
+    assert len(pngs) == 6 and all(d.startswith("iVBORw0KGgo") for d in pngs), len(pngs)
     page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
 
     reopened = open_notebook(browser, lab, "02_training_panel.ipynb")  # a new kernel
     try:
         panels = reopened.locator(".jp-NotebookPanel:visible .tapemagic-panel")
-        wait_until(lambda: panels.count() == 3, 60, "the panels drawn from the saved state")
+        wait_until(lambda: panels.count() == 5, 60, "the panels drawn from the saved state")
         plots = panels.locator("img.tapemagic-plot")
-        assert plots.count() == 3
+        assert plots.count() == 5
         for plot in plots.all():
             assert re.match(r"(blob|data):", plot.get_attribute("src") or ""), plot
             assert plot.evaluate("img => img.complete && img.naturalWidth") > 100
@@ -196,6 +202,7 @@ def test_a_saved_notebook_reopens_with_its_panels_drawn(lab, browser, training_p
         outputs = " ".join(
             reopened.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").all_inner_texts()
         )
-        assert "Error displaying widget" not in outputs
+        assert "Error displaying widget" not in outputs and "Loading widget" not in outputs
+        assert outputs.count("closed at epoch") == 2  # closed by the notebook's last cell
     finally:
         reopened.close()

@@ -673,3 +673,23 @@ def test_an_error_line_shows_the_cause_not_kerass_argument_list():
         assert "Arguments received" not in shown
     finally:
         p.close()
+
+
+def test_close_keeps_the_last_view_with_its_controls_off(panel):
+    """A closed panel stays in the notebook as the record of its run (a saved notebook
+    shows its plot): its controls are off and it says so; training it again is refused."""
+    p, *_ = panel()
+    p.run(4)
+    png = bytes(p.plot.value)
+    p.close()
+    assert p.trainer.epoch == 4 and not p.trainer.running
+    assert bytes(p.plot.value) == png and p.plot.comm is not None  # model kept
+    assert all(b.disabled for b in (p.train_button, p.step_button, p.reset_button))
+    assert "closed at epoch 4: make a new panel to train more" in p.messages.value
+    p.log_scale.value = True  # the view's own settings still redraw it...
+    assert bytes(p.plot.value) != png
+    assert p.train_button.disabled  # ...without turning the controls back on
+    with pytest.raises(RuntimeError, match="this panel is closed: make a new panel"):
+        p.train(3)
+    p.close()  # twice is harmless
+    assert p.messages.value.count("closed at epoch 4") == 1

@@ -39,7 +39,6 @@ from tapemagic.jupyter.panel_status import (
 )
 from tapemagic.jupyter.panel_timing import RedrawPacer, RunClock
 from tapemagic.jupyter.panel_views import LOSS
-from tapemagic.jupyter.panel_widgets import all_widgets
 from tapemagic.training import ownership
 from tapemagic.training.trainer import Trainer
 
@@ -163,8 +162,10 @@ class TrainingPanel(PanelSettings):
                 f"this panel was {self._superseded}, made on the same variables: train there "
                 "(or make a new panel)"
             )
+        if self._closed:
+            raise RuntimeError("this panel is closed: make a new panel to train more")
         with self._lock:
-            if self.trainer.running or self._closed:
+            if self.trainer.running:
                 return
             self._interrupted = False
             release = interrupt.guard(self._on_interrupt)  # released by the worker at its end
@@ -265,13 +266,18 @@ class TrainingPanel(PanelSettings):
         return True
 
     def close(self) -> None:
-        """Stop training, end both threads and close the widgets."""
+        """Stop training and end both threads. The view stays, its controls off, as the
+        record of the run: a notebook saved later still shows its plot and status (a
+        closed widget would leave "Loading widget..." in its place)."""
+        if self._closed:
+            return
         self._closed = True
         self.stop()
         self.wait(timeout=30)
         self._wake.set()
-        for child in all_widgets(self.widget):
-            child.close()
+        self._say(f"closed at epoch {self.trainer.epoch}: make a new panel to train more")
+        self.refresh(force_plot=True)
+        self._publish_snapshot()
 
     # -- the worker and the view refresher -------------------------------------------
 
@@ -379,7 +385,7 @@ class TrainingPanel(PanelSettings):
         self.views.refresh_shown(force_plot)
         if self.view == "text":
             self._print_new_epochs(n)
-        if self._superseded:
+        if self._superseded or self._closed:
             self._controls_off()
 
     def _update_progress(self, n: int, running: bool, holding: bool) -> None:
@@ -439,6 +445,17 @@ class TrainingPanel(PanelSettings):
         if self.error is not None and self.error is not self._printed_error:
             self._printed_error = self.error
             print(f"error at epoch {self._error_epoch}: {error_line(self.error)}")
+
+    # -- the loss landscape ----------------------------------------------------------
+
+    def landscape(self, directions: Any = "auto", resolution: int = 61) -> Any:
+        """The loss landscape around the run, computed now (in this thread): grid values,
+        axes, directions and the path projected onto them, as a
+        `tapemagic.training.landscape.Landscape`. `directions`: "auto", "parameters",
+        "random", "pca" or an array (2, n_weights)."""
+        from tapemagic.jupyter.landscape_view import panel_landscape
+
+        return panel_landscape(self, directions, resolution)
 
 
 def _made_where(what: str) -> str:

@@ -108,12 +108,3 @@ def optimizer_name(opt: Any) -> str:
     if name == "sgd" and float(getattr(opt, "momentum", 0.0) or 0.0) > 0:
         return "momentum"
     return name
-
-
-def all_widgets(root: w.Widget) -> list:
-    out, todo = [], [root]
-    while todo:
-        item = todo.pop()
-        out.append(item)
-        todo.extend(getattr(item, "children", ()))
-    return out
