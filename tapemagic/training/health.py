@@ -44,8 +44,9 @@ class HealthThresholds:
     exploding_growth: a layer's gradient norm this many times its smallest over the last
         `exploding_window` epochs, and above its first epoch's.
     update_high: update ratio (update per step over weight norm, usually about 1e-3) above
-        this for `epochs` epochs in a row, after the first `warmup` epochs (weights that start
-        at zero have large ratios at first).
+        this for `epochs` epochs in a row (for a layer whose weights all start at zero, after
+        its first `warmup` epochs: such weights change by large fractions of themselves at
+        first).
     update_low: update ratio below this in each of the first `epochs` epochs: it barely learns.
     dead_fraction: at least this fraction of a ReLU layer's units never active in an epoch,
         for `epochs` epochs in a row.
@@ -168,30 +169,55 @@ def relu_taps(model: Any) -> tuple[list[Tap], Any]:
 
 
 class HealthPlan:
-    """What the compiled loop adds to each epoch's row, and how it reads it back."""
+    """What the compiled loop adds to each epoch's row, and how it reads it back.
+
+    `weights`: 'graph' (norms and change computed in the loop), 'host' (from the recorded
+    parameters of a small model) or 'off' (under a strategy)."""
 
     def __init__(
         self,
         variables: Sequence[Any],
         taps: Sequence[Tap] = (),
         tapped_forward: Callable | None = None,
-        host_weights: bool = False,
+        weights: str = "graph",
     ):
         self.variables = [unwrap(v) for v in variables]
         self.n = len(self.variables)
         self.taps = list(taps)
         self.units = sum(t.units for t in self.taps)
         self.tapped_forward = tapped_forward if self.taps else None
-        self.host_weights = host_weights  # weight norms from the recorded parameters
+        self.weights = weights
+        self.marks: list[tf.Variable] = []  # each epoch's starting weights (batched loops)
+
+    def make_marks(self) -> None:
+        """Copies of the weights where an epoch began (an epoch may span several calls, so
+        its change is measured from these). Made outside the compiled loop."""
+        if self.weights == "graph" and not self.marks:
+            self.marks = [
+                tf.Variable(v.read_value(), trainable=False, name="epoch_start")
+                for v in self.variables
+            ]
 
     def width(self, fast: bool) -> int:
         """Entries each row gets (a fast row already holds the gradient summaries)."""
-        weights = 0 if self.host_weights else 2 * self.n
+        weights = 2 * self.n if self.weights == "graph" else 0
         return (0 if fast else self.n) + weights + self.units
 
     def read(self) -> list[tf.Tensor] | None:
-        """The weights now (at an epoch's start), when the graph computes the change."""
-        return None if self.host_weights else [v.read_value() for v in self.variables]
+        """The weights before a fast row's step, when the graph computes the change."""
+        return [v.read_value() for v in self.variables] if self.weights == "graph" else None
+
+    def mark(self, start: tf.Tensor) -> None:
+        """At an epoch's start (batch `start` 0): remember the weights."""
+        if not self.marks:
+            return
+
+        def assign() -> tf.Tensor:
+            for m, v in zip(self.marks, self.variables, strict=True):
+                m.assign(v.read_value())
+            return tf.constant(True)
+
+        tf.cond(start == 0, assign, lambda: tf.constant(False))
 
     def start(self) -> tuple:
         """An epoch's running sums: squared gradient norms, each unit's largest output."""
@@ -213,12 +239,14 @@ class HealthPlan:
 
     def parts(self, w0: list | None, sums: tuple | None, acts: Any = None) -> list[tf.Tensor]:
         """The row's entries: squared gradient sums (batched rows; `sums` None in a fast
-        row), the weights' squared norms and change since `w0`, the ReLU maxima."""
+        row), the weights' squared norms and change since `w0` (or the epoch's start),
+        the ReLU maxima."""
         out = [] if sums is None else [sums[0]]
-        if not self.host_weights:
+        if self.weights == "graph":
             now = [v.read_value() for v in self.variables]
+            before = w0 if w0 is not None else [m.read_value() for m in self.marks]
             out.append(tf.stack([_sq(w) for w in now]))
-            out.append(tf.stack([_sq(w - w_0) for w, w_0 in zip(now, w0, strict=True)]))
+            out.append(tf.stack([_sq(w - w_0) for w, w_0 in zip(now, before, strict=True)]))
         if self.units:
             out.append(sums[1] if sums is not None else self.act_max(acts))
         return out
@@ -233,7 +261,7 @@ class HealthPlan:
         else:
             grad_sq = fast_sq
         weight_sq = delta_sq = None
-        if not self.host_weights:
+        if self.weights == "graph":
             weight_sq = block[:, at : at + self.n]
             delta_sq = block[:, at + self.n : at + 2 * self.n]
             at += 2 * self.n

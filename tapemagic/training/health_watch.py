@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tapemagic.training.health import (
@@ -25,6 +26,7 @@ from tapemagic.training.health import (
 )
 from tapemagic.training.health_table import GradientTable
 from tapemagic.training.steps import tapped_train_step
+from tapemagic.variables import unwrap
 
 
 class Recorder:
@@ -33,11 +35,11 @@ class Recorder:
     def __init__(self, plan: HealthPlan):
         self.plan = plan
         self._carry: tuple | None = None  # sums of an epoch a call left unfinished
-        self._prev: np.ndarray | None = None  # host_weights: parameters before the call
+        self._prev: np.ndarray | None = None  # host weights: parameters before the call
 
     def before_call(self) -> None:
         """With host weights: the parameters as the call starts (after any rollback)."""
-        if self.plan.host_weights:
+        if self.plan.weights == "host":
             self._prev = np.concatenate(
                 [np.ravel(v.numpy()).astype(np.float64) for v in self.plan.variables]
             )
@@ -62,7 +64,8 @@ class Recorder:
             g0, s0, d0, a0 = self._carry
             grad[0] += g0
             steps[0] += s0
-            delta[0] = (np.sqrt(delta[0]) + np.sqrt(d0)) ** 2  # the parts' changes, in line
+            if self.plan.weights == "host":  # each part's change: add them, as if in line
+                delta[0] = (np.sqrt(delta[0]) + np.sqrt(d0)) ** 2
             if act is not None:
                 act[0] = np.maximum(act[0], a0)
         self._carry = None
@@ -92,8 +95,11 @@ class Recorder:
     def _weights(
         self, rows: HealthRows, params: np.ndarray | None, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        if not self.plan.host_weights:
+        if self.plan.weights == "graph":  # the change since the epoch's start
             return rows.weight_sq.copy(), rows.delta_sq.copy()
+        if self.plan.weights == "off":
+            nan = np.full((k, self.plan.n), np.nan)
+            return nan, nan.copy()
         values = params[:k] if params is not None else np.zeros((k, 0))
         before = np.concatenate([self._prev[None, :], values[:-1]]) if k else values
         sizes = [int(np.prod(v.shape)) for v in self.plan.variables]
@@ -112,8 +118,9 @@ class Recorder:
 class Watch:
     """Reads the table after each call; each (kind, layer) is reported once."""
 
-    def __init__(self, thresholds: HealthThresholds):
+    def __init__(self, thresholds: HealthThresholds, zero_start: Sequence[str] = ()):
         self.t = thresholds
+        self.zero_start = set(zero_start)  # layers whose weights all start at 0
         self.findings: list[Finding] = []
         self._seen: set[tuple[str, str]] = set()
         self._checked = 0  # table rows already looked at
@@ -153,6 +160,9 @@ class Watch:
         found += self._updates(table.layers, ratio, epochs, new_from, lr)
         dead = table.layer_stat("dead_fraction", since)
         found += self._dead(table.relu_layers, dead, epochs, new_from)
+        # a layer whose gradient vanished or whose units died: its small updates follow
+        causes = {(f.layer) for f in found} | {layer for _, layer in self._seen}
+        found = [f for f in found if f.kind != "update-too-small" or f.layer not in causes]
         return self.add(found)
 
     def _runs(self, mask: np.ndarray, new_from: int) -> int | None:
@@ -219,7 +229,9 @@ class Watch:
         out, t = [], self.t
         for j, name in enumerate(layers):
             r = ratio[:, j]
-            high = (r > t.update_high) & (epochs >= t.warmup)
+            # weights that start at 0 change by large fractions of themselves at first
+            warm = epochs >= (t.warmup if name in self.zero_start else 0)
+            high = (r > t.update_high) & warm
             i = self._runs(high, new_from)
             if i is not None:
                 fix = "lower the learning rate"
@@ -268,9 +280,12 @@ class TrainerHealth:
         self.style, self.distributed = style, dist
         self.layers, self.layer_of = layer_groups(style.names, style.model)
         taps, tapped = ([], None) if dist or style.kind != "model" else relu_taps(style.model)
-        self.plan = HealthPlan(style.trainable, taps, tapped, host_weights)
+        weights = "off" if dist else "host" if host_weights else "graph"
+        self.plan = HealthPlan(style.trainable, taps, tapped, weights)
         self.recorder = Recorder(self.plan)
-        self.watch = Watch(thresholds)
+        nonzero = {self.layers[i] for v, i in zip(style.trainable, self.layer_of, strict=True)
+                   if np.any(unwrap(v).numpy())}  # fmt: skip
+        self.watch = Watch(thresholds, [name for name in self.layers if name not in nonzero])
 
     @classmethod
     def make(cls, health: Any, style: Any, host_weights: bool, dist: bool) -> TrainerHealth | None:
@@ -312,6 +327,9 @@ class TrainerHealth:
     def attach(self, engine: Any, loss_fn: Any, optimizer: Any) -> None:
         """Before the loop's first call: record health in its rows."""
         step = None
+        if not engine.fast:  # an epoch of several steps may span calls
+            with tf.device(engine.device):
+                self.plan.make_marks()
         if self.plan.tapped_forward is not None:
             step = tapped_train_step(self.style, loss_fn, optimizer, self.plan.tapped_forward)
         engine.watch(self.plan, step)

@@ -397,7 +397,10 @@ class CompiledLoop:
             start = tf.where(e == 0, b0, 0)
             stop = tf.where(e == n_epochs - 1, b1, nb or 0)
             epoch = epoch0 + tf.cast(e, tf.int64)
-            w0, hs = (hp.read(), hp.start()) if hp is not None else (None, ())
+            hs = ()
+            if hp is not None:  # the epoch's starting weights, and its running sums
+                hp.mark(start)
+                hs = hp.start()
             b, ok, total, count, gsum, last_sq, batch_ta, hs = self._epoch(
                 x, y, epoch, start, stop, last_sq, batch_ta, hs, it
             )
@@ -409,7 +412,7 @@ class CompiledLoop:
                 parts += values
             parts += self._params()
             if hp is not None:
-                parts += hp.parts(w0, hs)
+                parts += hp.parts(None, hs)
             return e + 1, ok, b, last_sq, batch_ta, rows.write(e, self._row(parts))
 
         state = (
