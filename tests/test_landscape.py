@@ -3,12 +3,16 @@ trainer's own losses, paths, directions, the data subset, and the errors a user 
 
 from __future__ import annotations
 
+import html
+import time
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from test_trainer import X, Y, seed_trainer, sum_sq
 
+from tapemagic.jupyter.panel import TrainingPanel
 from tapemagic.training.landscape import LandscapeMaker, filter_normalized, landscape
 from tapemagic.training.trainer import Trainer
 from tapemagic.training.trajectory import Trajectory
@@ -241,3 +245,85 @@ def test_errors_name_the_problem_and_the_fix():
     stepper = Trainer(step=step, data=(tf.constant(X), tf.constant(Y)), optimizer=opt)
     with pytest.raises(ValueError, match="with step=, also pass model="):
         landscape(stepper)
+
+
+# -- the panel's landscape view ----------------------------------------------------------
+
+
+def until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_panel_view_draws_the_seed_landscape_with_its_path():
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    panel = TrainingPanel(
+        params={"a": a, "b": b}, predict=lambda x: a * x + b, loss=sum_sq,
+        data=(tf.constant(X), tf.constant(Y)), optimizer="sgd", learning_rate=0.001,
+        view="widget",
+    )  # fmt: skip
+    try:
+        panel.views.show("landscape")
+        view = panel.views.view("landscape")
+        assert view.directions.layout.display == "none"  # two parameters: their own axes
+        assert view.line_image.layout.display == "none"
+        panel.run(300)
+        until(lambda: view.landscape is not None and view.landscape.path_epochs[-1] == 300)
+        until(lambda: view._drawn == view._serial)
+        assert bytes(view.image.value).startswith(b"\x89PNG")
+        note = view.note.value
+        assert "minimum 1.99676 at (0.2365, 0.3038)" in note
+        assert f"loss here {view.landscape.current_loss:.6g}" in note
+        land = panel.landscape()  # from code: the same grid, as arrays
+        np.testing.assert_allclose(land.current, [a.numpy(), b.numpy()])
+        assert land.path.shape == (len(panel.trainer.trajectory), 2)
+        ga, gb = np.meshgrid(land.x, land.y)
+        np.testing.assert_allclose(land.values, closed_form(ga, gb), rtol=2e-6)
+    finally:
+        panel.close()
+    until(lambda: not view._thread.is_alive(), timeout=5)
+
+
+def test_panel_view_slices_a_model_with_a_direction_chooser_and_the_line():
+    x, y = mlp_data(200)
+    panel = TrainingPanel(model=small_mlp(), loss="mse", data=(x, y), optimizer="adam",
+                          learning_rate=0.01, view="widget")  # fmt: skip
+    try:
+        panel.run(5)
+        panel.views.show("landscape")
+        view = panel.views.view("landscape")
+        assert view.directions.layout.display is None
+        assert [v for _, v in view.directions.options] == ["random", "pca"]
+        until(lambda: view.landscape is not None and view._drawn == view._serial)
+        assert view.landscape.kind == "random" and view.landscape.values.shape == (41, 41)
+        assert "filter-normalised random directions" in view.note.value
+        assert bytes(view.line_image.value).startswith(b"\x89PNG")
+        view.directions.value = "pca"
+        until(lambda: view.landscape.kind == "pca" and view._drawn == view._serial)
+        assert "PCA directions explain" in view.note.value
+    finally:
+        panel.close()
+
+
+def test_panel_view_of_a_bare_step_says_why_it_has_no_landscape():
+    a = tf.Variable(0.0)
+    opt = keras.optimizers.SGD(0.001)
+
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(yb - a * xb))
+        opt.apply_gradients([(tape.gradient(loss, a), a)])
+        return loss
+
+    panel = TrainingPanel(step=step, data=(tf.constant(X), tf.constant(Y)), optimizer=opt,
+                          view="widget")  # fmt: skip
+    try:
+        panel.views.show("landscape")
+        view = panel.views.view("landscape")
+        view.refresh(True)
+        assert "with step=, also pass model=" in html.unescape(view.note.value)
+        assert panel.views.area.children[0] is view.widget
+    finally:
+        panel.close()

@@ -40,7 +40,9 @@ class ViewSpec(NamedTuple):
     cls: str
 
 
-VIEWS: tuple[ViewSpec, ...] = ()
+VIEWS: tuple[ViewSpec, ...] = (
+    ViewSpec("landscape", "tapemagic.jupyter.landscape_view", "LandscapeView"),
+)
 
 
 class ViewChooser:

@@ -84,11 +84,7 @@ class SliceLoss:
 
     def __init__(self, trainer: Any, max_samples: int = MAX_SAMPLES):
         style, parts = trainer._style, trainer._parts
-        if style.forward is None or parts.loss is None:
-            raise ValueError(
-                "the landscape needs the model's predictions and a loss: with step=, also "
-                "pass model= (or params= with predict=) and loss="
-            )
+        check_trainer(trainer)
         self.variables = list(style.trainable)
         self.names = list(style.names)
         self.device = trainer.device
@@ -181,6 +177,15 @@ class SliceLoss:
         with tf.device(self.device):
             loss, g, h = self._local(c, d, tf.constant(at, self.dtype))
         return float(loss), g.numpy().astype(np.float64), h.numpy().astype(np.float64)
+
+
+def check_trainer(trainer: Any) -> None:
+    """A landscape needs predictions and a loss to evaluate at other weights."""
+    if trainer._style.forward is None or trainer._parts.loss is None:
+        raise ValueError(
+            "the landscape needs the model's predictions and a loss: with step=, also "
+            "pass model= (or params= with predict=) and loss="
+        )
 
 
 def substituted_forward(
@@ -348,19 +353,20 @@ def newton_minimum(
     enough there). A quadratic (the seed's sum of squares) converges in one step."""
     c = np.asarray(start, dtype=np.float64)
     value, g, h = loss.local(center, dirs, c)
-    g0 = np.linalg.norm(g)
+    rounding = 1e-5 if loss.dtype == tf.float32 else 1e-12  # what float noise moves a loss by
     for _ in range(iters):
         if not (np.all(np.isfinite(h)) and np.all(np.linalg.eigvalsh((h + h.T) / 2) > 0)):
             return None
         step = -np.linalg.solve(h, g)
+        if not np.all(np.isfinite(step)):
+            return None
+        if np.linalg.norm(step) <= 10 * rounding * (1.0 + np.linalg.norm(c)):
+            return c, value  # a stationary point with a positive definite Hessian
         new = loss.local(center, dirs, c + step)
-        if not np.isfinite(new[0]) or new[0] > value + 1e-6 * abs(value):
+        if not np.isfinite(new[0]) or new[0] > value + rounding * (abs(value) + 1e-30):
             return None
         c, (value, g, h) = c + step, new
-        if np.linalg.norm(step) <= 1e-6 * (1.0 + np.linalg.norm(c)):
-            break
-    converged = np.linalg.norm(g) <= 1e-3 * max(g0, 1e-12) or np.linalg.norm(g) < 1e-6
-    return (c, value) if converged else None
+    return None
 
 
 # -- the landscape of a trainer ----------------------------------------------------------
@@ -383,6 +389,7 @@ class LandscapeMaker:
         max_samples: int = MAX_SAMPLES,
         seed: int = 0,
     ):
+        check_trainer(trainer)
         self.trainer = trainer
         self.resolution = _check_resolution(resolution)
         if int(max_samples) < 1:
