@@ -42,6 +42,7 @@ class ViewSpec(NamedTuple):
 
 VIEWS: tuple[ViewSpec, ...] = (
     ViewSpec("landscape", "tapemagic.jupyter.landscape_view", "LandscapeView"),
+    ViewSpec("gradients", "tapemagic.jupyter.gradients_view", "GradientsView"),
 )
 
 
