@@ -82,10 +82,13 @@ class SliceLoss:
 
     Built from a trainer's forward pass, loss and data; compiled on first use."""
 
-    def __init__(self, trainer: Any, max_samples: int = MAX_SAMPLES):
+    def __init__(self, trainer: Any, max_samples: int = MAX_SAMPLES, like: Any = None):
         style, parts = trainer._style, trainer._parts
         check_trainer(trainer)
-        self.variables = list(style.trainable)
+        # `like`: another subject of the same shapes whose forward pass to use (the
+        # original of a comparison's copies, which read their weights through a call)
+        forward = like.forward if like is not None else style.forward
+        self.variables = list(like.params if like is not None else style.trainable)
         self.names = list(style.names)
         self.device = trainer.device
         self.sizes = [int(np.prod(v.shape)) for v in self.variables]
@@ -105,7 +108,7 @@ class SliceLoss:
         with tf.device(self.device):
             self.x, self.y = tf.nest.map_structure(tf.identity, (x, y))
         self._forward, per_sample = substituted_forward(
-            lambda x: style.forward(x, False), self.variables, self.names, self.x
+            lambda x: forward(x, False), self.variables, self.names, self.x
         )
         self._loss_fn = parts.loss
         per_point = self.samples * max(per_sample, 1) + 2 * self.n

@@ -1,0 +1,280 @@
+"""Optimizers side by side: copies of one model from the same weights, one per optimizer.
+
+`Comparison` makes one `Trainer` per contender ('sgd:0.001', 'adam:0.07', ...), each on its
+own copy of the weights: a Keras model is cloned with its weights; Variables with a
+`predict` function get new Variables and a `predict` that reads them (the traced forward
+pass with its weight reads replaced, as the landscape does). Each copy is an ordinary
+Trainer, so each gives exactly the losses a single Trainer gives. They run at the same
+time, one thread each (compiled calls release the interpreter, so the copies share the
+cores), and the controls (pause, step, stop, reset) act on all of them together.
+
+Why threads, not one compiled call for all copies: a copy's epoch on the seed is a few
+microseconds of small ops, so a fused call would run every copy's ops one after another
+in one executor, and each Trainer's bookkeeping (faults, history, rollbacks) would have
+to be split per copy inside it. Threads keep each Trainer whole; tests/bench_landscape.py
+measures what each copy gets against a single trainer.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tapemagic.training.history import History
+from tapemagic.training.landscape import (
+    Landscape,
+    LandscapeMaker,
+    SliceLoss,
+    fit_frame,
+    newton_minimum,
+    project,
+    substituted_forward,
+)
+from tapemagic.training.subject import resolve
+from tapemagic.training.trainer import Trainer
+from tapemagic.training.trajectory import principal_directions
+
+NAMES = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One copy's optimizer: a name and a learning rate (None: the trainer's default)."""
+
+    optimizer: str
+    learning_rate: float | None
+
+    @property
+    def label(self) -> str:
+        return (
+            self.optimizer
+            if self.learning_rate is None
+            else f"{self.optimizer} {self.learning_rate:g}"
+        )
+
+
+def parse_contenders(spec: Any, learning_rate: float | None = None) -> list[Contender]:
+    """'sgd,momentum,adam' or ['sgd:0.001', 'adam:0.07'] into contenders; an entry without
+    a rate takes `learning_rate`."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out = []
+    for item in items:
+        text = str(item).strip()
+        name, _, rate = text.partition(":")
+        name = name.strip().lower()
+        if name not in NAMES:
+            raise ValueError(
+                f"compare: unknown optimizer {name!r} in {text!r}: use {', '.join(NAMES)}, "
+                "optionally with a rate, e.g. 'adam:0.07'"
+            )
+        try:
+            lr = float(rate) if rate.strip() else learning_rate
+        except ValueError:
+            raise ValueError(
+                f"compare: {text!r}: the learning rate after ':' must be a number, e.g. 'sgd:0.001'"
+            ) from None
+        out.append(Contender(name, lr))
+    if len(out) < 2:
+        raise ValueError("compare needs at least two optimizers, e.g. 'sgd,adam'")
+    if len({c.label for c in out}) < len(out):
+        raise ValueError("compare: the same optimizer and rate twice; give each copy its own")
+    return out
+
+
+@dataclass(frozen=True)
+class ComparedLandscape:
+    """One grid for all the copies, and each copy's path on it."""
+
+    landscape: Landscape  # the grid; its own path and point are the first copy's
+    labels: list[str]
+    paths: list[np.ndarray]  # per copy: (P, 2) in the grid's coordinates
+
+
+class Comparison:
+    """Copies of one model trained side by side from the same initial weights.
+
+    `optimizers`: 'sgd,momentum,adam' or a list such as ['sgd:0.001', 'adam:0.07'];
+    the other keyword arguments are the `Trainer`'s (model= or params= with predict=,
+    loss, data, ...), shared by all copies. Your own model or Variables are not trained:
+    each copy trains its own weights."""
+
+    def __init__(self, optimizers: Any, *, learning_rate: float | None = None, **kwargs: Any):
+        for taken in ("optimizer", "step", "checkpoint_dir", "strategy"):
+            if kwargs.get(taken) is not None:
+                raise ValueError(
+                    f"compare: {taken}= is not for a comparison"
+                    + (" (the optimizers are the first argument)" if taken == "optimizer" else "")
+                )
+        self.contenders = parse_contenders(optimizers, learning_rate)
+        model, params = kwargs.pop("model", None), kwargs.pop("params", None)
+        predict = kwargs.pop("predict", None)
+        spec = self._spec = resolve(model, params, predict, None)
+        kwargs.setdefault("seed", random.randrange(2**31))  # the same batches for every copy
+        self.trainers: list[Trainer] = []
+        for c in self.contenders:
+            subject = self._copy(spec, kwargs.get("data"))
+            self.trainers.append(
+                Trainer(**subject, optimizer=c.optimizer, learning_rate=c.learning_rate, **kwargs)
+            )
+        self._threads: list[threading.Thread] = []
+        self.errors: dict[str, BaseException] = {}
+        self._maker: LandscapeMaker | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.label for c in self.contenders]
+
+    @staticmethod
+    def _copy(spec: Any, data: Any) -> dict[str, Any]:
+        """The model's subject on fresh weights equal to the original's."""
+        if spec.kind == "model":
+            model = spec.model
+            if not model.built:  # build it so that every copy starts from its weights
+                x = data[0] if isinstance(data, tuple | list) else next(iter(data))[0]
+                model(tf.nest.map_structure(lambda t: tf.convert_to_tensor(t)[:1], x))
+            clone = keras.models.clone_model(model)
+            clone.set_weights(model.get_weights())
+            return {"model": clone}
+        copies = {
+            name: tf.Variable(v.numpy(), dtype=v.dtype, name=name)
+            for name, v in zip(spec.names, spec.params, strict=True)
+        }
+        x = data[0] if isinstance(data, tuple | list) else next(iter(data))[0]
+        x = tf.nest.map_structure(tf.convert_to_tensor, x)
+        x_spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), x)
+        call, _ = substituted_forward(
+            lambda xs: spec.forward(xs, False), spec.params, spec.names, x_spec
+        )
+        fn = tf.function(call)  # a function call: a tape differentiates through it
+        variables = list(copies.values())
+
+        def predict(xs: Any) -> Any:
+            # read here, plainly, so that this predict can itself be traced and substituted
+            return fn([tf.convert_to_tensor(v) for v in variables], xs)
+
+        return {"params": copies, "predict": predict}
+
+    # -- running (shared controls) ---------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return any(t.running for t in self.trainers)
+
+    def start(self, epochs: int) -> None:
+        """Train every copy `epochs` more epochs, each in its own thread (returns at once)."""
+        if self.running:
+            return
+        self.errors = {}
+        self._threads = [
+            threading.Thread(target=self._work, args=(t, label, epochs), daemon=True,
+                             name=f"tapemagic-compare-{label}")
+            for t, label in zip(self.trainers, self.labels, strict=True)
+        ]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self, trainer: Trainer, label: str, epochs: int) -> None:
+        try:
+            trainer.run(epochs)
+        except BaseException as err:  # one copy's error ends only that copy's run
+            self.errors[label] = err
+
+    def run(self, epochs: int) -> dict[str, History]:
+        """Train every copy `epochs` more epochs and wait; returns each copy's history."""
+        self.start(epochs)
+        self.wait()
+        return self.histories
+
+    def wait(self, timeout: float | None = None) -> bool:
+        for thread in self._threads:
+            thread.join(timeout)
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def pause(self) -> None:
+        for t in self.trainers:
+            t.pause()
+
+    def resume(self) -> None:
+        for t in self.trainers:
+            t.resume()
+
+    def step(self) -> None:
+        """During a run: each copy holds after one more epoch; when idle: one epoch each."""
+        if self.running:
+            for t in self.trainers:
+                t.step()
+        else:
+            self.start(1)
+
+    def request_stop(self) -> None:
+        for t in self.trainers:
+            t.request_stop()
+
+    def reset(self) -> None:
+        self.request_stop()
+        self.wait(30)
+        for t in self.trainers:
+            t.reset()
+
+    @property
+    def histories(self) -> dict[str, History]:
+        return {label: t.history for label, t in zip(self.labels, self.trainers, strict=True)}
+
+    # -- one landscape for all -------------------------------------------------------
+
+    def landscape(self, resolution: int = 61) -> ComparedLandscape:
+        """All the copies' paths on one grid: two parameters in their own coordinates;
+        otherwise the plane through the shared first weights spanned by the top two
+        principal directions of all the paths together."""
+        if self._maker is None:
+            self._maker = LandscapeMaker(self.trainers[0], resolution=resolution)
+            if self._spec.kind == "params":  # the original's forward: plain weight reads
+                self._maker._loss = SliceLoss(self.trainers[0], like=self._spec)
+        maker = self._maker
+        points = [t.trajectory.points() for t in self.trainers]
+        loss = maker.loss()
+        if maker.kind == "parameters":
+            center, dirs = np.zeros(2), np.eye(2)
+        else:
+            stacked = np.concatenate([p.weights for p in points]).astype(np.float64)
+            center = points[0].initial.astype(np.float64)
+            dirs = principal_directions(stacked).directions
+        paths = [project(p.weights, center, dirs) for p in points]
+        current = paths[0][-1]
+        value, grad, _ = loss.local(center, dirs, current)
+        minimum = newton_minimum(loss, center, dirs, current)
+        shown = np.concatenate(paths + ([minimum[0][None]] if minimum else []))
+        shown = shown[np.all(np.isfinite(shown), axis=1)]
+        frame = maker.frame
+        if frame is None or not frame.holds(shown):
+            extent = float(np.ptp(shown, axis=0).max()) if len(shown) else 0.0
+            frame = maker.frame = fit_frame(shown, 1.0 if extent == 0 else min(1.0, extent))
+        xs = np.linspace(frame.lo[0], frame.hi[0], resolution)
+        ys = np.linspace(frame.lo[1], frame.hi[1], resolution)
+        gx, gy = np.meshgrid(xs, ys)
+        values = loss.grid(center, dirs, np.stack([gx.ravel(), gy.ravel()], 1))
+        names = maker.names[:2] if maker.kind == "parameters" else ["PC 1", "PC 2"]
+        land = Landscape(
+            kind=maker.kind if maker.kind == "parameters" else "pca",
+            axis_names=(names[0], names[1]),
+            x=xs, y=ys, values=values.reshape(resolution, resolution), center=center,
+            directions=dirs, path=paths[0], path_epochs=points[0].epochs, current=current,
+            current_loss=value, gradient=grad,
+            minimum=None if minimum is None else minimum[0],
+            minimum_loss=None if minimum is None else minimum[1],
+            samples=loss.samples, total_samples=loss.total, note=maker._data_note(loss),
+            seconds=0.0,
+        )  # fmt: skip
+        return ComparedLandscape(land, self.labels, paths)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "idle"
+        pairs = zip(self.labels, self.trainers, strict=True)
+        epochs = ", ".join(f"{label}: epoch {t.epoch}" for label, t in pairs)
+        return f"Comparison({epochs}; {state})"

@@ -1,0 +1,117 @@
+"""Optimizers side by side: each copy's losses are exactly a single trainer's; the shared
+controls; one landscape for all; the compare panel and `%train --compare`."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_trainer import ADAM_LOSSES, SGD_LOSSES, X, Y, dense_model, sum_sq
+
+from tapemagic.training.compare import Comparison, parse_contenders
+from tapemagic.training.trainer import Trainer
+
+
+def until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def seed_kwargs() -> dict:
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    return dict(params={"a": a, "b": b}, predict=lambda x: a * x + b, loss=sum_sq,
+                data=(tf.constant(X), tf.constant(Y)))  # fmt: skip
+
+
+def single(optimizer: str, lr: float, epochs: int) -> list[float]:
+    trainer = Trainer(**seed_kwargs(), optimizer=optimizer, learning_rate=lr)
+    return trainer.run(epochs)["loss"]
+
+
+def test_each_copy_gives_exactly_a_single_trainers_losses_params_style():
+    kwargs = seed_kwargs()
+    race = Comparison("sgd:0.001,momentum:0.001,adam:0.07", **kwargs)
+    histories = race.run(6)
+    assert list(histories) == ["sgd 0.001", "momentum 0.001", "adam 0.07"]
+    assert histories["sgd 0.001"]["loss"] == single("sgd", 0.001, 6)
+    assert histories["momentum 0.001"]["loss"] == single("momentum", 0.001, 6)
+    assert histories["adam 0.07"]["loss"] == single("adam", 0.07, 6)
+    np.testing.assert_allclose(histories["sgd 0.001"]["loss"], SGD_LOSSES, rtol=1e-5)
+    np.testing.assert_allclose(histories["adam 0.07"]["loss"][:5], ADAM_LOSSES, rtol=1e-4)
+    # the user's own Variables are not trained: each copy has its own
+    assert kwargs["params"]["a"].numpy() == 0.0
+    assert histories["adam 0.07"].last.params["a"] != histories["sgd 0.001"].last.params["a"]
+
+
+def test_each_copy_gives_exactly_a_single_trainers_losses_model_style():
+    data = (tf.constant(X)[:, None], tf.constant(Y)[:, None])
+    race = Comparison(["sgd:0.001", "adam:0.07"], model=dense_model(), loss=sum_sq, data=data)
+    histories = race.run(5)
+    alone = Trainer(model=dense_model(), loss=sum_sq, data=data,
+                    optimizer=keras.optimizers.Adam(0.07)).run(5)["loss"]  # fmt: skip
+    assert histories["adam 0.07"]["loss"] == alone
+    np.testing.assert_allclose(histories["adam 0.07"]["loss"], ADAM_LOSSES, rtol=1e-4)
+    np.testing.assert_allclose(histories["sgd 0.001"]["loss"], SGD_LOSSES[:5], rtol=1e-5)
+
+
+def test_an_unbuilt_random_model_starts_every_copy_from_the_same_weights():
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.layers.Dense(3, activation="tanh"), keras.layers.Dense(1)])
+    x = np.random.default_rng(0).normal(size=(40, 2)).astype("float32")
+    y = x[:, :1] - x[:, 1:]
+    race = Comparison("sgd:0.01,adam:0.01", model=model, loss="mse", data=(x, y))
+    first = [t.trajectory.points().initial for t in race.trainers]
+    np.testing.assert_array_equal(first[0], first[1])
+    histories = race.run(2)
+    assert histories["sgd 0.01"]["loss"][0] == histories["adam 0.01"]["loss"][0]
+
+
+def test_shared_controls_and_reset():
+    race = Comparison("sgd:0.001,adam:0.07", **seed_kwargs())
+    race.start(100_000)
+    race.pause()
+    for t in race.trainers:
+        assert t.wait_paused(10)
+    epochs = [t.epoch for t in race.trainers]
+    race.step()
+    for t, before in zip(race.trainers, epochs, strict=True):
+        until(lambda t=t, before=before: t.epoch == before + 1 and t.paused)
+    race.request_stop()
+    assert race.wait(10) and not race.running
+    race.reset()
+    assert all(t.epoch == 0 and len(t.history) == 0 for t in race.trainers)
+
+
+def test_one_landscape_holds_every_path():
+    race = Comparison("sgd:0.001,adam:0.07", **seed_kwargs())
+    race.run(20)
+    both = race.landscape(resolution=31)
+    assert both.labels == ["sgd 0.001", "adam 0.07"]
+    land = both.landscape
+    assert land.axis_names == ("a", "b") and land.values.shape == (31, 31)
+    for path, trainer in zip(both.paths, race.trainers, strict=True):
+        np.testing.assert_allclose(path[-1], list(trainer.param_values().values()), rtol=1e-6)
+        assert np.all((land.x[0] <= path[:, 0]) & (path[:, 0] <= land.x[-1]))
+        assert np.all((land.y[0] <= path[:, 1]) & (path[:, 1] <= land.y[-1]))
+    slope, intercept = np.polyfit(np.array(X), np.array(Y), 1)
+    np.testing.assert_allclose(land.minimum, [slope, intercept], rtol=1e-4)
+
+
+def test_contender_errors_say_what_to_write():
+    assert [c.label for c in parse_contenders("sgd, adam:0.07", 0.001)] == [
+        "sgd 0.001",
+        "adam 0.07",
+    ]
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw' in 'adamw'"):
+        parse_contenders("sgd,adamw")
+    with pytest.raises(ValueError, match="the learning rate after ':' must be a number"):
+        parse_contenders("sgd:fast,adam")
+    with pytest.raises(ValueError, match="at least two optimizers"):
+        parse_contenders("adam")
+    with pytest.raises(ValueError, match="optimizer= is not for a comparison"):
+        Comparison("sgd,adam", optimizer="sgd", **seed_kwargs())
