@@ -235,14 +235,14 @@ class Watch:
             i = self._runs(high, new_from)
             if i is not None:
                 fix = "lower the learning rate"
-                if lr:
-                    fix += f" (e.g. learning_rate={lr * 1e-3 / r[i]:.2g}, for about 1e-3)"
+                if lr:  # the rate that would bring the ratio to the top of the usual range
+                    fix += f" (learning_rate={lr * 1e-2 / r[i]:.2g} would bring it to 1e-2)"
                 out.append(Finding(
                     "update-too-large", name, int(epochs[i]),
                     f"epoch {epochs[i]}: each step changes layer {name}'s weights by "
                     f"{r[i]:.2g} of their norm (usually about 1e-3) for {t.epochs} epochs: the "
-                    f"learning rate is too high for this layer; {fix}, or scale its inputs "
-                    "(normalise the features) so its gradient is not so large",
+                    f"learning rate is too high for this layer; {fix}, or normalise the "
+                    "inputs it gets (features, or the layer before) so its gradient is smaller",
                 ))  # fmt: skip
                 continue
             low = (r < t.update_low) & (epochs < t.epochs)
