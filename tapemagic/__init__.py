@@ -14,6 +14,7 @@ __all__ = [
     "LivePanel",
     "Trainer",
     "TrainingPanel",
+    "compare",
     "live",
     "load_ipython_extension",
     "unload_ipython_extension",
@@ -26,6 +27,7 @@ _LAZY = {
     "TrainingPanel": "tapemagic.jupyter.panel",
     "LivePanel": "tapemagic.jupyter.live",
     "live": "tapemagic.jupyter.live",
+    "compare": "tapemagic.jupyter.compare_panel",
 }
 
 

@@ -3,12 +3,14 @@ controls; one landscape for all; the compare panel and `%train --compare`."""
 
 from __future__ import annotations
 
+import html
 import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run
 from test_trainer import ADAM_LOSSES, SGD_LOSSES, X, Y, dense_model, sum_sq
 
 from tapemagic.training.compare import Comparison, parse_contenders
@@ -115,3 +117,48 @@ def test_contender_errors_say_what_to_write():
         parse_contenders("adam")
     with pytest.raises(ValueError, match="optimizer= is not for a comparison"):
         Comparison("sgd,adam", optimizer="sgd", **seed_kwargs())
+
+
+# -- the compare panel and %train --compare ------------------------------------------------
+
+
+def test_compare_panel_draws_losses_and_paths_with_shared_buttons():
+    import tapemagic
+
+    panel = tapemagic.compare("sgd:0.001,adam:0.07", epochs=50, view="widget", **seed_kwargs())
+    assert panel.pause_button.disabled and panel.stop_button.disabled
+    panel.comparison.start(100_000)
+    panel._start_ticker()
+    until(lambda: all(t.epoch > 10 for t in panel.comparison.trainers))
+    until(lambda: "running" in panel.status.value)
+    assert panel.train_button.disabled and not panel.stop_button.disabled
+    panel.stop_button.click()
+    assert panel.comparison.wait(10)
+    assert panel.wait(10)
+    status = html.unescape(panel.status.value)
+    assert status.startswith("idle · sgd 0.001: epoch ") and " · adam 0.07: epoch " in status
+    assert bytes(panel.losses.value).startswith(b"\x89PNG")
+    assert bytes(panel.landscape_image.value).startswith(b"\x89PNG")
+    assert [len(p) for p in panel.landscape.paths] == [
+        len(t.trajectory) for t in panel.comparison.trainers
+    ]
+    panel.reset_button.click()
+    assert all(t.epoch == 0 for t in panel.comparison.trainers)
+    histories = panel.run(6)
+    assert histories["sgd 0.001"]["loss"] == single("sgd", 0.001, 6)
+
+
+def test_train_magic_compare(ip):
+    run(ip, f"X = tf.constant({X!r})\nY = tf.constant({Y!r})")
+    run(ip, "a, b = tf.Variable(0.0), tf.Variable(0.0)\npredict = lambda x: a * x + b")
+    run(ip, "def loss_fn(y, p):\n    return tf.reduce_sum(tf.square(y - p))")
+    run(ip, "%train --params a,b --predict predict --loss loss_fn --data X,Y "
+            "--compare sgd:0.001,momentum,adam:0.07 --lr 0.001 --epochs 5")  # fmt: skip
+    panel = ip.user_ns["_panel"]
+    assert type(panel).__name__ == "ComparePanel"
+    assert panel.comparison.labels == ["sgd 0.001", "momentum 0.001", "adam 0.07"]
+    histories = panel.run()
+    assert histories["adam 0.07"]["loss"] == single("adam", 0.07, 5)
+    result = ip.run_cell("%train --params a,b --predict predict --loss loss_fn --data X,Y "
+                         "--compare sgd,adam --optimizer sgd")  # fmt: skip
+    assert "give --compare or --optimizer, not both" in str(result.error_in_exec)

@@ -188,3 +188,42 @@ def render_line(profile: LineProfile, width: float = 5.4, height: float = 2.4) -
     fig.subplots_adjust(left=0.14, right=0.97, top=0.95, bottom=0.22)
     fig.canvas.draw()
     return encode_png(np.asarray(fig.canvas.buffer_rgba()), level=1)
+
+
+def render_losses(
+    curves: dict[str, Sequence[float]], log_scale: bool = True, width: float = 5.4,
+    height: float = 2.8,
+) -> bytes:  # fmt: skip
+    """Several loss curves on one plot (a comparison's copies), thinned like the loss plot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tapemagic.display.lossplot import thin
+
+    fig = Figure(figsize=(width, height), dpi=80)
+    FigureCanvasAgg(fig)
+    fig.patch.set_alpha(0.0)
+    ax = fig.add_subplot()
+    ax.set_facecolor("none")
+    positive = True
+    for k, (label, values) in enumerate(curves.items()):
+        y = np.asarray(values, dtype=float)
+        x, y = thin(np.arange(1, len(y) + 1, dtype=float), y)
+        positive = positive and bool(np.all(y[np.isfinite(y)] > 0))
+        ax.plot(x, y, color=f"C{k}", lw=1.4, label=label, marker="o" if len(y) <= 60 else "",
+                ms=3)  # fmt: skip
+    if log_scale and positive and any(len(v) for v in curves.values()):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch", color=INK)
+    ax.set_ylabel("loss", color=INK)
+    ax.tick_params(colors=INK, labelcolor=INK, labelsize=8)
+    for spine in ax.spines.values():
+        spine.set_color(INK)
+    ax.grid(alpha=0.3, color=INK)
+    if curves:
+        legend = ax.legend(loc="upper right", fontsize=8, frameon=False)
+        for text in legend.get_texts():
+            text.set_color(INK)
+    fig.subplots_adjust(left=0.14, right=0.97, top=0.95, bottom=0.18)
+    fig.canvas.draw()
+    return encode_png(np.asarray(fig.canvas.buffer_rgba()), level=1)

@@ -44,6 +44,9 @@ class TrainMagics(Magics):
         help="with --checkpoint-dir: latest_valid (skip damaged checkpoints) or False (start at 0)",
     )
     @argument("--seed", type=int, help="for reproducible shuffling")
+    @argument(
+        "--compare", metavar="OPT,OPT", help="copies side by side, e.g. sgd,momentum,adam:0.07"
+    )
     @argument("--as", dest="as_name", metavar="NAME", help="also store the panel under NAME")
     @line_magic
     def train(self, line: str) -> None:
@@ -93,15 +96,27 @@ class TrainMagics(Magics):
         from tapemagic.jupyter.panel import TrainingPanel
 
         try:
-            panel = TrainingPanel(
-                epochs=args.epochs, **{k: v for k, v in kwargs.items() if v is not None}
-            )
+            given = {k: v for k, v in kwargs.items() if v is not None}
+            if args.compare:
+                panel = _compare_panel(args.compare, args.epochs, given)
+            else:
+                panel = TrainingPanel(epochs=args.epochs, **given)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise UsageError(f"%train: {_as_options(str(exc))}") from None
         ns["_panel"] = panel
         if args.as_name:
             ns[args.as_name] = panel
         display(panel)
+
+
+def _compare_panel(optimizers: str, epochs: int, given: dict) -> Any:
+    """`%train --compare`: a ComparePanel; the learning rate is for entries without one."""
+    from tapemagic.jupyter.compare_panel import compare
+
+    if "optimizer" in given:
+        raise ValueError("give --compare or --optimizer, not both")
+    return compare(optimizers, epochs=epochs, learning_rate=given.pop("learning_rate", None),
+                   **given)  # fmt: skip
 
 
 # The Trainer's messages name its keyword arguments; %train users type options instead.
