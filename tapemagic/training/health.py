@@ -231,10 +231,9 @@ class HealthPlan:
         return (sums[0] + sq, tf.maximum(sums[1], self.act_max(acts)))
 
     def act_max(self, acts: Sequence[tf.Tensor]) -> tf.Tensor:
-        peaks = [
-            tf.reduce_max(tf.reshape(tf.cast(a, tf.float32), [-1, t.units]), axis=0)
-            for a, t in zip(acts, self.taps, strict=True)
-        ]
+        # each unit's (channel's) largest output: over the batch and any spatial axes
+        peaks = [tf.cast(tf.reduce_max(a, axis=list(range(a.shape.rank - 1))), tf.float32)
+                 for a in acts]  # fmt: skip
         return peaks[0] if len(peaks) == 1 else tf.concat(peaks, 0)
 
     def parts(self, w0: list | None, sums: tuple | None, acts: Any = None) -> list[tf.Tensor]:
