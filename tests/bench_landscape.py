@@ -1,0 +1,232 @@
+"""Benchmark of the loss landscape, the landscape view and `compare` (issue targets).
+
+Run it as a script (pytest does not collect it):
+
+    .venv/bin/python tests/bench_landscape.py [--quick]
+
+1. the seed's 61 x 61 grid, warm, through `panel.landscape()`: under 50 ms;
+2. the seed trained by a panel with the landscape view open and drawing: at least 0.9x
+   the headless trainer's epochs/s;
+3. MLP 64-256-256-1, a 41 x 41 slice on 512 samples (about 7e10 multiply-adds): within
+   2x of the same forward passes as one compiled chain of batched matmuls, the machine's
+   limit; and the MLP's training slowed by at most 10% while the view computes slices;
+4. `compare` with sgd, momentum and adam on the seed: each copy at least 0.8x a single
+   trainer's epochs/s.
+
+Contenders run interleaved, round after round, so a shared machine's noise falls on all
+of them; each figure is a median. It prints a table and PASS/FAIL lines and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tapemagic.jupyter.panel import TrainingPanel  # noqa: E402
+from tapemagic.training.compare import Comparison  # noqa: E402
+from tapemagic.training.landscape import LandscapeMaker  # noqa: E402
+from tapemagic.training.trainer import Trainer  # noqa: E402
+
+X_SEED = [1.0, 4.0, 6, 3, 3, 4, 5, 6, 7]
+Y_SEED = [0.25, 1.2, 0.79, 0.52, 1.6, 1.7, 1.9, 2, 2]
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def seed_loss(y_true, y_pred):
+    return tf.reduce_sum(tf.square(y_true - y_pred))
+
+
+def seed_kwargs() -> dict:
+    a, b = tf.Variable(0.0), tf.Variable(0.0)
+    return dict(params={"a": a, "b": b}, predict=lambda x: a * x + b, loss=seed_loss,
+                data=(tf.constant(X_SEED), tf.constant(Y_SEED)))  # fmt: skip
+
+
+def row(what: str, value: str, target: str, ok: bool) -> None:
+    ROWS.append((what, value, target, "PASS" if ok else "FAIL"))
+    print(f"  {what}: {value} (target {target}) {'PASS' if ok else 'FAIL'}", flush=True)
+
+
+def seed_grid(rounds: int) -> None:
+    panel = TrainingPanel(**seed_kwargs(), optimizer="sgd", learning_rate=0.001, view="widget")
+    panel.run(200)
+    panel.landscape()  # compiles
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        panel.landscape()
+        times.append(time.perf_counter() - start)
+    ms = 1000 * statistics.median(times)
+    row("seed 61x61 grid, panel.landscape(), warm", f"{ms:.1f} ms", "< 50 ms", ms < 50)
+    panel.close()
+
+
+def seed_panel_speed(rounds: int, epochs: int) -> None:
+    headless = Trainer(**seed_kwargs(), optimizer="sgd", learning_rate=1e-4)
+    panel = TrainingPanel(**seed_kwargs(), optimizer="sgd", learning_rate=1e-4, view="widget")
+    panel.views.show("landscape")
+    headless.run(epochs)  # warm-up: compile
+    panel.run(epochs)
+    rates = {"headless": [], "panel": []}
+    for _ in range(rounds):
+        start = time.perf_counter()
+        headless.run(epochs)
+        rates["headless"].append(epochs / (time.perf_counter() - start))
+        start = time.perf_counter()
+        panel.run(epochs)
+        rates["panel"].append(epochs / (time.perf_counter() - start))
+    h, p = (statistics.median(rates[k]) for k in ("headless", "panel"))
+    view = panel.views.view("landscape")
+    print(f"  (landscapes computed while training: {view._serial})")
+    row("seed: panel with landscape view / headless epochs/s", f"{p:,.0f} / {h:,.0f} = "
+        f"{p / h:.2f}x", ">= 0.9x", p / h >= 0.9)  # fmt: skip
+    panel.close()
+
+
+def mlp(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((64,)), keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(256, activation="relu"), keras.layers.Dense(1),
+    ])  # fmt: skip
+
+
+def matmul_chain(model: keras.Model, x: tf.Tensor, y: tf.Tensor, chunk: int):
+    """The same forward passes written by hand: each chunk of weight sets as batched
+    matmuls, in one compiled call (the reference for what the machine can do)."""
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    sizes = [int(np.prod(s)) for s in shapes]
+
+    @tf.function
+    def run(center, dirs, coords):
+        def one_chunk(c):
+            w = center[None] + c[:, :1] * dirs[0][None] + c[:, 1:] * dirs[1][None]
+            k1, b1, k2, b2, k3, b3 = (
+                tf.reshape(p, (-1, *s))
+                for p, s in zip(tf.split(w, sizes, axis=1), shapes, strict=True)
+            )
+            h = tf.nn.relu(tf.einsum("si,pio->pso", x, k1) + b1[:, None])
+            h = tf.nn.relu(tf.matmul(h, k2) + b2[:, None])
+            out = tf.matmul(h, k3) + b3[:, None]
+            return tf.reduce_mean(tf.square(y[None] - out), axis=[1, 2])
+
+        return tf.map_fn(one_chunk, coords)
+
+    return run
+
+
+def mlp_slice(rounds: int, samples: int, epochs: int) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(samples, 64)).astype("float32")
+    y = (np.sin(x[:, :1]) + 0.5 * x[:, 1:2] ** 2).astype("float32")
+    model = mlp()
+    trainer = Trainer(model=model, loss="mse", data=(x, y), optimizer="adam",
+                      learning_rate=0.001, batch_size=256, seed=0)  # fmt: skip
+    trainer.run(1)
+    maker = LandscapeMaker(trainer, resolution=41)
+    loss = maker.loss()
+    land = maker.compute(find_minimum=False)  # compiles
+    coords = np.stack(np.meshgrid(land.x, land.y), -1).reshape(-1, 2)
+    chunk = loss.chunk
+    pad = -len(coords) % chunk
+    blocks = np.concatenate([coords, np.repeat(coords[-1:], pad, 0)]).reshape(-1, chunk, 2)
+    ref = matmul_chain(model, loss.x, loss.y, chunk)
+    args = (tf.constant(land.center, tf.float32), tf.constant(land.directions, tf.float32),
+            tf.constant(blocks, tf.float32))  # fmt: skip
+    ref_values = ref(*args).numpy().reshape(-1)[: len(coords)]
+    np.testing.assert_allclose(ref_values, land.values.reshape(-1), rtol=2e-3)
+    ours, theirs = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        loss.grid(land.center, land.directions, coords)
+        ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        ref(*args).numpy()
+        theirs.append(time.perf_counter() - start)
+    o, t = statistics.median(ours), statistics.median(theirs)
+    macs = (
+        len(coords) * loss.samples * sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    )
+    print(f"  ({macs:.2g} multiply-adds; {loss.chunk} grid points per chunk)")
+    row("MLP 41x41 slice on 512 samples / batched matmul chain", f"{o:.2f} s / {t:.2f} s = "
+        f"{o / t:.2f}x", "<= 2x", o / t <= 2.0)  # fmt: skip
+
+    # training with and without the landscape view computing slices meanwhile
+    headless = Trainer(model=mlp(), loss="mse", data=(x, y), optimizer="adam",
+                       learning_rate=0.001, batch_size=256, seed=0)  # fmt: skip
+    panel = TrainingPanel(model=mlp(), loss="mse", data=(x, y), optimizer="adam",
+                          learning_rate=0.001, batch_size=256, seed=0, view="widget")  # fmt: skip
+    headless.run(1)
+    panel.run(1)
+    panel.views.show("landscape")
+    view = panel.views.view("landscape")
+    while view.landscape is None:  # compiled before timing
+        time.sleep(0.1)
+    plain, busy = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        headless.run(epochs)
+        plain.append(epochs / (time.perf_counter() - start))
+        before = view._serial
+        start = time.perf_counter()
+        panel.run(epochs)
+        busy.append(epochs / (time.perf_counter() - start))
+        print(f"  (slices computed during that run: {view._serial - before})")
+    p, b = statistics.median(plain), statistics.median(busy)
+    row("MLP training with the landscape view computing / without", f"{b:.2f} / {p:.2f} "
+        f"epochs/s = {b / p:.2f}x", ">= 0.9x", b / p >= 0.9)  # fmt: skip
+    panel.close()
+
+
+def compare_speed(rounds: int, epochs: int) -> None:
+    single = Trainer(**seed_kwargs(), optimizer="adam", learning_rate=1e-4)
+    race = Comparison("sgd:1e-4,momentum:1e-4,adam:1e-4", **seed_kwargs())
+    single.run(epochs)
+    race.run(epochs)
+    alone, copies = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        single.run(epochs)
+        alone.append(epochs / (time.perf_counter() - start))
+        start = time.perf_counter()
+        race.run(epochs)
+        copies.append(epochs / (time.perf_counter() - start))  # each copy did `epochs`
+    a, c = statistics.median(alone), statistics.median(copies)
+    print(f"  ({os.cpu_count()} CPU cores; one thread per copy)")
+    row("compare x3 on the seed: each copy / single trainer epochs/s", f"{c:,.0f} / {a:,.0f} "
+        f"= {c / a:.2f}x", ">= 0.8x", c / a >= 0.8)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller runs")
+    args = parser.parse_args()
+    rounds = 3 if args.quick else 7
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores", flush=True)
+    print("1. seed grid", flush=True)
+    seed_grid(rounds * 3)
+    print("2. seed panel with the landscape view", flush=True)
+    seed_panel_speed(rounds, 20_000 if args.quick else 50_000)
+    print("3. MLP slice", flush=True)
+    mlp_slice(rounds, 4096 if args.quick else 8192, 80 if args.quick else 150)
+    print("4. compare", flush=True)
+    compare_speed(rounds, 20_000 if args.quick else 50_000)
+    width = max(len(r[0]) for r in ROWS)
+    print()
+    print(f"{'measure':<{width}}  {'value':<34}  {'target':<9}  verdict")
+    for what, value, target, verdict in ROWS:
+        print(f"{what:<{width}}  {value:<34}  {target:<9}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
