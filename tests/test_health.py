@@ -348,3 +348,26 @@ def test_health_off_records_nothing():
         or (off_loop.layout.health.start == off_loop.layout.health.stop)
     )
     assert off_loop.layout.width < on_loop.layout.width  # no extra numbers in its rows
+
+
+def test_a_new_optimizer_keeps_recording():
+    trainer = Trainer(model=mlp(8), loss="mse", data=(X8, Y8), batch_size=64, optimizer="sgd")
+    trainer.run(1)
+    trainer.optimizer = "adam"
+    trainer.run(2)
+    table = trainer.history.gradients
+    assert table.epochs.tolist() == [0, 1, 2]
+    assert np.isfinite(table.layer_stat("update_ratio")).all()
+
+
+def test_under_a_strategy_gradient_norms_only():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = mlp(16)
+    trainer = Trainer(model=model, loss="mse", data=(X8, Y8), batch_size=64, strategy=strategy)
+    trainer.run(2)
+    table = trainer.history.gradients
+    assert table.relu_layers == []  # the ReLU statistic is off under a strategy
+    assert (table.layer_stat("grad_norm") > 0).all()
+    assert np.isnan(table.layer_stat("update_ratio")).all()  # weights are not read there
+    assert trainer.findings == []
