@@ -156,7 +156,10 @@ def relu_taps(model: Any) -> tuple[list[Tap], Any]:
         tensors.append(out)
     if not taps:
         return [], None
-    sub = keras.Model(inputs if len(inputs) > 1 else inputs[0], [outputs[0], *tensors])
+    try:
+        sub = keras.Model(inputs if len(inputs) > 1 else inputs[0], [outputs[0], *tensors])
+    except Exception:  # a graph Keras cannot cut there: no ReLU statistic, the rest stands
+        return [], None
 
     def forward(x: Any, training: bool) -> tuple[Any, list]:
         pred, *acts = sub(x, training=training)

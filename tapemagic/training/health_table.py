@@ -41,8 +41,9 @@ class GradientTable:
         # grown by doubling: a call appends thousands of tiny epochs, often
         self._n = 0
         self._epochs = np.zeros(0, np.int64)
-        self._grad, self._weight, self._update = (np.zeros((0, n)) for _ in range(3))
-        self._dead = np.zeros((0, t))
+        # float32: a long run of tiny epochs keeps millions of rows
+        self._grad, self._weight, self._update = (np.zeros((0, n), np.float32) for _ in range(3))
+        self._dead = np.zeros((0, t), np.float32)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -100,7 +101,7 @@ class GradientTable:
             arrays["update_norm"] = self._update
             if stat not in arrays:
                 raise KeyError(f"no variable statistic {stat!r}; choose one of {', '.join(arrays)}")
-            return arrays[stat][: self._n].copy()
+            return arrays[stat][: self._n].astype(np.float64)
 
     def layer_stat(self, stat: str, since: int = 0, until: int | None = None) -> np.ndarray:
         """(epochs, layers) for rows since..until: 'grad_norm', 'weight_norm',
@@ -108,7 +109,7 @@ class GradientTable:
         with self._lock:
             rows = slice(since, self._n if until is None else min(until, self._n))
             if stat == "dead_fraction":
-                return self._dead[rows].copy()
+                return self._dead[rows].astype(np.float64)
             if stat == "update_ratio":
                 upd, wt = self._combine(self._update[rows]), self._combine(self._weight[rows])
                 with np.errstate(divide="ignore", invalid="ignore"):
@@ -122,7 +123,7 @@ class GradientTable:
     def _combine(self, per_var: np.ndarray) -> np.ndarray:
         """Per-variable norms into per-layer ones: the root of the summed squares."""
         out = np.zeros((len(per_var), len(self.layers)))
-        np.add.at(out.T, self.layer_of, (per_var**2).T)
+        np.add.at(out.T, self.layer_of, (per_var.astype(np.float64) ** 2).T)
         return np.sqrt(out)
 
     def column(self, layer: str, stat: str = "grad_norm") -> list[float]:

@@ -321,7 +321,10 @@ class TrainerHealth:
             x, y = sample.x, sample.y
         else:  # a Dataset: its first batch
             x, y = data.first()
-        found = first_step_findings(self.style, loss_fn, x, y, self.watch.t)
+        try:
+            found = first_step_findings(self.style, loss_fn, x, y, self.watch.t)
+        except Exception:  # a check must never stop a trainer being made: no findings
+            return []
         return self.watch.add(found)
 
     def attach(self, engine: Any, loss_fn: Any, optimizer: Any) -> None:
