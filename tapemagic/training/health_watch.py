@@ -20,10 +20,10 @@ from tapemagic.training.health import (
     HealthPlan,
     HealthRows,
     HealthThresholds,
-    first_step_findings,
     layer_groups,
     relu_taps,
 )
+from tapemagic.training.health_first_step import first_step_findings
 from tapemagic.training.health_table import GradientTable
 from tapemagic.training.steps import tapped_train_step
 from tapemagic.variables import unwrap
