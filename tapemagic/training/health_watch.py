@@ -160,9 +160,16 @@ class Watch:
         found += self._updates(table.layers, ratio, epochs, new_from, lr)
         dead = table.layer_stat("dead_fraction", since)
         found += self._dead(table.relu_layers, dead, epochs, new_from)
-        # a layer whose gradient vanished or whose units died: its small updates follow
-        causes = {(f.layer) for f in found} | {layer for _, layer in self._seen}
-        found = [f for f in found if f.kind != "update-too-small" or f.layer not in causes]
+        # a layer whose gradient vanished or whose units died: its small updates follow;
+        # a dead ReLU layer's gradient is zero: that it died says why
+        causes = {f.layer for f in found} | {layer for _, layer in self._seen}
+        dead_ones = {f.layer for f in found if f.kind == "dead-relu"}
+        dead_ones |= {layer for kind, layer in self._seen if kind == "dead-relu"}
+        found = [
+            f for f in found
+            if not (f.kind == "update-too-small" and f.layer in causes)
+            and not (f.kind == "vanishing" and f.layer in dead_ones)
+        ]  # fmt: skip
         return self.add(found)
 
     def _runs(self, mask: np.ndarray, new_from: int) -> int | None:
