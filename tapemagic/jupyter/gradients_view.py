@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from tapemagic.jupyter.panel import TrainingPanel
 
 OFF_TEXT = (
-    "gradient health is off for this trainer (health=False): make it with health=True "
-    "to record each layer's gradient norm and update ratio"
+    "this trainer records no gradient statistics: it was made with health=False, or with "
+    "step= (a step that takes its own gradient); make it with health=True and model= or "
+    "params= to see each layer's gradient norm and update ratio"
 )
 MAX_FINDINGS_SHOWN = 8  # the newest; all are in trainer.findings
 
