@@ -60,6 +60,7 @@ class ComparePanel:
         self.widget = w.VBox([
             w.HBox(buttons), self.status, w.HBox([self.losses, self.landscape_image]), self.note,
         ])  # fmt: skip
+        self.widget.add_class("tapemagic-compare")  # for styling and browser tests
         self.landscape: ComparedLandscape | None = None
         self.error: str | None = None
         self._plot = LandscapePlot()

@@ -50,6 +50,9 @@ class LandscapeView:
         )  # fmt: skip
         self.directions.observe(lambda change: self._wake(), "value")
         self.widget = w.VBox([self.directions, self.image, self.line_image, self.note])
+        self.widget.add_class("tapemagic-landscape")  # for styling and browser tests
+        self.image.add_class("tapemagic-landscape-plot")
+        self.line_image.add_class("tapemagic-landscape-line")
         self.maker: LandscapeMaker | None = None
         self.landscape: Landscape | None = None  # the latest grid computed
         self.line: LineProfile | None = None
