@@ -142,7 +142,10 @@ class SliceLoss:
         # Symbolic gradients: the imported ops are not recorded on a tape.
         loss = self._loss_at(center + c[0] * dirs[0] + c[1] * dirs[1])
         g = tf.gradients(loss, c)[0]
-        h = tf.stack([tf.gradients(g[i], c)[0] for i in range(2)])
+        try:
+            h = tf.stack([tf.gradients(g[i], c)[0] for i in range(2)])
+        except LookupError:  # an op without a second derivative: no Newton, no minimum
+            h = tf.fill([2, 2], tf.constant(np.nan, self.dtype))
         return loss, g, h
 
     def _tensors(self, center: np.ndarray, dirs: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
