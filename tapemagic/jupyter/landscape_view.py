@@ -11,6 +11,7 @@ panel's view thread only asks for a new grid and draws the latest one, paced lik
 
 from __future__ import annotations
 
+import contextlib
 import html
 import threading
 import time
@@ -39,7 +40,7 @@ class LandscapeView:
 
     def __init__(self, panel: TrainingPanel):
         self._panel = weakref.proxy(panel)  # the view must not keep a closed panel alive
-        self.trainer = panel.trainer
+        self._trainer = panel.trainer  # the last one seen (the device menu replaces it)
         self.plot = LandscapePlot()
         self.image = w.Image(format="png", layout=w.Layout(width="432px", height="336px"))
         self.line_image = w.Image(format="png", layout=w.Layout(width="432px"))
@@ -77,6 +78,13 @@ class LandscapeView:
         self._thread = threading.Thread(target=self._work, name="tapemagic-landscape", daemon=True)
         self._thread.start()
         self._show_note()
+
+    @property
+    def trainer(self) -> Any:
+        """The panel's trainer now (choosing another device makes a new one)."""
+        with contextlib.suppress(ReferenceError):  # a panel gone: the last trainer seen
+            self._trainer = self._panel.trainer
+        return self._trainer
 
     # -- what the panel calls ----------------------------------------------------------
 
@@ -153,6 +161,8 @@ class LandscapeView:
                 self._show_note()
 
     def _compute(self, key: tuple) -> None:
+        if self.maker.trainer is not self.trainer:  # a new trainer: compiled anew
+            self.maker = LandscapeMaker(self.trainer, resolution=self.maker.resolution)
         maker = self.maker
         if maker.kind != "parameters" and maker.directions != key[2]:
             maker.directions = key[2]
