@@ -408,6 +408,8 @@ class LandscapeMaker:
         self.frame: Frame | None = None
         self._loss: SliceLoss | None = None
         self._noise: np.ndarray | None = None
+        self._minimum: tuple[np.ndarray, float] | None = None  # kept for two parameters
+        self._grid: tuple[tuple, np.ndarray] | None = None  # (frame key, values), likewise
 
     @property
     def directions(self) -> Any:
@@ -439,6 +441,7 @@ class LandscapeMaker:
             self.kind = "given"
         self._directions = spec
         self.frame = None
+        self._minimum = self._grid = None
 
     def loss(self) -> SliceLoss:
         if self._loss is None:
@@ -498,7 +501,15 @@ class LandscapeMaker:
         path = project(pts.weights, center, dirs)
         current = path[-1]
         value, grad, _ = loss.local(center, dirs, current)
-        minimum = newton_minimum(loss, center, dirs, current) if find_minimum else None
+        # Over two parameters the loss does not move as training does: its minimum and
+        # the grid of a frame are kept (a view redraws the path without recomputing them).
+        fixed = self.kind == "parameters"
+        minimum = None
+        if find_minimum:
+            minimum = self._minimum if fixed and self._minimum else None
+            minimum = minimum or newton_minimum(loss, center, dirs, current)
+            if fixed:
+                self._minimum = minimum
         shown = np.concatenate([path, minimum[0][None]]) if minimum else path
         shown = shown[np.all(np.isfinite(shown), axis=1)]
         if self.frame is None or not self.frame.holds(shown):
@@ -512,14 +523,19 @@ class LandscapeMaker:
         f = self.frame
         xs, ys = np.linspace(f.lo[0], f.hi[0], res), np.linspace(f.lo[1], f.hi[1], res)
         gx, gy = np.meshgrid(xs, ys)
-        values = loss.grid(center, dirs, np.stack([gx.ravel(), gy.ravel()], 1), pause)
+        key = (f.lo.tobytes(), f.hi.tobytes(), res)
+        if fixed and self._grid is not None and self._grid[0] == key:
+            values = self._grid[1]
+        else:
+            values = loss.grid(center, dirs, np.stack([gx.ravel(), gy.ravel()], 1), pause)
+            self._grid = (key, values) if fixed else None
         notes = [n for n in (self._data_note(loss), note) if n]
         return Landscape(
             kind=self.kind,
             axis_names=self._axis_names(),
             x=xs,
             y=ys,
-            values=values.reshape(res, res),
+            values=values.reshape(res, res).copy(),  # the kept grid stays as it was
             center=center,
             directions=dirs,
             path=path,
