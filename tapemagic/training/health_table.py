@@ -122,9 +122,9 @@ class GradientTable:
 
     def _combine(self, per_var: np.ndarray) -> np.ndarray:
         """Per-variable norms into per-layer ones: the root of the summed squares."""
-        out = np.zeros((len(per_var), len(self.layers)))
-        np.add.at(out.T, self.layer_of, (per_var.astype(np.float64) ** 2).T)
-        return np.sqrt(out)
+        one_hot = np.zeros((len(self.variables), len(self.layers)))
+        one_hot[np.arange(len(self.variables)), self.layer_of] = 1.0
+        return np.sqrt((per_var.astype(np.float64) ** 2) @ one_hot)
 
     def column(self, layer: str, stat: str = "grad_norm") -> list[float]:
         """One layer's (or ReLU layer's, for 'dead_fraction') statistic by epoch."""
