@@ -122,9 +122,11 @@ class GradientTable:
 
     def _combine(self, per_var: np.ndarray) -> np.ndarray:
         """Per-variable norms into per-layer ones: the root of the summed squares."""
-        one_hot = np.zeros((len(self.variables), len(self.layers)))
-        one_hot[np.arange(len(self.variables)), self.layer_of] = 1.0
-        return np.sqrt((per_var.astype(np.float64) ** 2) @ one_hot)
+        squares = per_var.astype(np.float64) ** 2
+        out = np.empty((len(per_var), len(self.layers)))
+        for j in range(len(self.layers)):  # a NaN stays in its own layer
+            out[:, j] = squares[:, self.layer_of == j].sum(axis=1)
+        return np.sqrt(out)
 
     def column(self, layer: str, stat: str = "grad_norm") -> list[float]:
         """One layer's (or ReLU layer's, for 'dead_fraction') statistic by epoch."""
