@@ -140,9 +140,13 @@ class LiveView:
         return f"{self.title}: {status_line(self.log.state())}"
 
     def show(self) -> None:
-        """Display in the running cell; views this cell showed before are replaced."""
+        """Display in the running cell; views this cell showed before are replaced.
+        Outside IPython (a script) there is nowhere to show it: the widgets still update."""
+        from IPython import get_ipython
         from IPython.display import display
 
+        if get_ipython() is None:
+            return
         cell = current_cell()
         if cell is not None:
             for ref in _by_cell.pop(cell, []):
