@@ -44,11 +44,21 @@ def views(monkeypatch):
     CountingView.made = 0
 
 
-def test_no_extra_views_hides_the_chooser():
+def test_no_extra_views_hides_the_chooser(monkeypatch):
+    monkeypatch.setattr(panel_views, "VIEWS", ())
     panel, *_ = seed_panel()
     try:
         assert panel.views.buttons.layout.display == "none"
         assert panel.views.area.children[0].children[0] is panel.plot
+    finally:
+        panel.close()
+
+
+def test_the_panel_offers_the_landscape_and_gradients_views():
+    panel, *_ = seed_panel()
+    try:
+        assert panel.views.buttons.options == (LOSS, "landscape", "gradients")
+        assert panel.views.buttons.layout.display != "none"
     finally:
         panel.close()
 
