@@ -198,9 +198,11 @@ def probe(
     if len(missing) == len(style.names):
         raise ValueError(no_gradient_message(style.names, style.kind))
     if missing:
+        # Not "the loss does not depend on them": a NumPy detour or a rounding op loses the
+        # gradient too. The trainer's first-step findings name the cause per variable.
         warn_user(
-            f"no gradient for {', '.join(missing)}: the loss does not depend on "
-            "these variables, so training leaves them as they are"
+            f"no gradient reaches {', '.join(missing)} from the loss, so training leaves "
+            "them as they are"
         )
     return pred
 
