@@ -198,9 +198,9 @@ def mlp_slice(rounds: int, samples: int, epochs: int) -> None:
     panel.close()
 
 
-def compare_speed(rounds: int, epochs: int) -> None:
+def compare_speed(rounds: int, epochs: int, optimizers: str, target: float | None) -> None:
     single = Trainer(**seed_kwargs(), optimizer="adam", learning_rate=1e-4)
-    race = Comparison("sgd:1e-4,momentum:1e-4,adam:1e-4", **seed_kwargs())
+    race = Comparison(optimizers, **seed_kwargs())
     single.run(epochs)
     race.run(epochs)
     alone, copies = [], []
@@ -212,9 +212,14 @@ def compare_speed(rounds: int, epochs: int) -> None:
         race.run(epochs)
         copies.append(epochs / (time.perf_counter() - start))  # each copy did `epochs`
     a, c = statistics.median(alone), statistics.median(copies)
-    print(f"  ({os.cpu_count()} CPU cores; one thread per copy)")
-    row("compare x3 on the seed: each copy / single trainer epochs/s", f"{c:,.0f} / {a:,.0f} "
-        f"= {c / a:.2f}x", ">= 0.8x", c / a >= 0.8)  # fmt: skip
+    n = len(race.trainers)
+    bound = min(1.0, (os.cpu_count() or 1) / n)
+    print(f"  ({n} copies, one thread each, on {os.cpu_count()} CPU cores: at most {bound:.2f}x)")
+    what = f"compare x{n} on the seed: each copy / single trainer epochs/s"
+    if target is None:
+        print(f"  {what}: {c:,.0f} / {a:,.0f} = {c / a:.2f}x (for reference)")
+        return
+    row(what, f"{c:,.0f} / {a:,.0f} = {c / a:.2f}x", f">= {target}x", c / a >= target)
 
 
 def main() -> None:
@@ -230,7 +235,9 @@ def main() -> None:
     print("3. MLP slice", flush=True)
     mlp_slice(rounds, 4096 if args.quick else 8192, 80 if args.quick else 150)
     print("4. compare", flush=True)
-    compare_speed(rounds, 20_000 if args.quick else 50_000)
+    epochs = 20_000 if args.quick else 50_000
+    compare_speed(rounds, epochs, "sgd:1e-4,adam:1e-4", None)
+    compare_speed(rounds, epochs, "sgd:1e-4,momentum:1e-4,adam:1e-4", 0.8)
     width = max(len(r[0]) for r in ROWS)
     print()
     print(f"{'measure':<{width}}  {'value':<34}  {'target':<9}  verdict")
