@@ -17,7 +17,6 @@ import pytest
 import tensorflow as tf
 from conftest import run
 
-from tapemagic.display.lossplot import LossPlot
 from tapemagic.jupyter.live import LivePanel, live
 
 X_SEED = np.array([1.0, 4.0, 6, 3, 3, 4, 5, 6, 7], "float32")
@@ -59,8 +58,11 @@ def test_fit_draws_what_history_returns(ip, data):
     # The plot shows History's curves and the running loss within each epoch, batch by batch.
     bx, by = log.batches()
     assert len(bx) == 4 * 15 and bx[14] == 1.0 and by[14] == pytest.approx(h.history["loss"][0])
-    png = LossPlot().render(h.history["loss"], h.history["val_loss"], batches=(bx, by))
-    assert bytes(panel.live_view.plot.value) == png
+    plot = panel.live_view._plot  # the lines drawn hold History's values
+    assert list(plot.train_line.get_ydata()) == h.history["loss"]
+    assert list(plot.val_line.get_ydata()) == h.history["val_loss"]
+    png = bytes(panel.live_view.plot.value)
+    assert png.startswith(b"\x89PNG")
     status = panel.live_view.status.value
     assert status.startswith("stopped · epoch 4/4") and "samples/s" in status
     assert f"val_loss {h.history['val_loss'][-1]:.6g}" in status and "lr 0.01" in status
@@ -188,7 +190,7 @@ def test_live_widget_view_and_stop(ip):
     assert len(board.history()["loss"]) == 50
     assert board.record.messages == ["stopped at epoch 50 (Stop)"]
     assert view.status.value.startswith("stopped · epoch 50/2,000")
-    assert bytes(view.plot.value) == LossPlot().render(board.history()["loss"], [None] * 50)
+    assert list(view._plot.train_line.get_ydata()) == board.history()["loss"]
 
 
 def test_pause_holds_the_loop_and_step_lets_one_epoch_through(ip):

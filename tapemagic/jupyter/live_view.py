@@ -89,7 +89,7 @@ class LiveView:
     def __init__(self, log: LiveLog, title: str) -> None:
         self.log = log
         self.title = title
-        self._plot = LossPlot()
+        self._plot: LossPlot | None = None  # made by the first render, off the training thread
         self._pacer = RedrawPacer()
         self._handles: list = []
         self._thread: threading.Thread | None = None
@@ -124,7 +124,7 @@ class LiveView:
         self.widget.add_class("tapemagic-live")
         for name in ("status", "plot", "progress", "messages"):
             getattr(self, name).add_class(f"tapemagic-{name}")
-        self.refresh(force_plot=True)
+        self.refresh()  # the plot comes with the view thread's first refresh
 
     # -- display ----------------------------------------------------------------------
 
@@ -193,9 +193,11 @@ class LiveView:
                 self._handles.remove(handle)
 
     def _tick(self) -> None:
-        while not self._done.wait(REFRESH_S):
+        first = True
+        while first or not self._done.wait(REFRESH_S):
             try:
-                self.refresh()
+                self.refresh(force_plot=first)
+                first = False
             except Exception as err:  # the view must never stop training
                 self.log.say(f"the view could not refresh: {type(err).__name__}: {err}")
 
@@ -219,6 +221,9 @@ class LiveView:
             self._maybe_plot(s, force_plot)
 
     def _maybe_plot(self, s: LiveState, force: bool) -> None:
+        """Redraw when due. The axes keep their live limits after the run too, so the
+        last picture usually reuses the last frame: ending a fit costs a blit, not a
+        whole figure."""
         settings = (self.log_scale.value, self.smoothing.value)
         bx, by = self.log.batches()
         drawn = (s.epochs_done, len(bx))
@@ -226,13 +231,15 @@ class LiveView:
         if not (force or self._pacer.due(now, drawn, settings)):
             return
         started = time.monotonic()
+        if self._plot is None:
+            self._plot = LossPlot()
         names = [n for n in self.log.names() if is_loss(n)]
         extra = [(n, self.log.column(n)) for n in names if n not in ("loss", "val_loss")]
         batches = (bx, by) if bx else None
         try:
             png = self._plot.render(
                 self.log.column("loss"), self.log.column("val_loss"), log_scale=settings[0],
-                smoothing=settings[1], live=s.running, extra=extra, batches=batches,
+                smoothing=settings[1], live=True, extra=extra, batches=batches,
             )  # fmt: skip
         except Exception as err:  # a picture must never stop training
             self._pacer.drew(now, drawn, settings)
