@@ -256,3 +256,13 @@ def test_bad_input_is_one_clear_line(ip):
             board.log(epoch=3)
         with pytest.raises(TypeError, match="loss='abc' is not a number"):
             board.log(loss="abc")
+
+
+def test_keyboard_interrupt_in_a_loop_is_said_and_raised(ip):
+    with pytest.raises(KeyboardInterrupt), live(view="widget") as board:
+        for epoch in range(10):
+            board.log(loss=1.0 / (epoch + 1))
+            if epoch == 3:
+                raise KeyboardInterrupt
+    assert board.record.messages == ["interrupted at epoch 4"]
+    assert board.live_view.status.value.startswith("stopped · epoch 4")

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from tapemagic.jupyter import comm_pump
+from tapemagic.jupyter import comm_pump, interrupt
 from tapemagic.jupyter.live_view import LiveView, in_kernel
 from tapemagic.training.livelog import POLL_EVERY_S, LiveCallback, LiveLog
 
@@ -116,6 +116,7 @@ class LivePanel(LiveCallback):
             raise KeyboardInterrupt
         self._interrupted = True
         self.log.controls.stop()
+        interrupt.stop_all()  # and the panels' runs in worker threads, as Interrupt does
 
 
 class Board:
