@@ -26,7 +26,11 @@ from tapemagic.jupyter.panel_status import duration, fold_messages
 from tapemagic.jupyter.panel_timing import RedrawPacer
 from tapemagic.training.livelog import LiveLog, LiveState, is_loss
 
-REFRESH_S = 0.1
+# The training shares the interpreter with this view: every millisecond the view thread
+# holds the GIL, fit's batch loop waits. So: five refreshes a second, and a new picture at
+# most every half second while a run goes (enough to watch a loss fall).
+REFRESH_S = 0.2
+PLOT_EVERY_S = 0.5
 _by_cell: dict[str, list[weakref.ref]] = {}  # cell -> the views it showed
 
 
@@ -90,6 +94,8 @@ class LiveView:
         self.log = log
         self.title = title
         self._plot: LossPlot | None = None  # made by the first render, off the training thread
+        self._plotted = 0.0  # when the plot was last drawn
+        self._settings: tuple | None = None  # the view settings it was drawn with
         self._pacer = RedrawPacer()
         self._handles: list = []
         self._thread: threading.Thread | None = None
@@ -225,11 +231,17 @@ class LiveView:
         last picture usually reuses the last frame: ending a fit costs a blit, not a
         whole figure."""
         settings = (self.log_scale.value, self.smoothing.value)
-        bx, by = self.log.batches()
-        drawn = (s.epochs_done, len(bx))
+        drawn = (s.epochs_done, self.log.batch_points)
         now = time.monotonic()
-        if not (force or self._pacer.due(now, drawn, settings)):
+        if s.running and not any(drawn):  # nothing yet: the first points come soon
             return
+        if not force:
+            if s.running and settings == self._settings and now - self._plotted < PLOT_EVERY_S:
+                return
+            if not self._pacer.due(now, drawn, settings):
+                return
+        self._plotted, self._settings = now, settings
+        bx, by = self.log.batches()
         started = time.monotonic()
         if self._plot is None:
             self._plot = LossPlot()

@@ -176,6 +176,11 @@ class LiveLog:
         return row
 
     @property
+    def batch_points(self) -> int:
+        """How many batch-level points are kept."""
+        return len(self.batch_x)
+
+    @property
     def batches_run(self) -> int:
         """Batches done this run, all epochs together."""
         with self._lock:
