@@ -178,14 +178,7 @@ def stop_latency(repeats: int) -> list[float]:
         k.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="one round, fewer seed epochs")
-    parser.add_argument("--no-kernel", action="store_true", help="skip the Stop latency")
-    args = parser.parse_args()
-    rounds = 1 if args.quick else 3
-    png = os.path.join(tempfile.mkdtemp(prefix="bench-live-"), "livelossplot.png")
-    lines = []
+def mlp_workload(rounds: int, png: str) -> list[str]:
     mlp_xy = mlp_data(60_000)
     runs = {
         "plain fit": Contender(mlp_model, mlp_xy, 256, 3),
@@ -194,10 +187,12 @@ def main() -> None:
     llp = livelossplot_callback(png)
     if llp is not None:
         runs["livelossplot"] = Contender(mlp_model, mlp_xy, 256, 3, llp)
-    lines += verdicts("MLP", compare("MLP 64-256-256-1, 60,000 samples, batch 256, 3 epochs",
-                                     runs, rounds))  # fmt: skip
+    title = "MLP 64-256-256-1, 60,000 samples, batch 256, 3 epochs"
+    return verdicts("MLP", compare(title, runs, rounds))
+
+
+def seed_workload(rounds: int, png: str, epochs: int) -> list[str]:
     seed_xy = (np.array(X_SEED, "float32")[:, None], np.array(Y_SEED, "float32")[:, None])
-    epochs = 300 if args.quick else 2000
     runs = {
         "plain fit": Contender(seed_model, seed_xy, 9, epochs),
         "LivePanel": Contender(seed_model, seed_xy, 9, epochs, LivePanel(view="widget")),
@@ -206,10 +201,26 @@ def main() -> None:
     if llp is not None:
         runs["livelossplot"] = Contender(seed_model, seed_xy, 9, epochs, llp)
     title = f"seed regression, 9 points, full batch, Adam, {epochs} epochs"
-    lines += verdicts("seed", compare(title, runs, rounds, slow_rounds=1))
-    if llp is None:
+    return verdicts("seed", compare(title, runs, rounds, slow_rounds=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="one round, fewer seed epochs")
+    parser.add_argument("--no-kernel", action="store_true", help="skip the Stop latency")
+    parser.add_argument("--only", choices=["mlp", "seed"], help="one workload, no kernel")
+    parser.add_argument("--rounds", type=int, help="rounds per workload (default 3, quick 1)")
+    args = parser.parse_args()
+    rounds = args.rounds or (1 if args.quick else 3)
+    png = os.path.join(tempfile.mkdtemp(prefix="bench-live-"), "livelossplot.png")
+    lines = []
+    if args.only != "seed":
+        lines += mlp_workload(rounds, png)
+    if args.only != "mlp":
+        lines += seed_workload(rounds, png, 300 if args.quick else 2000)
+    if livelossplot_callback(png) is None:
         lines.append("SKIP  livelossplot is not installed (pip install -e '.[bench]')")
-    if not args.no_kernel:
+    if not args.no_kernel and args.only is None:
         times = stop_latency(3 if args.quick else 5)
         med = statistics.median(times)
         print("\nStop click to fit returning (MLP, real kernel): "
