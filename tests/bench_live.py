@@ -69,7 +69,17 @@ def livelossplot_callback(png: str) -> keras.callbacks.Callback | None:
     import matplotlib
 
     matplotlib.use("Agg")
-    return PlotLossesKeras(outputs=[MatplotlibPlot(figpath=png), "ExtremaPrinter"], mode="notebook")
+    import matplotlib.pyplot as plt
+
+    class Inline(PlotLossesKeras):
+        """As in a notebook, where the inline backend closes each figure once shown (left
+        open, 2,000 epochs pile up gigabytes of figures)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            plt.close("all")
+
+    return Inline(outputs=[MatplotlibPlot(figpath=png), "ExtremaPrinter"], mode="notebook")
 
 
 class Contender:
