@@ -60,7 +60,7 @@ def mlp_model() -> keras.Model:
     return model
 
 
-def livelossplot_callback(png: str) -> keras.callbacks.Callback | None:
+def livelossplot_callback(png: str) -> list | None:
     try:
         from livelossplot import PlotLossesKeras
         from livelossplot.outputs import MatplotlibPlot
@@ -71,15 +71,15 @@ def livelossplot_callback(png: str) -> keras.callbacks.Callback | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    class Inline(PlotLossesKeras):
+    class CloseFigures(keras.callbacks.Callback):
         """As in a notebook, where the inline backend closes each figure once shown (left
         open, 2,000 epochs pile up gigabytes of figures)."""
 
         def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
             plt.close("all")
 
-    return Inline(outputs=[MatplotlibPlot(figpath=png), "ExtremaPrinter"], mode="notebook")
+    plot = PlotLossesKeras(outputs=[MatplotlibPlot(figpath=png), "ExtremaPrinter"], mode="notebook")
+    return [plot, CloseFigures()]
 
 
 class Contender:
@@ -93,7 +93,8 @@ class Contender:
 
     def _fit(self, epochs: int):
         x, y = self.data
-        callbacks = [self.callback] if self.callback is not None else []
+        callbacks = self.callback if isinstance(self.callback, list) else [self.callback]
+        callbacks = [c for c in callbacks if c is not None]
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
             return self.model.fit(
                 x, y, batch_size=self.batch, epochs=epochs, verbose=0, callbacks=callbacks
