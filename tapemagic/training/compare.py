@@ -30,12 +30,11 @@ from tapemagic.training.history import History
 from tapemagic.training.landscape import (
     Landscape,
     LandscapeMaker,
-    SliceLoss,
     fit_frame,
     newton_minimum,
     project,
-    substituted_forward,
 )
+from tapemagic.training.slice_loss import SliceLoss, substituted_forward
 from tapemagic.training.subject import resolve
 from tapemagic.training.trainer import Trainer
 from tapemagic.training.trajectory import principal_directions
