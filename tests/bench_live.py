@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import statistics
 import sys
@@ -110,6 +111,7 @@ class Contender:
                 cb.live_view.plot.observe(lambda _: count.__setitem__(0, count[0] + 1), "value")
 
             self.callback.on_train_begin = counting.__get__(self.callback)
+        gc.collect()  # the last contender's garbage (livelossplot's figures) is not ours
         start = time.perf_counter()
         self._fit(self.epochs)
         took = time.perf_counter() - start
