@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from tapemagic.display.landscape_plot import LandscapePlot, render_line
-from tapemagic.jupyter.panel_timing import RedrawPacer
+from tapemagic.jupyter.panel_timing import PLOT_EVERY_S, RedrawPacer
 from tapemagic.training.landscape import Landscape, LandscapeMaker, LineProfile
 
 if TYPE_CHECKING:
@@ -146,9 +146,10 @@ class LandscapeView:
             except Exception as err:  # shown in the note; the next request tries again
                 self.error = f"{type(err).__name__}: {err}"
             took = time.monotonic() - started
-            self._rest_until = time.monotonic() + (
-                took * (1 / SHARE - 1) if self.trainer.running else 0.0
-            )
+            # while training runs: no more often than the plot redraws, and at most SHARE
+            # of the time
+            rest = max(took * (1 / SHARE - 1), PLOT_EVERY_S) if self.trainer.running else 0.0
+            self._rest_until = time.monotonic() + rest
             self._computed_at = key
             again, self._again = self._again, False
             self._busy = False

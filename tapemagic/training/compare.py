@@ -150,7 +150,7 @@ class Comparison:
         call, _ = substituted_forward(
             lambda xs: spec.forward(xs, False), spec.params, spec.names, x_spec
         )
-        fn = tf.function(call)  # a function call: a tape differentiates through it
+        fn = tf.function(call, autograph=False)  # a call op: a tape differentiates through it
         variables = list(copies.values())
 
         def predict(xs: Any) -> Any:

@@ -64,12 +64,16 @@ class SliceLoss:
         per_point = self.samples * max(per_sample, 1) + 2 * self.n
         self.chunk = int(max(1, min(4096, CHUNK_FLOATS // per_point)))
         vec, dirs = tf.TensorSpec([self.n], self.dtype), tf.TensorSpec([2, self.n], self.dtype)
+        # no autograph: these graphs have no Python control flow to convert
         self._grid = tf.function(
             self._grid_graph,
             input_signature=[vec, dirs, tf.TensorSpec([None, self.chunk, 2], self.dtype)],
+            autograph=False,
         )
         self._local = tf.function(
-            self._local_graph, input_signature=[vec, dirs, tf.TensorSpec([2], self.dtype)]
+            self._local_graph,
+            input_signature=[vec, dirs, tf.TensorSpec([2], self.dtype)],
+            autograph=False,
         )
 
     def _loss_at(self, w: tf.Tensor) -> tf.Tensor:
