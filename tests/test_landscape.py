@@ -327,3 +327,20 @@ def test_panel_view_of_a_bare_step_says_why_it_has_no_landscape():
         assert panel.views.area.children[0] is view.widget
     finally:
         panel.close()
+
+
+def test_the_plot_redraws_only_the_path_while_the_grid_stays():
+    from tapemagic.display.landscape_plot import LandscapePlot, log_levels
+
+    trainer, _, _ = seed_trainer(optimizer="sgd")
+    trainer.run(5)
+    maker = LandscapeMaker(trainer)
+    plot = LandscapePlot()
+    first = plot.render(maker.compute(), title="seed", caption="epoch 5")
+    trainer.run(5)
+    second = plot.render(maker.compute(), title="seed", caption="epoch 10")
+    assert first.startswith(b"\x89PNG") and second != first
+    assert plot.contours_drawn == 1  # the frame held: only the path and markers were drawn
+    levels = log_levels(maker.compute().values)
+    ratios = levels[1:] / levels[:-1]
+    np.testing.assert_allclose(ratios, ratios[0])  # log-spaced: a constant ratio

@@ -66,10 +66,15 @@ class LandscapePlot:
         self.contours_drawn = 0  # how many times the contours were drawn (for tests)
 
     def render(
-        self, land: Landscape, paths: Sequence[Path] | None = None, title: str = ""
+        self,
+        land: Landscape,
+        paths: Sequence[Path] | None = None,
+        title: str = "",
+        caption: str = "",
     ) -> bytes:
         """PNG bytes: the contours of `land`, its own path (or `paths`), the current point,
-        the negative gradient, the minimum."""
+        the negative gradient, the minimum. `title` is drawn with the contours (keep it the
+        same from render to render); `caption` (e.g. the epoch) in a corner, each time."""
         key = (
             land.kind, land.axis_names, land.x[0], land.x[-1], land.y[0], land.y[-1],
             hash(land.values.tobytes()), title, paths is None,
@@ -82,6 +87,12 @@ class LandscapePlot:
         for artist in self._moving:
             artist.remove()
         self._moving = self._draw_paths(land, paths)
+        if caption:
+            text = self.axes.text(
+                0.02, 0.97, caption, transform=self.axes.transAxes, ha="left", va="top",
+                fontsize=8, color="white", animated=True,
+            )  # fmt: skip
+            self._moving.append(text)
         for artist in self._moving:
             self.axes.draw_artist(artist)
         return encode_png(np.asarray(self.figure.canvas.buffer_rgba()), level=1)

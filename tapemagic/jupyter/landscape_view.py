@@ -196,7 +196,8 @@ class LandscapeView:
             return
         with self._draw_lock:
             started = time.monotonic()
-            png = self.plot.render(land, title=self._title(land))
+            epoch = int(land.path_epochs[-1]) if len(land.path_epochs) else 0
+            png = self.plot.render(land, title=self._title(land), caption=f"epoch {epoch:,}")
             self._pacer.rendered(time.monotonic() - started)
             self.image.value = png
             if line is not None:
@@ -206,11 +207,11 @@ class LandscapeView:
         self._show_note()
 
     def _title(self, land: Landscape) -> str:
-        epoch = int(land.path_epochs[-1]) if len(land.path_epochs) else 0
+        """The same for every frame: a title that changed would redraw the contours."""
         where = "loss on a 2-D slice"
         if land.kind == "parameters":
             where = f"loss over ({land.axis_names[0]}, {land.axis_names[1]})"
-        return f"{where} · epoch {epoch} · log-spaced levels"
+        return f"{where} · log-spaced levels"
 
     def _show_note(self) -> None:
         parts = []
