@@ -344,3 +344,16 @@ def test_the_plot_redraws_only_the_path_while_the_grid_stays():
     levels = log_levels(maker.compute().values)
     ratios = levels[1:] / levels[:-1]
     np.testing.assert_allclose(ratios, ratios[0])  # log-spaced: a constant ratio
+
+
+def test_two_weights_in_one_vector_get_an_axis_each():
+    w = tf.Variable([0.0, 0.0])
+    trainer = Trainer(
+        params={"w": w}, predict=lambda x: w[0] * x + w[1], loss=sum_sq,
+        data=(tf.constant(X), tf.constant(Y)), optimizer="sgd", learning_rate=0.001,
+    )  # fmt: skip
+    trainer.run(3)
+    land = landscape(trainer, resolution=11)
+    assert land.kind == "parameters" and land.axis_names == ("w[0]", "w[1]")
+    slope, intercept = np.polyfit(np.array(X), np.array(Y), 1)
+    np.testing.assert_allclose(land.minimum, [slope, intercept], rtol=1e-4)

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tapemagic.training.slice_loss import MAX_SAMPLES, SliceLoss, check_trainer
+from tapemagic.training.subject import scalar_names
 from tapemagic.training.trajectory import TrajectoryPoints, flat_weights, principal_directions
 
 KINDS = ("auto", "parameters", "random", "pca")
@@ -195,8 +196,10 @@ class LandscapeMaker:
             raise ValueError(f"max_samples must be 1 or more, not {max_samples}")
         self.max_samples = int(max_samples)
         self.seed = int(seed)
-        self.names = list(trainer._style.names)
         self.n = sum(int(np.prod(v.shape)) for v in trainer.variables)
+        names = trainer._style.names
+        # two weights get an axis each: 'a' and 'b', or 'w[0]' and 'w[1]' inside a vector
+        self.names = scalar_names(trainer.variables, names) if self.n <= 2 else list(names)
         self.directions = directions  # checked by the setter
         self.frame: Frame | None = None
         self._loss: SliceLoss | None = None
