@@ -59,15 +59,23 @@ def row(what: str, value: str, target: str, ok: bool) -> None:
 
 
 def seed_grid(rounds: int) -> None:
+    from tapemagic.jupyter.landscape_view import _makers
+
     panel = TrainingPanel(**seed_kwargs(), optimizer="sgd", learning_rate=0.001, view="widget")
     panel.run(200)
     panel.landscape()  # compiles
-    times = []
+    maker = _makers[panel]
+    fresh, kept = [], []
     for _ in range(rounds):
+        maker._grid = maker._minimum = None  # all of it computed again: grid, Newton, path
         start = time.perf_counter()
         panel.landscape()
-        times.append(time.perf_counter() - start)
-    ms = 1000 * statistics.median(times)
+        fresh.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        panel.landscape()  # the same frame: the grid over (a, b) is kept
+        kept.append(time.perf_counter() - start)
+    ms, kept_ms = 1000 * statistics.median(fresh), 1000 * statistics.median(kept)
+    print(f"  (again in the same frame, the grid kept: {kept_ms:.1f} ms)")
     row("seed 61x61 grid, panel.landscape(), warm", f"{ms:.1f} ms", "< 50 ms", ms < 50)
     panel.close()
 
