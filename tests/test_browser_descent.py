@@ -1,12 +1,22 @@
 """Notebook 03 in a real JupyterLab through headless Chromium: the landscape view draws and
 redraws while a run goes, the race and the MLP slice show; a screenshot of the landscape
-mid-run for the README (notebooks/images/descent-landscape.png)."""
+mid-run (test-artifacts/; with TAPEMAGIC_README_IMAGES=1 also the README's picture,
+notebooks/images/descent-landscape.png)."""
 
 from __future__ import annotations
 
+import os
 import time
 
-from browser_support import ROOT, open_notebook, run_all, run_new_cell, screenshot, wait_until
+from browser_support import (
+    ARTIFACTS,
+    ROOT,
+    open_notebook,
+    run_all,
+    run_new_cell,
+    screenshot,
+    wait_until,
+)
 
 
 def test_the_landscape_draws_the_descent_live(lab, browser):
@@ -34,11 +44,11 @@ def test_the_landscape_draws_the_descent_live(lab, browser):
         wait_until(lambda: plot.get_attribute("src") != first, what="the landscape redrawn")
         time.sleep(3)  # part way along the valley's floor
         assert "running" in status.inner_text()
-        images = ROOT / "notebooks" / "images"
-        images.mkdir(exist_ok=True)
-        notebook.locator(".tapemagic-panel").first.screenshot(
-            path=str(images / "descent-landscape.png")
-        )
+        shown = notebook.locator(".tapemagic-panel").first
+        ARTIFACTS.mkdir(exist_ok=True)
+        shown.screenshot(path=str(ARTIFACTS / "descent-landscape.png"))
+        if os.environ.get("TAPEMAGIC_README_IMAGES"):  # the README's picture, made anew
+            shown.screenshot(path=str(ROOT / "notebooks" / "images" / "descent-landscape.png"))
         screenshot(page, "03_descent.png")
         run_new_cell(page, "panel.stop()\npanel.wait()")
         race = notebook.locator(".tapemagic-compare")
