@@ -54,6 +54,7 @@ class TrainMagics(Magics):
 
         %train --model model --loss loss_fn --data X,Y --optimizer adam --lr 0.07
         %train --params a,b --predict predict --loss loss_fn --data X,Y --lr 0.001
+        %train --params a,b --predict predict --loss loss_fn --data X,Y --compare sgd:0.001,adam:.07
         """
         args = parse_argstring(self.train, line)
         if args.epochs < 1:
