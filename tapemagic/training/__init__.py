@@ -32,6 +32,15 @@ it checks. What crosses a module boundary is a named type (in brackets).
   state and history saved and resumed together; damaged directories refused; one writer.
 - `ownership.py`: one running trainer per set of variables: a newer trainer stops and
   supersedes an older one on the same variables.
+- `trajectory.py`: `record_trajectory`: the weights after each epoch, thinned to bounded
+  memory [`Trajectory`, `TrajectoryPoints`].
+- `slice_loss.py`, `landscape.py`: the loss at other weights in one compiled call, and the
+  landscape around the run [`Landscape`, `LineProfile`]; `compare.py`: copies of one model
+  trained side by side, one per optimizer [`Comparison`].
+- `health.py`, `health_table.py`, `health_watch.py`, `health_first_step.py`: `health`:
+  per-layer gradient statistics recorded in the compiled step and the findings they raise
+  [`HealthThresholds`, `Finding`, `GradientTable`].
+- `livelog.py`: the record behind the live view for `model.fit` and hand-written loops.
 - `distributed/replicas.py`: `strategy`, `loss_reduction`: checks, each batch split
   across replicas, the steps there (`Replicas.split_steps`).
 - `distributed/lockstep.py`: several workers: the chief's orders reach every worker
