@@ -120,6 +120,39 @@ def test_mlp_slice_value_at_current_point_is_the_trainers_loss():
     assert land.samples == 300 and land.total_samples == 300
 
 
+def test_value_includes_the_models_regularisation_as_the_trainers_loss_does():
+    x, y = mlp_data(200)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(8, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.1)),
+        keras.layers.Dense(1),
+    ])  # fmt: skip
+    trainer = Trainer(model=model, loss="mse", data=(x, y), optimizer="adam", learning_rate=0.01)
+    trainer.run(3)
+    land = landscape(trainer, resolution=5)
+    penalty = 0.1 * float(np.sum(model.trainable_variables[0].numpy() ** 2))
+    assert penalty > 0.01 * land.current_loss  # big enough to tell the two apart
+    next_loss = trainer.run(1)["loss"][-1]
+    assert land.current_loss == pytest.approx(next_loss, rel=1e-5)
+    assert land.note == "filter-normalised random directions"
+
+
+def test_a_model_with_dropout_says_its_landscape_is_in_inference_mode():
+    x, y = mlp_data(100)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dropout(0.5),
+        keras.layers.Dense(1),
+    ])  # fmt: skip
+    trainer = Trainer(model=model, loss="mse", data=(x, y), optimizer="adam")
+    trainer.run(2)
+    land = landscape(trainer, resolution=5)
+    expected = float(tf.reduce_mean(tf.square(y - model(x, training=False))))
+    assert land.current_loss == pytest.approx(expected, rel=1e-5)
+    assert "in inference mode (no dropout, batch norm's moving statistics)" in land.note
+
+
 def test_mlp_grid_point_equals_the_model_at_those_weights():
     x, y = mlp_data(64)
     model = small_mlp()

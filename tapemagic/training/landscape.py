@@ -11,7 +11,8 @@ forward pass is traced once and its weight reads replaced by inputs (`SliceLoss`
 whole grid is one compiled, vectorised call (`tf.vectorized_map` over chunks of points)
 that never touches the variables: training can go on in another thread meanwhile. The
 loss is taken on a fixed subset of the training data (the first `max_samples` samples;
-all of them for small data), in inference mode, without regularisation terms.
+all of them for small data), in inference mode, with a Keras model's regularisation
+losses as the trainer adds them.
 """
 
 from __future__ import annotations
@@ -276,11 +277,16 @@ class LandscapeMaker:
         return "direction 1", "direction 2"
 
     def _data_note(self, loss: SliceLoss) -> str:
+        notes = []
         if loss.total is None:
-            return f"loss on the Dataset's first batch ({loss.samples} samples)"
-        if loss.samples < loss.total:
-            return f"loss on a fixed subset: the first {loss.samples:,} of {loss.total:,} samples"
-        return ""
+            notes.append(f"loss on the Dataset's first batch ({loss.samples} samples)")
+        elif loss.samples < loss.total:
+            notes.append(
+                f"loss on a fixed subset: the first {loss.samples:,} of {loss.total:,} samples"
+            )
+        if loss.inference_differs:
+            notes.append("in inference mode (no dropout, batch norm's moving statistics)")
+        return "; ".join(notes)
 
     def compute(
         self,

@@ -5,7 +5,9 @@ variable into an input: importing that graph with other values in place of the r
 the predictions at those weights without reading or writing the variables. `SliceLoss`
 builds on it the loss at w = center + x d1 + y d2 for a whole grid of (x, y) in one
 compiled, vectorised call (`tf.vectorized_map` over chunks of points), on a fixed subset of
-the training data, in inference mode, without regularisation terms. The landscape
+the training data, in inference mode. A Keras model's own losses (weight and activity
+regularisers) are added as the trainer adds them: the path descends the regularised loss,
+so its value, gradient and minimum are those of the loss the panel shows. The landscape
 (`landscape.py`) and a comparison's copies (`compare.py`) use it.
 """
 
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
@@ -24,6 +27,11 @@ from tapemagic.training.objectives import scalar_loss
 from tapemagic.variables import unwrap
 
 MAX_SAMPLES = 512  # the fixed data subset the landscape is computed on
+# layers whose training-mode output differs from inference (noise, batch statistics)
+TRAINING_ONLY = (
+    keras.layers.Dropout, keras.layers.GaussianDropout, keras.layers.GaussianNoise,
+    keras.layers.AlphaDropout, keras.layers.BatchNormalization,
+)  # fmt: skip
 CHUNK_FLOATS = 2**25  # activations held at once by one chunk of grid points (128 MB)
 
 
@@ -57,8 +65,20 @@ class SliceLoss:
             self.samples = int(tf.shape(tf.nest.flatten(x)[0])[0])
         with tf.device(self.device):
             self.x, self.y = tf.nest.map_structure(tf.identity, (x, y))
+        # the trainer adds a model's own losses to a model= subject's loss (not to a step's)
+        model = style.model if like is None and style.kind == "model" else None
+
+        def predict_and_extra(x: Any) -> tuple[Any, tf.Tensor]:
+            pred = forward(x, False)
+            extra = tf.add_n(model.losses) if model is not None and model.losses else 0.0
+            return pred, tf.convert_to_tensor(extra)
+
+        # dropout and batch norm act otherwise in training: the value is not the trainer's
+        self.inference_differs = style.model is not None and any(
+            isinstance(layer, TRAINING_ONLY) for layer in style.model._flatten_layers()
+        )
         self._forward, per_sample = substituted_forward(
-            lambda x: forward(x, False), self.variables, self.names, self.x
+            predict_and_extra, self.variables, self.names, self.x
         )
         self._loss_fn = parts.loss
         per_point = self.samples * max(per_sample, 1) + 2 * self.n
@@ -81,8 +101,9 @@ class SliceLoss:
             tf.cast(tf.reshape(part, v.shape), v.dtype)
             for part, v in zip(tf.split(w, self.sizes), self.variables, strict=True)
         ]
-        pred = self._forward(values, self.x)
-        return tf.cast(scalar_loss(self._loss_fn(self.y, pred)), self.dtype)
+        pred, extra = self._forward(values, self.x)
+        loss = scalar_loss(self._loss_fn(self.y, pred))
+        return tf.cast(loss + tf.cast(extra, loss.dtype), self.dtype)
 
     def _grid_graph(self, center, dirs, coords):
         def one(c):
