@@ -69,9 +69,13 @@ class HealthThresholds:
                 raise ValueError(f"HealthThresholds.{name} must be positive")
         if not 0 < self.dead_fraction <= 1:
             raise ValueError("HealthThresholds.dead_fraction must be in (0, 1], e.g. 0.6")
-        for name in ("exploding_window", "epochs"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"HealthThresholds.{name} must be a whole number of epochs >= 1")
+        for name, least in (("exploding_window", 1), ("epochs", 1), ("warmup", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(
+                    f"HealthThresholds.{name} must be a whole number of epochs >= {least}, "
+                    f"not {value!r}"
+                )
 
 
 @dataclass(frozen=True)
