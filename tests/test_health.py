@@ -333,12 +333,32 @@ def test_checkpoints_keep_the_gradient_table(tmp_path):
     first.run(3)
     saved = first.history.gradients
     first.close()
-    second = make()
+    second = make()  # a model made again: Keras gives its layers new names
     table = second.history.gradients
-    assert len(table) == 3 and table.layers == saved.layers
+    assert len(table) == 3 and table.layers == [layer.name for layer in second._style.model.layers]
+    assert table.layers != saved.layers
     np.testing.assert_allclose(table.layer_stat("grad_norm"), saved.layer_stat("grad_norm"))
     second.run(1)
     assert table is second.history.gradients and table.epochs.tolist() == [0, 1, 2, 3]
+
+
+def test_a_resumed_run_reports_its_findings_once_under_its_names(tmp_path):
+    def make():
+        model = mlp(16, 16, bias_initializer=keras.initializers.Constant(-10.0))
+        trainer = Trainer(model=model, loss="mse", data=(X8, Y8), optimizer="adam", batch_size=32,
+                          seed=1, checkpoint_dir=str(tmp_path))  # fmt: skip
+        return trainer, [layer.name for layer in model.layers[:2]]
+
+    first, _ = make()
+    first.run(4)
+    assert [f.kind for f in first.findings] == ["dead-relu", "dead-relu"]
+    first.close()
+    second, names = make()
+    # before any run: the restored epochs' findings, naming this model's layers
+    assert kinds(second) == [("dead-relu", names[0]), ("dead-relu", names[1])]
+    assert list(second.messages)[1:] == [f.text for f in second.findings]
+    second.run(2)
+    assert len(second.findings) == 2 and len(second.messages) == 3  # none said twice
 
 
 def test_health_off_records_nothing():

@@ -318,6 +318,23 @@ class TrainerHealth:
             self.style.names, self.layers, self.layer_of, [t.name for t in self.plan.taps]
         )
 
+    def restore(
+        self, saved: GradientTable | None, lr: float | None
+    ) -> tuple[GradientTable, list[Finding]]:
+        """A checkpoint's table under this model's names (a model made again has new layer
+        names: Keras numbers them per process), and the findings in its rows, reported now
+        rather than after the next call. A table for another structure is not kept."""
+        table = self.new_table()
+        fits = saved is not None and (
+            len(saved.variables) == len(table.variables)
+            and saved.layer_of.tolist() == table.layer_of.tolist()
+            and len(saved.relu_layers) == len(table.relu_layers)
+        )
+        if fits and len(saved):
+            stats = [saved.variable_stat(s) for s in ("grad_norm", "weight_norm", "update_norm")]
+            table.append(saved.epochs, *stats, saved.layer_stat("dead_fraction"))
+        return table, self.watch.check(table, lr)
+
     def first_step(self, loss_fn: Any, data: Any) -> list[Finding]:
         """Variables the first step's gradient misses (not under a strategy, whose
         variables a plain tape outside its replicas does not see)."""

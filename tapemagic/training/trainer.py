@@ -757,8 +757,6 @@ class Trainer:
                 self._say(resumed.note)
             return
         self.history = History.from_json(meta["history"])
-        if self._health and self.history.gradients is None:  # saved with health=False
-            self.history.gradients = self._health.new_table()
         partial = PartialEpoch.from_json(meta["partial"])
         self._pos.set(int(meta["epoch"]), int(meta["batch"]), partial)
         self.seed = int(meta["seed"])
@@ -770,6 +768,11 @@ class Trainer:
         self._saved_at = self._save_key()
         note = "" if same_opt else f" (optimizer state not restored: it was {meta['optimizer']})"
         self._say(f"resumed from {resumed.path} at epoch {self._pos.epoch}{note}{resumed.note}")
+        if self._health:
+            table, found = self._health.restore(self.history.gradients, self._current_lr())
+            self.history.gradients = table
+            for finding in found:
+                self._say(finding.text)
 
     # -- several workers -------------------------------------------------------------
 
