@@ -316,6 +316,27 @@ def test_history_gradients_table():
     assert table.epochs.tolist() == [0]
 
 
+def test_a_relu_layer_without_weights_has_its_own_rows():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(32, bias_initializer=keras.initializers.Constant(-1.0)),
+        keras.layers.ReLU(), keras.layers.Dense(1),
+    ])  # fmt: skip
+    relu = model.layers[1].name
+    before = model.layers[1](model.layers[0](X8)).numpy()  # full batch: epoch 0's one step
+    expected = 1 - (before.max(axis=0) > 0).mean()
+    trainer = Trainer(model=model, loss="mse", data=(X8, Y8), optimizer="sgd", learning_rate=0.01)
+    trainer.run(2)
+    table = trainer.history.gradients
+    assert table.relu_layers == [relu] and relu not in table.layers
+    long = table.to_dict()
+    rows = [i for i, name in enumerate(long["layer"]) if name == relu]
+    assert [long["epoch"][i] for i in rows] == [0, 1]
+    assert 0 < expected < 1 and long["dead_fraction"][rows[0]] == pytest.approx(expected)
+    assert np.isnan(long["grad_norm"][rows[0]])  # it has no weights
+
+
 def test_to_pandas():
     pd = pytest.importorskip("pandas")
     trainer = Trainer(model=mlp(8), loss="mse", data=(X8, Y8))

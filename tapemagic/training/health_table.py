@@ -146,15 +146,17 @@ class GradientTable:
             out["variable"] = names * len(epochs)
             out["layer"] = layer_names * len(epochs)
         elif by == "layer":
-            stats = {s: self.layer_stat(s) for s in STATS[:4]}
+            # a ReLU layer without weights (keras.layers.ReLU) gets rows of its own
+            names = self.layers + [r for r in self.relu_layers if r not in self.layers]
+            pad = np.full((len(epochs), len(names) - len(self.layers)), np.nan)
+            stats = {s: np.hstack([self.layer_stat(s), pad]) for s in STATS[:4]}
             dead = self.layer_stat("dead_fraction")
-            full = np.full((len(epochs), len(self.layers)), np.nan)
+            full = np.full((len(epochs), len(names)), np.nan)
             for j, name in enumerate(self.relu_layers):
-                if name in self.layers:  # a ReLU layer with weights (Dense, Conv...)
-                    full[:, self.layers.index(name)] = dead[:, j]
+                full[:, names.index(name)] = dead[:, j]
             stats["dead_fraction"] = full
-            out = {"epoch": np.repeat(epochs, len(self.layers)).tolist()}
-            out["layer"] = self.layers * len(epochs)
+            out = {"epoch": np.repeat(epochs, len(names)).tolist()}
+            out["layer"] = names * len(epochs)
         else:
             raise ValueError(f"by must be 'layer' or 'variable', not {by!r}")
         for name, values in stats.items():
