@@ -390,3 +390,44 @@ def test_two_weights_in_one_vector_get_an_axis_each():
     assert land.kind == "parameters" and land.axis_names == ("w[0]", "w[1]")
     slope, intercept = np.polyfit(np.array(X), np.array(Y), 1)
     np.testing.assert_allclose(land.minimum, [slope, intercept], rtol=1e-4)
+
+
+def test_scalar_models_get_random_directions_scaled_as_a_whole():
+    a, b, c = tf.Variable(0.0), tf.Variable(0.0), tf.Variable(0.0)
+    trainer = Trainer(
+        params={"a": a, "b": b, "c": c}, predict=lambda x: a * x + b + c, loss=sum_sq,
+        data=(tf.constant(X), tf.constant(Y)), optimizer="sgd", learning_rate=0.001,
+    )  # fmt: skip
+    trainer.run(5)
+    w = np.array([a.numpy(), b.numpy(), c.numpy()])
+    for seed in range(4):  # each scalar scaled alone kept only signs: parallel directions
+        land = LandscapeMaker(trainer, "random", resolution=5, seed=seed).compute()
+        np.testing.assert_allclose(np.linalg.norm(land.directions, axis=1), np.linalg.norm(w))
+        d1, d2 = land.directions
+        assert abs(d1 @ d2) < 0.99 * np.linalg.norm(d1) * np.linalg.norm(d2)
+        assert land.current_loss == pytest.approx(float(closed_form(w[0], w[1] + w[2])))
+
+
+def test_one_weight_has_a_line_and_a_clear_error_for_a_plane():
+    a = tf.Variable(0.0)
+    data = (tf.constant(X), tf.constant(Y))
+    trainer = Trainer(params={"a": a}, predict=lambda x: a * x, loss=sum_sq, data=data,
+                      optimizer="sgd", learning_rate=0.001)  # fmt: skip
+    history = trainer.run(3)
+    with pytest.raises(ValueError, match=r"needs two or more weights; this model has one \(a\)"):
+        landscape(trainer)
+    line = LandscapeMaker(trainer).line(resolution=13)
+    assert line.values[2] == pytest.approx(history["loss"][0], rel=1e-6)
+    panel = TrainingPanel(params={"a": a}, predict=lambda x: a * x, loss=sum_sq, data=data,
+                          optimizer="sgd", learning_rate=0.001, view="widget")  # fmt: skip
+    try:
+        panel.views.show("landscape")
+        view = panel.views.view("landscape")
+        assert view.image.layout.display == "none" and view.directions.layout.display == "none"
+        panel.run(3)
+        until(lambda: view.line is not None and view._drawn == view._serial)
+        assert bytes(view.line_image.value).startswith(b"\x89PNG")
+        assert "one weight (a): the loss along it" in html.unescape(view.note.value)
+        assert view.error is None
+    finally:
+        panel.close()

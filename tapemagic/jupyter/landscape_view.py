@@ -73,7 +73,9 @@ class LandscapeView:
         except ValueError as err:  # e.g. a bare step=: nothing to evaluate
             self.error = str(err)
         slices = self.maker is not None and self.maker.kind != "parameters"
-        self.directions.layout.display = None if slices else "none"
+        self._one_weight = self.maker is not None and self.maker.n < 2  # a line, no plane
+        self.directions.layout.display = None if slices and not self._one_weight else "none"
+        self.image.layout.display = "none" if self._one_weight else None
         self.line_image.layout.display = None if slices else "none"
         self._thread = threading.Thread(target=self._work, name="tapemagic-landscape", daemon=True)
         self._thread.start()
@@ -172,7 +174,7 @@ class LandscapeView:
             maker.resolution = SLICE_RESOLUTION
         if maker.kind == "pca" and len(self.trainer.trajectory) < 2:
             raise ValueError("PCA directions need a path: train a few epochs first")
-        land = maker.compute(pause=self._rest)
+        land = None if self._one_weight else maker.compute(pause=self._rest)
         line = None
         if maker.kind != "parameters" and len(self.trainer.trajectory) >= 2:
             try:
@@ -189,17 +191,18 @@ class LandscapeView:
         with self._lock:
             land, line, serial = self.landscape, self.line, self._serial
         now = time.monotonic()
-        if land is None or serial == self._drawn:
+        if (land is None and line is None) or serial == self._drawn:
             self._show_note()
             return
         if not (force or self._pacer.due(now, serial, None)):
             return
         with self._draw_lock:
             started = time.monotonic()
-            epoch = int(land.path_epochs[-1]) if len(land.path_epochs) else 0
-            png = self.plot.render(land, title=self._title(land), caption=f"epoch {epoch:,}")
+            if land is not None:
+                epoch = int(land.path_epochs[-1]) if len(land.path_epochs) else 0
+                title = self._title(land)
+                self.image.value = self.plot.render(land, title=title, caption=f"epoch {epoch:,}")
             self._pacer.rendered(time.monotonic() - started)
-            self.image.value = png
             if line is not None:
                 self.line_image.value = render_line(line)
             self._pacer.drew(now, serial, None)
@@ -225,6 +228,11 @@ class LandscapeView:
                 parts.append(land.note)
             parts.append(f"grid {land.values.shape[1]}x{land.values.shape[0]} in "
                          f"{1000 * land.seconds:.0f} ms")  # fmt: skip
+        elif self._one_weight:
+            parts.append(
+                f"one weight ({self.maker.names[0]}): the loss along it, from its first value "
+                "(t=0) to the current one (t=1), once it has moved"
+            )
         elif self.error is None:
             parts.append("computing the landscape…")
         text = html.escape(" · ".join(parts))

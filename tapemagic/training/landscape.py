@@ -79,9 +79,17 @@ def filter_normalized(
 ) -> np.ndarray:
     """`noise` (flat) scaled filter by filter to the norms of `weights` (Li et al. 2018):
     in a kernel each output unit (last axis) is a filter; biases and other vectors get 0
-    when the model has kernels (as Li et al. do), else are scaled as a whole."""
+    when the model has kernels (as Li et al. do). A model without kernels (scalars such as
+    a, b, c) has no filters: its direction is scaled to the weights' norm as a whole (a
+    scalar scaled on its own would keep only its sign, and two directions would often be
+    parallel)."""
     shapes = [tuple(int(d) for d in v.shape) for v in variables]
     has_kernels = any(len(sh) >= 2 for sh in shapes)
+    if not has_kernels:
+        scale = np.linalg.norm(weights.astype(np.float64))
+        if scale == 0:  # all weights zero (a fresh zero-initialised model): plain noise
+            scale = 1.0
+        return noise / max(np.linalg.norm(noise), 1e-30) * scale
     out, start = [], 0
     for shape in shapes:
         size = int(np.prod(shape))
@@ -93,10 +101,8 @@ def filter_normalized(
             dn = np.sqrt((d**2).sum(axis=axes, keepdims=True))
             wn = np.sqrt((w**2).sum(axis=axes, keepdims=True))
             d = d / np.maximum(dn, 1e-30) * wn
-        elif has_kernels:
-            d = np.zeros(shape)
         else:
-            d = d / max(np.linalg.norm(d), 1e-30) * np.linalg.norm(w)
+            d = np.zeros(shape)
         out.append(d.reshape(-1))
     flat = np.concatenate(out) if out else np.zeros(0)
     if not np.any(flat):  # all weights zero (a fresh zero-initialised model): plain noise
@@ -295,6 +301,11 @@ class LandscapeMaker:
         find_minimum: bool = True,
     ) -> Landscape:
         """The grid around the trajectory, re-centred when the path has left the last one."""
+        if self.n < 2:
+            raise ValueError(
+                f"a 2-D landscape needs two or more weights; this model has one "
+                f"({self.names[0]}): its loss along that weight is line()"
+            )
         res = _check_resolution(resolution or self.resolution)
         start = time.perf_counter()
         loss = self.loss()
