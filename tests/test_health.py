@@ -126,6 +126,23 @@ def test_the_seeds_statistics_come_from_its_recorded_parameters():
     assert table.column("a", "update_norm")[2] == pytest.approx(abs(values[2] - values[1]))
 
 
+def test_a_small_models_epoch_split_across_calls_has_its_net_change():
+    """Parameters recorded in the history give the weight statistics; the first epoch
+    is spread over several calls (the first call is one step), its change is still the
+    epoch's net change per step."""
+    a, b = tf.Variable(0.5), tf.Variable(-0.3)
+    trainer = Trainer(
+        params={"a": a, "b": b}, predict=lambda x: a * x + b, data=(X_SEED, Y_SEED),
+        loss="mse", optimizer="sgd", learning_rate=0.01, batch_size=2, shuffle=False,
+    )  # fmt: skip
+    trainer.run(3)
+    table = trainer.history.gradients
+    for name, start in (("a", 0.5), ("b", -0.3)):
+        values = np.array([start, *trainer.history[name]])
+        net = np.abs(np.diff(values)) / 5  # 5 steps an epoch
+        assert table.column(name, "update_norm") == pytest.approx(net, rel=1e-5)
+
+
 # -- findings on broken models ----------------------------------------------------------
 
 

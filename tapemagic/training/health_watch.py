@@ -36,6 +36,11 @@ class Recorder:
         self.plan = plan
         self._carry: tuple | None = None  # sums of an epoch a call left unfinished
         self._prev: np.ndarray | None = None  # host weights: parameters before the call
+        self._start: np.ndarray | None = None  # host weights: where an unfinished epoch began
+
+    def reset(self) -> None:
+        """Forget an unfinished epoch (the weights went back)."""
+        self._carry = self._start = None
 
     def before_call(self) -> None:
         """With host weights: the parameters as the call starts (after any rollback)."""
@@ -58,20 +63,20 @@ class Recorder:
         """Append the `n_done` completed epochs (from epoch `first`); `continues`: the
         call's first epoch began in an earlier call."""
         grad, steps = rows.grad_sq.copy(), steps.astype(np.float64).copy()
-        weight, delta = self._weights(rows, params, len(steps))
+        weight, delta = self._weights(
+            rows, params, len(steps), continues, ok and n_done < len(steps)
+        )
         act = None if rows.act_max is None else rows.act_max.copy()
         if continues and self._carry is not None and len(steps):
-            g0, s0, d0, a0 = self._carry
+            g0, s0, a0 = self._carry
             grad[0] += g0
             steps[0] += s0
-            if self.plan.weights == "host":  # each part's change: add them, as if in line
-                delta[0] = (np.sqrt(delta[0]) + np.sqrt(d0)) ** 2
             if act is not None:
                 act[0] = np.maximum(act[0], a0)
         self._carry = None
         if ok and n_done < len(steps):  # the call ended inside an epoch
             k = len(steps) - 1
-            self._carry = (grad[k], steps[k], delta[k], None if act is None else act[k])
+            self._carry = (grad[k], steps[k], None if act is None else act[k])
         n = n_done
         if not n:
             return
@@ -93,8 +98,9 @@ class Recorder:
         )
 
     def _weights(
-        self, rows: HealthRows, params: np.ndarray | None, k: int
+        self, rows: HealthRows, params: np.ndarray | None, k: int, continues: bool, unfinished: bool
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Squared weight norms at each row's end and squared change since its epoch began."""
         if self.plan.weights == "graph":  # the change since the epoch's start
             return rows.weight_sq.copy(), rows.delta_sq.copy()
         if self.plan.weights == "off":
@@ -102,6 +108,9 @@ class Recorder:
             return nan, nan.copy()
         values = params[:k] if params is not None else np.zeros((k, 0))
         before = np.concatenate([self._prev[None, :], values[:-1]]) if k else values
+        if k and continues and self._start is not None:  # the epoch began in an earlier call
+            before[0] = self._start
+        self._start = before[-1].copy() if k and unfinished else None
         sizes = [int(np.prod(v.shape)) for v in self.plan.variables]
         cut = np.cumsum([0, *sizes])
 
@@ -377,4 +386,4 @@ class TrainerHealth:
 
     def reset(self) -> None:
         self.watch.reset()
-        self.recorder._carry = None
+        self.recorder.reset()
