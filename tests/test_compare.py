@@ -115,11 +115,50 @@ def test_contender_errors_say_what_to_write():
         parse_contenders("sgd:fast,adam")
     with pytest.raises(ValueError, match="at least two optimizers"):
         parse_contenders("adam")
+    for empty in ("", " , ", []):
+        with pytest.raises(ValueError, match="compare needs at least two optimizers, e.g."):
+            parse_contenders(empty)
     with pytest.raises(ValueError, match="optimizer= is not for a comparison"):
         Comparison("sgd,adam", optimizer="sgd", **seed_kwargs())
 
 
 # -- the compare panel and %train --compare ------------------------------------------------
+
+
+def test_rerunning_the_cell_stops_and_supersedes_the_older_comparison():
+    import tapemagic
+
+    kwargs = seed_kwargs()
+    old = tapemagic.compare("sgd:0.001,adam:0.07", epochs=10**7, view="widget", **kwargs)
+    old.train()
+    until(lambda: all(t.epoch > 5 for t in old.comparison.trainers))
+    new = tapemagic.compare("sgd:0.001,adam:0.07", epochs=5, view="widget", **kwargs)
+    assert not old.comparison.running  # stopped, not training in the background
+    epochs = [t.epoch for t in old.comparison.trainers]
+    status = html.unescape(old.status.value)
+    assert status.startswith("superseded by a newer comparison of the same model")
+    assert old.train_button.disabled and old.step_button.disabled
+    old.train()  # a click on the old panel does nothing
+    with pytest.raises(RuntimeError, match="superseded by a newer one of the same model"):
+        old.comparison.start(5)
+    assert [t.epoch for t in old.comparison.trainers] == epochs
+    assert new.run()["sgd 0.001"]["loss"] == single("sgd", 0.001, 5)
+    new.close()
+    assert not new.comparison.running
+
+
+def test_a_copy_that_diverges_stops_and_says_so_the_others_go_on():
+    import tapemagic
+
+    panel = tapemagic.compare("sgd:0.05,adam:0.07", epochs=40, view="widget", **seed_kwargs())
+    with pytest.warns(RuntimeWarning, match="loss is inf"):
+        histories = panel.run()
+    sgd, adam = panel.comparison.trainers
+    assert sgd.fault is not None and adam.epoch == 40 and len(histories["adam 0.07"]) == 40
+    status = html.unescape(panel.status.value)
+    assert f"sgd 0.05: epoch {sgd.epoch}" in status
+    assert f"(stopped by a NaN/Inf at epoch {sgd.fault.epoch}: lower its rate)" in status
+    assert bytes(panel.landscape_image.value).startswith(b"\x89PNG") and panel.error is None
 
 
 def test_compare_panel_draws_losses_and_paths_with_shared_buttons():

@@ -69,6 +69,7 @@ class ComparePanel:
         self._next_grid = 0.0
         self._lock = threading.Lock()
         self._ticker: threading.Thread | None = None
+        comparison.watchers.append(lambda: self.refresh(force=True))
         self.refresh(force=True)
 
     # -- actions ---------------------------------------------------------------------
@@ -76,7 +77,7 @@ class ComparePanel:
     def train(self, epochs: int | None = None) -> None:
         """Train every copy `epochs` more (default: the epochs box), in the background."""
         n = int(epochs if epochs is not None else self.epochs.value)
-        if self.comparison.running:
+        if self.comparison.running or self.comparison.superseded:
             return
         self._held = False
         self.comparison.start(n)
@@ -93,6 +94,8 @@ class ComparePanel:
         self.refresh()
 
     def step(self) -> None:
+        if self.comparison.superseded:
+            return
         if self.comparison.running:
             self._held = True
         self.comparison.step()
@@ -117,6 +120,13 @@ class ComparePanel:
                 last = h.last
                 print(f"{label}: epoch {len(h)}, loss {last.loss:.6g}" if last else label)
         return self.comparison.histories
+
+    def close(self) -> None:
+        """Stop the copies, wait for them, and take the widgets off the page."""
+        self.comparison.request_stop()
+        self.comparison.wait(30)
+        self.wait(30)
+        self.widget.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         ticker = self._ticker
@@ -152,15 +162,21 @@ class ComparePanel:
     def _refresh(self, force: bool) -> None:
         c = self.comparison
         running = c.running
-        self.train_button.disabled = running
+        self.train_button.disabled = running or c.superseded
+        self.step_button.disabled = self.reset_button.disabled = c.superseded
         self.pause_button.disabled = self.stop_button.disabled = not running
         paused = running and self._held
         self.pause_button.description = "Resume" if paused else "Pause"
         state = "paused" if paused else ("running" if running else "idle")
+        if c.superseded:
+            state = "superseded by a newer comparison of the same model: its controls are off"
         parts = []
         for label, t in zip(c.labels, c.trainers, strict=True):
             last = t.history.last
             parts.append(f"{label}: epoch {t.epoch}" + (f", loss {last.loss:.4g}" if last else ""))
+            if t.fault is not None:  # the copy stopped there; the others went on
+                parts[-1] += f" (stopped by a NaN/Inf at epoch {t.fault.epoch}: lower its rate)"
+
         errors = [f"{label}: {type(e).__name__}: {e}" for label, e in c.errors.items()]
         self.status.value = html.escape(f"{state} · " + " · ".join(parts + errors))
         drawn = tuple(t.epoch for t in c.trainers)

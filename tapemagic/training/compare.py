@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import random
 import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ from tapemagic.training.slice_loss import SliceLoss, substituted_forward
 from tapemagic.training.subject import resolve
 from tapemagic.training.trainer import Trainer
 from tapemagic.training.trajectory import principal_directions
+from tapemagic.variables import unwrap
 
 NAMES = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
 
@@ -62,6 +65,8 @@ def parse_contenders(spec: Any, learning_rate: float | None = None) -> list[Cont
     """'sgd,momentum,adam' or ['sgd:0.001', 'adam:0.07'] into contenders; an entry without
     a rate takes `learning_rate`."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
+    if not any(str(item).strip() for item in items):
+        raise ValueError("compare needs at least two optimizers, e.g. 'sgd,adam'")
     out = []
     for item in items:
         text = str(item).strip()
@@ -124,6 +129,10 @@ class Comparison:
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, BaseException] = {}
         self._maker: LandscapeMaker | None = None
+        self.superseded = False  # a newer comparison of the same model took over
+        self.watchers: list[Callable[[], Any]] = []  # told (in its thread) when superseded
+        originals = spec.params if spec.kind == "params" else spec.model.variables
+        _supersede(self, originals)
 
     @property
     def labels(self) -> list[str]:
@@ -167,6 +176,10 @@ class Comparison:
 
     def start(self, epochs: int) -> None:
         """Train every copy `epochs` more epochs, each in its own thread (returns at once)."""
+        if self.superseded:
+            raise RuntimeError(
+                "this comparison was superseded by a newer one of the same model: train that one"
+            )
         if self.running:
             return
         self.errors = {}
@@ -273,7 +286,29 @@ class Comparison:
         return ComparedLandscape(land, self.labels, paths)
 
     def __repr__(self) -> str:
-        state = "running" if self.running else "idle"
+        state = "superseded" if self.superseded else ("running" if self.running else "idle")
         pairs = zip(self.labels, self.trainers, strict=True)
         epochs = ", ".join(f"{label}: epoch {t.epoch}" for label, t in pairs)
         return f"Comparison({epochs}; {state})"
+
+
+# The latest comparison of each original variable: re-running a cell that makes one stops
+# the older one, which would otherwise go on training its copies in the background.
+_latest: weakref.WeakValueDictionary[int, Comparison] = weakref.WeakValueDictionary()
+_latest_lock = threading.Lock()
+
+
+def _supersede(new: Comparison, originals: Any) -> None:
+    """Make `new` the comparison of `originals`; older ones of any of them stop and refuse
+    to run again. A comparison keeps its originals alive, so their ids are not reused."""
+    keys = [id(unwrap(v)) for v in originals]
+    with _latest_lock:
+        olds = {id(c): c for k in keys if (c := _latest.get(k)) is not None and c is not new}
+        for k in keys:
+            _latest[k] = new
+    for old in olds.values():
+        old.superseded = True
+        old.request_stop()
+        old.wait(30)
+        for fn in list(old.watchers):
+            fn()
