@@ -169,6 +169,27 @@ def test_a_layer_frozen_by_mistake_gets_no_gradient():
     assert list(trainer.messages) == [finding.text]
 
 
+def test_a_frozen_sub_model_is_one_finding_whose_fix_works():
+    keras.utils.set_random_seed(0)
+    base = keras.Sequential([keras.Input((8,)), *[keras.layers.Dense(8) for _ in range(3)]],
+                            name="base")  # fmt: skip
+    inp = keras.Input((8,))
+    model = keras.Model(inp, keras.layers.Dense(1)(base(inp)))
+    base.trainable = False
+    (finding,) = quiet(model=model, loss="mse", data=(X8, Y8)).findings
+    assert (finding.layer, finding.cause) == ("base", "untrainable-variable")
+    assert "and 2 more" in finding.text  # six weights, four named
+    base.trainable = True
+    inner = base.layers[1]
+    inner.trainable = False  # a layer inside a trainable sub-model: not model.get_layer's
+    (finding,) = quiet(model=model, loss="mse", data=(X8, Y8)).findings
+    assert finding.layer == inner.name
+    fix = finding.text.split("set ")[-1].split(" before")[0]
+    assert fix == f"model.get_layer('base').get_layer('{inner.name}').trainable = True"
+    exec(fix, {"model": model})  # the fix as written
+    assert inner.trainable and quiet(model=model, loss="mse", data=(X8, Y8)).findings == []
+
+
 def test_a_frozen_layer_can_be_meant():
     model = mlp(16, 16)
     model.layers[1].trainable = False

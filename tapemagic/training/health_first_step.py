@@ -10,7 +10,7 @@ first op that has no gradient.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
@@ -37,11 +37,11 @@ def first_step_findings(
     trainable = list(style.trainable)
     floats = [v for v in trainable if tf.as_dtype(v.dtype).is_floating]
     frozen = _frozen(model, trainable) if thresholds.frozen else []
-    sources = [unwrap(v) for v in floats] + [unwrap(v) for _, v in frozen]
+    sources = [unwrap(v) for v in floats] + [unwrap(f.weight) for f in frozen]
     saved = [unwrap(v).numpy() for v in model.non_trainable_weights] if model else []
     try:
         with tf.GradientTape() as tape:
-            tape.watch([unwrap(v) for _, v in frozen])
+            tape.watch([unwrap(f.weight) for f in frozen])
             pred = style.forward(x, True)  # training mode: BatchNorm's moving stats are off
             loss = _loss(loss_fn, y, pred, model)
         grads = tape.gradient(loss, sources)
@@ -66,16 +66,21 @@ def first_step_findings(
             if cuts is None:
                 cuts = _cuts(style, loss_fn, x, y, model)
             out.append(_cut_finding(name, cuts.get(id(unwrap(v)))))
-    layers: dict[str, list[str]] = {}
-    for layer, v in frozen:
-        if id(unwrap(v)) in got:  # docs/diagnosis.md#untrainable-variable
-            layers.setdefault(layer, []).append(getattr(v, "path", v.name))
-    for layer, weights in layers.items():
+    layers: dict[tuple[str, str], list[str]] = {}
+    for f in frozen:
+        if id(unwrap(f.weight)) in got:  # docs/diagnosis.md#untrainable-variable
+            layers.setdefault((f.layer, f.access), []).append(
+                getattr(f.weight, "path", f.weight.name)
+            )
+    for (layer, access), weights in layers.items():
+        listed = ", ".join(weights[:4]) + (
+            f" and {len(weights) - 4} more" if len(weights) > 4 else ""
+        )
         out.append(Finding(
             "no-gradient", layer, 0,
             f"layer {layer} is frozen (trainable=False) but on the loss's path: its weights "
-            f"({', '.join(weights)}) get no gradient and never change; if that is a mistake, set "
-            f"model.get_layer('{layer}').trainable = True before making the Trainer",
+            f"({listed}) get no gradient and never change; if that is a mistake, set "
+            f"{access}.trainable = True before making the Trainer",
             "untrainable-variable",
         ))  # fmt: skip
     return out
@@ -88,31 +93,48 @@ def _loss(loss_fn: Callable, y: Any, pred: Any, model: Any) -> tf.Tensor:
     return value
 
 
-def _frozen(model: Any, trainable: Sequence[Any]) -> list[tuple[str, Any]]:
-    """(layer name, weight) for float weights of layers set trainable=False, and float
-    weights made with trainable=False outside BatchNormalization-like statistics."""
+class Frozen(NamedTuple):
+    """A float weight the model does not train: its layer's name, the expression that
+    reaches that layer from `model` (nested layers are not found by model.get_layer)."""
+
+    layer: str
+    access: str
+    weight: Any
+
+
+def _frozen(model: Any, trainable: Sequence[Any]) -> list[Frozen]:
+    """Float weights of layers set trainable=False, each under its outermost frozen layer
+    (a frozen sub-model is one finding, not one per layer inside it), and float weights
+    made with trainable=False outside BatchNormalization-like statistics."""
     if model is None:
         return []
     import keras
 
     ids = {id(unwrap(v)) for v in trainable}
-    out, seen = [], set()
+    out: list[Frozen] = []
+    seen: set[int] = set()
+
+    def add(layer: str, access: str, v: Any) -> None:
+        tv = unwrap(v)
+        if id(tv) not in ids and id(tv) not in seen and tv.dtype.is_floating:
+            seen.add(id(tv))
+            out.append(Frozen(layer, access, v))
+
+    def visit(parent: Any, access: str) -> None:
+        for layer in parent._flatten_layers(include_self=False, recursive=False):
+            where = f"{access}.get_layer('{layer.name}')"
+            if layer.trainable:
+                visit(layer, where)
+                continue
+            for inner in layer._flatten_layers(include_self=True, recursive=True):
+                for v in getattr(inner, "_trainable_variables", []):  # what it would train
+                    add(layer.name, where, v)
+
+    visit(model, "model")
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if layer.trainable:
-            continue
-        for v in getattr(layer, "_trainable_variables", []):  # what it would train
-            tv = unwrap(v)
-            if id(tv) not in ids and id(tv) not in seen and tv.dtype.is_floating:
-                seen.add(id(tv))
-                out.append((layer.name, v))
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            continue
-        for v in layer.non_trainable_weights:
-            tv = unwrap(v)
-            if id(tv) not in ids and id(tv) not in seen and tv.dtype.is_floating:
-                seen.add(id(tv))
-                out.append((layer.name, v))
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            for v in layer.non_trainable_weights:
+                add(layer.name, f"model.get_layer('{layer.name}')", v)
     return out
 
 
