@@ -253,6 +253,20 @@ def test_trainer_trajectory_after_reset_and_bigger_models():
 # -- what a user gets wrong ----------------------------------------------------------------
 
 
+def bare_step() -> dict:
+    """A Trainer's arguments with a step= alone: no predictions, no loss to evaluate."""
+    a = tf.Variable(0.0)
+    opt = keras.optimizers.SGD(0.001)
+
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(yb - a * xb))
+        opt.apply_gradients([(tape.gradient(loss, a), a)])
+        return loss
+
+    return {"step": step, "data": (tf.constant(X), tf.constant(Y)), "optimizer": opt}
+
+
 def test_errors_name_the_problem_and_the_fix():
     x, y = mlp_data(50)
     trainer = Trainer(model=small_mlp(), loss="mse", data=(x, y))
@@ -266,16 +280,7 @@ def test_errors_name_the_problem_and_the_fix():
         landscape(trainer, resolution=1)
     with pytest.raises(ValueError, match="PCA directions need at least 2 points"):
         landscape(trainer, directions="pca")
-    a = tf.Variable(0.0)
-    opt = keras.optimizers.SGD(0.001)
-
-    def step(xb, yb):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.square(yb - a * xb))
-        opt.apply_gradients([(tape.gradient(loss, a), a)])
-        return loss
-
-    stepper = Trainer(step=step, data=(tf.constant(X), tf.constant(Y)), optimizer=opt)
+    stepper = Trainer(**bare_step())
     with pytest.raises(ValueError, match="with step=, also pass model="):
         landscape(stepper)
 
@@ -307,7 +312,9 @@ def test_panel_view_draws_the_seed_landscape_with_its_path():
         until(lambda: view._drawn == view._serial)
         assert bytes(view.image.value).startswith(b"\x89PNG")
         note = view.note.value
-        assert "minimum 1.99676 at (0.2365, 0.3038)" in note
+        slope, intercept = np.polyfit(np.array(X), np.array(Y), 1)
+        lowest = float(closed_form(np.array(slope), np.array(intercept)))
+        assert f"minimum {lowest:.6g} at ({slope:.4g}, {intercept:.4g})" in note
         assert f"loss here {view.landscape.current_loss:.6g}" in note
         land = panel.landscape()  # from code: the same grid, as arrays
         np.testing.assert_allclose(land.current, [a.numpy(), b.numpy()])
@@ -341,17 +348,7 @@ def test_panel_view_slices_a_model_with_a_direction_chooser_and_the_line():
 
 
 def test_panel_view_of_a_bare_step_says_why_it_has_no_landscape():
-    a = tf.Variable(0.0)
-    opt = keras.optimizers.SGD(0.001)
-
-    def step(xb, yb):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.square(yb - a * xb))
-        opt.apply_gradients([(tape.gradient(loss, a), a)])
-        return loss
-
-    panel = TrainingPanel(step=step, data=(tf.constant(X), tf.constant(Y)), optimizer=opt,
-                          view="widget")  # fmt: skip
+    panel = TrainingPanel(**bare_step(), view="widget")
     try:
         panel.views.show("landscape")
         view = panel.views.view("landscape")
