@@ -285,6 +285,8 @@ def test_thresholds_are_adjustable_and_checked():
         HealthThresholds(epochs=2.5)
     with pytest.raises(ValueError, match="warmup must be a whole number of epochs >= 0"):
         HealthThresholds(warmup=-1)
+    with pytest.raises(ValueError, match=r"update_low \(0.5\) must be below update_high"):
+        HealthThresholds(update_low=0.5)
     with pytest.raises(ValueError, match="health must be True, False or a HealthThresholds"):
         Trainer(model=mlp(4), loss="mse", data=(X8, Y8), health="yes")
 
@@ -348,6 +350,10 @@ def test_history_gradients_table():
     assert len(per_var["variable"]) == 3 * 6 and per_var["variable"][0].endswith("kernel")
     with pytest.raises(KeyError, match="no layer 'nope'"):
         table.column("nope")
+    with pytest.raises(KeyError, match="no statistic 'grad'"):
+        table.layer_stat("grad")
+    with pytest.raises(KeyError, match="no variable statistic 'update_ratio'"):
+        table.variable_stat("update_ratio")
     trainer.reset()
     assert len(trainer.history.gradients) == 0
     trainer.run(1)

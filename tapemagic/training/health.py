@@ -67,6 +67,11 @@ class HealthThresholds:
         for name in ("vanishing_ratio", "exploding_growth", "update_high", "update_low"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"HealthThresholds.{name} must be positive")
+        if not self.update_low < self.update_high:
+            raise ValueError(
+                f"HealthThresholds.update_low ({self.update_low}) must be below update_high "
+                f"({self.update_high})"
+            )
         if not 0 < self.dead_fraction <= 1:
             raise ValueError("HealthThresholds.dead_fraction must be in (0, 1], e.g. 0.6")
         for name, least in (("exploding_window", 1), ("epochs", 1), ("warmup", 0)):

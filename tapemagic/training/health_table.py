@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 STATS = ("grad_norm", "weight_norm", "update_norm", "update_ratio", "dead_fraction")
+PER_VARIABLE = {"grad_norm": "_grad", "weight_norm": "_weight", "update_norm": "_update"}
 
 
 class GradientTable:
@@ -96,12 +97,12 @@ class GradientTable:
 
     def variable_stat(self, stat: str) -> np.ndarray:
         """(epochs, variables): 'grad_norm', 'weight_norm' or 'update_norm'."""
+        if stat not in PER_VARIABLE:
+            raise KeyError(
+                f"no variable statistic {stat!r}; choose one of {', '.join(PER_VARIABLE)}"
+            )
         with self._lock:
-            arrays = {"grad_norm": self._grad, "weight_norm": self._weight}
-            arrays["update_norm"] = self._update
-            if stat not in arrays:
-                raise KeyError(f"no variable statistic {stat!r}; choose one of {', '.join(arrays)}")
-            return arrays[stat][: self._n].astype(np.float64)
+            return getattr(self, PER_VARIABLE[stat])[: self._n].astype(np.float64)
 
     def layer_stat(self, stat: str, since: int = 0, until: int | None = None) -> np.ndarray:
         """(epochs, layers) for rows since..until: 'grad_norm', 'weight_norm',
@@ -114,11 +115,9 @@ class GradientTable:
                 upd, wt = self._combine(self._update[rows]), self._combine(self._weight[rows])
                 with np.errstate(divide="ignore", invalid="ignore"):
                     return np.where(wt > 0, upd / np.where(wt > 0, wt, 1.0), np.nan)
-            arrays = {"grad_norm": self._grad, "weight_norm": self._weight}
-            arrays["update_norm"] = self._update
-            if stat not in arrays:
+            if stat not in PER_VARIABLE:
                 raise KeyError(f"no statistic {stat!r}; choose one of {', '.join(STATS)}")
-            return self._combine(arrays[stat][rows])
+            return self._combine(getattr(self, PER_VARIABLE[stat])[rows])
 
     def _combine(self, per_var: np.ndarray) -> np.ndarray:
         """Per-variable norms into per-layer ones: the root of the summed squares."""
@@ -140,7 +139,7 @@ class GradientTable:
         `by='variable'`."""
         epochs = self.epochs
         if by == "variable":
-            stats = {s: self.variable_stat(s) for s in ("grad_norm", "weight_norm", "update_norm")}
+            stats = {s: self.variable_stat(s) for s in PER_VARIABLE}
             names, layer_names = self.variables, [self.layers[i] for i in self.layer_of]
             out: dict[str, list] = {"epoch": np.repeat(epochs, len(names)).tolist()}
             out["variable"] = names * len(epochs)

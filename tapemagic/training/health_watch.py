@@ -24,7 +24,7 @@ from tapemagic.training.health import (
     relu_taps,
 )
 from tapemagic.training.health_first_step import first_step_findings
-from tapemagic.training.health_table import GradientTable
+from tapemagic.training.health_table import PER_VARIABLE, GradientTable
 from tapemagic.training.steps import tapped_train_step
 from tapemagic.variables import unwrap
 
@@ -340,7 +340,7 @@ class TrainerHealth:
             and len(saved.relu_layers) == len(table.relu_layers)
         )
         if fits and len(saved):
-            stats = [saved.variable_stat(s) for s in ("grad_norm", "weight_norm", "update_norm")]
+            stats = [saved.variable_stat(s) for s in PER_VARIABLE]
             table.append(saved.epochs, *stats, saved.layer_stat("dead_fraction"))
         return table, self.watch.check(table, lr)
 
