@@ -201,3 +201,18 @@ def test_train_magic_compare(ip):
     result = ip.run_cell("%train --params a,b --predict predict --loss loss_fn --data X,Y "
                          "--compare sgd,adam --optimizer sgd")  # fmt: skip
     assert "give --compare or --optimizer, not both" in str(result.error_in_exec)
+
+
+def test_the_legend_on_the_contours_is_dark_text_in_a_light_box():
+    from tapemagic.display.landscape_plot import LandscapePlot, Path
+
+    race = Comparison("sgd:0.001,adam:0.07", **seed_kwargs())
+    race.run(5)
+    both = race.landscape(resolution=11)
+    plot = LandscapePlot()
+    paths = [Path(lb, p) for lb, p in zip(both.labels, both.paths, strict=True)]
+    plot.render(both.landscape, paths)
+    legend = plot.axes.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["minimum", "sgd 0.001", "adam 0.07"]
+    assert legend.get_frame().get_visible() and legend.get_frame().get_facecolor()[:3] == (1, 1, 1)
+    assert all(t.get_color() == "black" for t in legend.get_texts())

@@ -162,9 +162,11 @@ class LandscapePlot:
             )  # fmt: skip
             artists.append(arrow)
         if not own:
-            legend = ax.legend(loc="upper right", fontsize=8, frameon=False)
+            # on the contours, not the page: a light box keeps it legible on any colour
+            legend = ax.legend(loc="upper right", fontsize=8, framealpha=0.8,
+                               facecolor="white", edgecolor="none")  # fmt: skip
             for text in legend.get_texts():
-                text.set_color(INK)
+                text.set_color("black")
             artists.append(legend)
         for artist in artists:
             artist.set_animated(True)
