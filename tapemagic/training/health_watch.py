@@ -327,13 +327,12 @@ class TrainerHealth:
             self.style.names, self.layers, self.layer_of, [t.name for t in self.plan.taps]
         )
 
-    def restore(
-        self, saved: GradientTable | None, lr: float | None
-    ) -> tuple[GradientTable, list[Finding]]:
-        """A checkpoint's table under this model's names (a model made again has new layer
-        names: Keras numbers them per process), and the findings in its rows, reported now
-        rather than after the next call. A table for another structure is not kept."""
-        table = self.new_table()
+    def restore(self, history: Any, lr: float | None) -> list[Finding]:
+        """A resumed history's table under this model's names (a model made again has new
+        layer names: Keras numbers them per process); the findings in its rows, reported
+        now rather than after the next call. A table for another structure is not kept."""
+        saved, table = history.gradients, self.new_table()
+        history.gradients = table
         fits = saved is not None and (
             len(saved.variables) == len(table.variables)
             and saved.layer_of.tolist() == table.layer_of.tolist()
@@ -342,7 +341,7 @@ class TrainerHealth:
         if fits and len(saved):
             stats = [saved.variable_stat(s) for s in PER_VARIABLE]
             table.append(saved.epochs, *stats, saved.layer_stat("dead_fraction"))
-        return table, self.watch.check(table, lr)
+        return self.watch.check(table, lr)
 
     def first_step(self, loss_fn: Any, data: Any) -> list[Finding]:
         """Variables the first step's gradient misses (not under a strategy, whose

@@ -769,9 +769,7 @@ class Trainer:
         note = "" if same_opt else f" (optimizer state not restored: it was {meta['optimizer']})"
         self._say(f"resumed from {resumed.path} at epoch {self._pos.epoch}{note}{resumed.note}")
         if self._health:
-            table, found = self._health.restore(self.history.gradients, self._current_lr())
-            self.history.gradients = table
-            for finding in found:
+            for finding in self._health.restore(self.history, self._current_lr()):
                 self._say(finding.text)
 
     # -- several workers -------------------------------------------------------------
