@@ -216,3 +216,26 @@ def test_the_legend_on_the_contours_is_dark_text_in_a_light_box():
     assert [t.get_text() for t in legend.get_texts()] == ["minimum", "sgd 0.001", "adam 0.07"]
     assert legend.get_frame().get_visible() and legend.get_frame().get_facecolor()[:3] == (1, 1, 1)
     assert all(t.get_color() == "black" for t in legend.get_texts())
+
+
+def test_a_fresh_model_comparison_waits_for_paths_without_an_error():
+    import tapemagic
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = x[:, :1] ** 2
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"),
+                              keras.layers.Dense(1)])  # fmt: skip
+    panel = tapemagic.compare("sgd:0.01,adam:0.01", model=model, loss="mse", data=(x, y),
+                              epochs=3, view="widget")  # fmt: skip
+    assert panel.error is None and panel.landscape is None
+    assert panel.note.value == "the copies' paths are drawn once they have trained an epoch"
+    with pytest.raises(ValueError, match="the copies have not moved yet: .* train an epoch first"):
+        panel.comparison.landscape()
+    panel.run()
+    assert panel.error is None and panel.landscape.landscape.kind == "pca"
+    assert bytes(panel.landscape_image.value).startswith(b"\x89PNG")
+    panel.reset()
+    assert panel.landscape is None and panel.error is None
+    panel.close()

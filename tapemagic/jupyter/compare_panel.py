@@ -176,7 +176,6 @@ class ComparePanel:
             parts.append(f"{label}: epoch {t.epoch}" + (f", loss {last.loss:.4g}" if last else ""))
             if t.fault is not None:  # the copy stopped there; the others went on
                 parts[-1] += f" (stopped by a NaN/Inf at epoch {t.fault.epoch}: lower its rate)"
-
         errors = [f"{label}: {type(e).__name__}: {e}" for label, e in c.errors.items()]
         self.status.value = html.escape(f"{state} · " + " · ".join(parts + errors))
         drawn = tuple(t.epoch for t in c.trainers)
@@ -185,13 +184,18 @@ class ComparePanel:
             return
         started = time.monotonic()
         self.losses.value = render_losses({lb: h["loss"] for lb, h in c.histories.items()})
-        if force or now >= self._next_grid:
+        if not c.has_paths:  # a fresh or reset slice: nothing to draw yet, no error either
+            self.landscape = None
+            self.landscape_image.value = b""
+            self.note.value = "the copies' paths are drawn once they have trained an epoch"
+        elif force or now >= self._next_grid:
             grid_start = time.monotonic()
             self.landscape = c.landscape(resolution=61 if c.trainers[0].trajectory.n_weights == 2
                                          else 41)  # fmt: skip
             took = time.monotonic() - grid_start
             self._next_grid = time.monotonic() + (took * (1 / SHARE - 1) if running else 0.0)
         land = self.landscape
+        self.error = None
         if land is not None:
             paths = [Path(lb, p) for lb, p in zip(land.labels, land.paths, strict=True)]
             self.landscape_image.value = self._plot.render(land.landscape, paths,

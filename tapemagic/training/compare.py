@@ -240,6 +240,13 @@ class Comparison:
 
     # -- one landscape for all -------------------------------------------------------
 
+    @property
+    def has_paths(self) -> bool:
+        """A landscape can be drawn: two parameters, or a copy has moved."""
+        return self.trainers[0].trajectory.n_weights == 2 or any(
+            len(t.trajectory) > 1 for t in self.trainers
+        )
+
     def landscape(self, resolution: int = 61) -> ComparedLandscape:
         """All the copies' paths on one grid: two parameters in their own coordinates;
         otherwise the plane through the shared first weights spanned by the top two
@@ -253,6 +260,11 @@ class Comparison:
         loss = maker.loss()
         if maker.kind == "parameters":
             center, dirs = np.zeros(2), np.eye(2)
+        elif not self.has_paths:
+            raise ValueError(
+                "the copies have not moved yet: their landscape is the plane of their paths; "
+                "train an epoch first"
+            )
         else:
             stacked = np.concatenate([p.weights for p in points]).astype(np.float64)
             center = points[0].initial.astype(np.float64)
