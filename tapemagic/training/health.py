@@ -106,6 +106,21 @@ class Tap(NamedTuple):
     units: int
 
 
+class LayerGroups(NamedTuple):
+    """Layer names in order of first appearance, and each variable's index among them."""
+
+    layers: list[str]
+    index: list[int]
+
+
+class ReluTaps(NamedTuple):
+    """The ReLU layers a step watches, and the forward pass that also returns their
+    outputs: `forward(x, training)` -> (predictions, [outputs]); None when there are none."""
+
+    taps: list[Tap]
+    forward: Callable[[Any, bool], tuple] | None
+
+
 class HealthRows(NamedTuple):
     """Per touched epoch of one call (rows), as NumPy: what `HealthPlan.decode` reads."""
 
@@ -118,10 +133,10 @@ class HealthRows(NamedTuple):
 # -- grouping ----------------------------------------------------------------------------
 
 
-def layer_groups(names: Sequence[str], model: Any = None) -> tuple[list[str], list[int]]:
-    """Layer names in order of first appearance, and each variable's layer index. A Keras
-    variable's layer is its path without the model's name and the last part
-    ('sequential/dense_1/kernel' -> 'dense_1'); raw Variables are their own layers."""
+def layer_groups(names: Sequence[str], model: Any = None) -> LayerGroups:
+    """Each variable's layer. A Keras variable's layer is its path without the model's
+    name and the last part ('sequential/dense_1/kernel' -> 'dense_1'); raw Variables are
+    their own layers."""
     layers: list[str] = []
     index: list[int] = []
     prefix = f"{model.name}/" if model is not None else None
@@ -133,22 +148,22 @@ def layer_groups(names: Sequence[str], model: Any = None) -> tuple[list[str], li
         if layer not in layers:
             layers.append(layer)
         index.append(layers.index(layer))
-    return layers, index
+    return LayerGroups(layers, index)
 
 
-def relu_taps(model: Any) -> tuple[list[Tap], Any]:
-    """The model's top-level ReLU layers and a sub-model returning (pred, [their outputs]);
-    ([], None) when the model is not a functional graph (subclassed) or has none."""
+def relu_taps(model: Any) -> ReluTaps:
+    """The model's top-level ReLU layers and a forward pass through a sub-model that also
+    returns their outputs; none when the model is not a functional graph (subclassed)."""
     import keras
 
     if model is None or not isinstance(model, keras.Model):
-        return [], None
+        return ReluTaps([], None)
     try:
         inputs, outputs = model.inputs, model.outputs
     except (AttributeError, ValueError):
-        return [], None
+        return ReluTaps([], None)
     if not inputs or not outputs or len(outputs) != 1:
-        return [], None
+        return ReluTaps([], None)
     taps, tensors = [], []
     for layer in model.layers:
         act = getattr(layer, "activation", None)
@@ -164,17 +179,17 @@ def relu_taps(model: Any) -> tuple[list[Tap], Any]:
         taps.append(Tap(layer.name, int(out.shape[-1])))
         tensors.append(out)
     if not taps:
-        return [], None
+        return ReluTaps([], None)
     try:
         sub = keras.Model(inputs if len(inputs) > 1 else inputs[0], [outputs[0], *tensors])
     except Exception:  # a graph Keras cannot cut there: no ReLU statistic, the rest stands
-        return [], None
+        return ReluTaps([], None)
 
     def forward(x: Any, training: bool) -> tuple[Any, list]:
         pred, *acts = sub(x, training=training)
         return pred, acts
 
-    return taps, forward
+    return ReluTaps(taps, forward)
 
 
 # -- graph side --------------------------------------------------------------------------
