@@ -167,10 +167,9 @@ class LandscapeView:
         if self.maker.trainer is not self.trainer:  # a new trainer: compiled anew
             self.maker = LandscapeMaker(self.trainer, resolution=self.maker.resolution)
         maker = self.maker
-        if maker.kind != "parameters" and maker.directions != key[2]:
-            maker.directions = key[2]
-            maker.resolution = SLICE_RESOLUTION
-        if maker.kind != "parameters" and maker.resolution != SLICE_RESOLUTION:
+        if maker.kind != "parameters":
+            if maker.directions != key[2]:
+                maker.directions = key[2]
             maker.resolution = SLICE_RESOLUTION
         if maker.kind == "pca" and len(self.trainer.trajectory) < 2:
             raise ValueError("PCA directions need a path: train a few epochs first")

@@ -150,12 +150,6 @@ class Trajectory:
         with self._lock:
             return len(self._epochs) + (self._tail is not None)
 
-    def principal(self, k: int = 2) -> Principal:
-        """The top `k` principal directions of the points (centred on their mean): where
-        the run moved most."""
-        w = self.points().weights.astype(np.float64)
-        return principal_directions(w, k)
-
     def __repr__(self) -> str:
         state = "" if self.enabled else ", not recording"
         return (
