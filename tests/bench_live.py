@@ -147,7 +147,7 @@ def compare(
         draws = contenders[key].redraws
         shown = f"{statistics.median(draws):>13.0f}" if key == "LivePanel" else f"{'':>13}"
         cpu = statistics.median(contenders[key].cpu)
-        print(f"  {key:<26}{rate:>12,.0f}{rate / med['plain fit']:>9.3f}x{cpu:>19.3f}"
+        print(f"  {key:<26}{rate:>12,.0f}{rate / med['plain fit']:>9.3f}x{cpu:>19.4g}"
               f"{cpu / cpu0:>9.3f}x{shown}")  # fmt: skip
     return med
 
