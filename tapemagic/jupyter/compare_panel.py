@@ -68,6 +68,9 @@ class ComparePanel:
         self._held = False
         self._next_grid = 0.0
         self._lock = threading.Lock()
+        # the ticker, a click (the kernel's thread) and a supersession (another cell's) all
+        # refresh: one at a time, as the figure is drawn in place
+        self._refresh_lock = threading.Lock()
         self._ticker: threading.Thread | None = None
         comparison.watchers.append(lambda: self.refresh(force=True))
         self.refresh(force=True)
@@ -154,7 +157,8 @@ class ComparePanel:
     def refresh(self, force: bool = False) -> None:
         """Status, buttons, and (when due or forced) the plots. Never raises."""
         try:
-            self._refresh(force)
+            with self._refresh_lock:
+                self._refresh(force)
         except Exception as err:  # a picture must never stop training or the view
             self.error = f"{type(err).__name__}: {err}"
             self.note.value = f'<span style="color:#d62728">{html.escape(self.error)}</span>'
