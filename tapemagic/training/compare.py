@@ -156,9 +156,9 @@ class Comparison:
         x = data[0] if isinstance(data, tuple | list) else next(iter(data))[0]
         x = tf.nest.map_structure(tf.convert_to_tensor, x)
         x_spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), x)
-        call, _ = substituted_forward(
+        call = substituted_forward(
             lambda xs: spec.forward(xs, False), spec.params, spec.names, x_spec
-        )
+        ).call
         fn = tf.function(call, autograph=False)  # a call op: a tape differentiates through it
         variables = list(copies.values())
 
@@ -271,9 +271,9 @@ class Comparison:
             dirs = principal_directions(stacked).directions
         paths = [project(p.weights, center, dirs) for p in points]
         current = paths[0][-1]
-        value, grad, _ = loss.local(center, dirs, current)
+        here = loss.local(center, dirs, current)
         minimum = newton_minimum(loss, center, dirs, current)
-        shown = np.concatenate(paths + ([minimum[0][None]] if minimum else []))
+        shown = np.concatenate(paths + ([minimum.at[None]] if minimum else []))
         shown = shown[np.all(np.isfinite(shown), axis=1)]
         frame = maker.frame
         if frame is None or not frame.holds(shown):
@@ -289,9 +289,9 @@ class Comparison:
             axis_names=(names[0], names[1]),
             x=xs, y=ys, values=values.reshape(resolution, resolution), center=center,
             directions=dirs, path=paths[0], path_epochs=points[0].epochs, current=current,
-            current_loss=value, gradient=grad,
-            minimum=None if minimum is None else minimum[0],
-            minimum_loss=None if minimum is None else minimum[1],
+            current_loss=here.loss, gradient=here.gradient,
+            minimum=None if minimum is None else minimum.at,
+            minimum_loss=None if minimum is None else minimum.loss,
             samples=loss.samples, total_samples=loss.total, note=maker._data_note(loss),
             seconds=0.0,
         )  # fmt: skip

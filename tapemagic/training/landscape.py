@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -152,9 +152,16 @@ def fit_frame(points: np.ndarray, floor: float) -> Frame:
     return Frame(mid - half, mid + half)
 
 
+class Minimum(NamedTuple):
+    """Where Newton's method converged in a plane, and the loss there."""
+
+    at: np.ndarray  # (2,) coordinates
+    loss: float
+
+
 def newton_minimum(
     loss: SliceLoss, center: np.ndarray, dirs: np.ndarray, start: np.ndarray, iters: int = 20
-) -> tuple[np.ndarray, float] | None:
+) -> Minimum | None:
     """Newton's method in the plane from `start`; the minimum where it converges with a
     positive definite Hessian and the loss falling at each step, else None (not convex
     enough there). A quadratic (the seed's sum of squares) converges in one step."""
@@ -168,7 +175,7 @@ def newton_minimum(
         if not np.all(np.isfinite(step)):
             return None
         if np.linalg.norm(step) <= 10 * rounding * (1.0 + np.linalg.norm(c)):
-            return c, value  # a stationary point with a positive definite Hessian
+            return Minimum(c, value)  # stationary, with a positive definite Hessian
         new = loss.local(center, dirs, c + step)
         if not np.isfinite(new[0]) or new[0] > value + rounding * (abs(value) + 1e-30):
             return None
@@ -211,7 +218,7 @@ class LandscapeMaker:
         self.frame: Frame | None = None
         self._loss: SliceLoss | None = None
         self._noise: np.ndarray | None = None
-        self._minimum: tuple[np.ndarray, float] | None = None  # kept for two parameters
+        self._minimum: Minimum | None = None  # kept for two parameters
         self._grid: tuple[tuple, np.ndarray] | None = None  # (frame key, values), likewise
 
     @property
@@ -313,7 +320,7 @@ class LandscapeMaker:
         center, dirs, note = self._plane(pts)
         path = project(pts.weights, center, dirs)
         current = path[-1]
-        value, grad, _ = loss.local(center, dirs, current)
+        here = loss.local(center, dirs, current)
         # Over two parameters the loss does not move as training does: its minimum and
         # the grid of a frame are kept (a view redraws the path without recomputing them).
         fixed = self.kind == "parameters"
@@ -323,7 +330,7 @@ class LandscapeMaker:
             minimum = minimum or newton_minimum(loss, center, dirs, current)
             if fixed:
                 self._minimum = minimum
-        shown = np.concatenate([path, minimum[0][None]]) if minimum else path
+        shown = np.concatenate([path, minimum.at[None]]) if minimum else path
         shown = shown[np.all(np.isfinite(shown), axis=1)]
         if self.frame is None or not self.frame.holds(shown):
             extent = float(np.ptp(shown, axis=0).max()) if len(shown) else 0.0
@@ -354,10 +361,10 @@ class LandscapeMaker:
             path=path,
             path_epochs=pts.epochs,
             current=current,
-            current_loss=value,
-            gradient=grad,
-            minimum=None if minimum is None else minimum[0],
-            minimum_loss=None if minimum is None else minimum[1],
+            current_loss=here.loss,
+            gradient=here.gradient,
+            minimum=None if minimum is None else minimum.at,
+            minimum_loss=None if minimum is None else minimum.loss,
             samples=loss.samples,
             total_samples=loss.total,
             note="; ".join(notes),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -33,6 +33,21 @@ TRAINING_ONLY = (
     keras.layers.AlphaDropout, keras.layers.BatchNormalization,
 )  # fmt: skip
 CHUNK_FLOATS = 2**25  # activations held at once by one chunk of grid points (128 MB)
+
+
+class Local(NamedTuple):
+    """The loss at one point of a plane, with its derivatives in the plane's coordinates."""
+
+    loss: float
+    gradient: np.ndarray  # (2,)
+    hessian: np.ndarray  # (2, 2); NaN where an op has no second derivative
+
+
+class Substituted(NamedTuple):
+    """A forward pass as a function of (weight values, x), from `substituted_forward`."""
+
+    call: Callable[[list, Any], Any]
+    floats_per_sample: int  # held by its intermediate results (for sizing chunks)
 
 
 class SliceLoss:
@@ -152,12 +167,12 @@ class SliceLoss:
                     pause(time.perf_counter() - start)
         return np.concatenate([o.reshape(-1) for o in out])[:g].astype(np.float64)
 
-    def local(self, center: np.ndarray, dirs: np.ndarray, at: np.ndarray) -> tuple:
-        """(loss, gradient (2,), Hessian (2, 2)) at coordinates `at`."""
+    def local(self, center: np.ndarray, dirs: np.ndarray, at: np.ndarray) -> Local:
+        """The loss, its gradient and Hessian at coordinates `at`."""
         c, d = self._tensors(center, dirs)
         with tf.device(self.device):
             loss, g, h = self._local(c, d, tf.constant(at, self.dtype))
-        return float(loss), g.numpy().astype(np.float64), h.numpy().astype(np.float64)
+        return Local(float(loss), g.numpy().astype(np.float64), h.numpy().astype(np.float64))
 
 
 def check_trainer(trainer: Any) -> None:
@@ -171,7 +186,7 @@ def check_trainer(trainer: Any) -> None:
 
 def substituted_forward(
     forward: Callable[[Any], Any], variables: Sequence[Any], names: Sequence[str], x: Any
-) -> tuple[Callable[[list, Any], Any], int]:
+) -> Substituted:
     """`forward` as a function of (weight values, x), and the floats per sample its
     intermediate results hold (for sizing chunks).
 
@@ -248,4 +263,4 @@ def substituted_forward(
         )
         return tf.nest.pack_sequence_as(structure, out)
 
-    return call, per_sample
+    return Substituted(call, per_sample)
