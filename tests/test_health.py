@@ -315,7 +315,7 @@ def test_checkpoints_keep_the_gradient_table(tmp_path):
     assert table is second.history.gradients and table.epochs.tolist() == [0, 1, 2, 3]
 
 
-def test_a_resumed_run_reports_its_findings_once_under_its_names(tmp_path):
+def test_a_resumed_run_judges_only_its_new_epochs_under_its_names(tmp_path):
     def make():
         model = mlp(16, 16, bias_initializer=keras.initializers.Constant(-10.0))
         trainer = Trainer(model=model, loss="mse", data=(X8, Y8), optimizer="adam", batch_size=32,
@@ -324,14 +324,42 @@ def test_a_resumed_run_reports_its_findings_once_under_its_names(tmp_path):
 
     first, _ = make()
     first.run(4)
-    assert [f.kind for f in first.findings] == ["dead-relu", "dead-relu"]
+    assert [(f.kind, f.epoch) for f in first.findings] == [("dead-relu", 2), ("dead-relu", 2)]
     first.close()
     second, names = make()
-    # before any run: the restored epochs' findings, naming this model's layers
-    assert kinds(second) == [("dead-relu", names[0]), ("dead-relu", names[1])]
-    assert list(second.messages)[1:] == [f.text for f in second.findings]
+    assert second.findings == []  # the first run said those; not again
     second.run(2)
-    assert len(second.findings) == 2 and len(second.messages) == 3  # none said twice
+    # still dead: said once, from the restored epochs' context, at the first new epoch
+    assert [(f.kind, f.layer, f.epoch) for f in second.findings] == [
+        ("dead-relu", names[0], 4), ("dead-relu", names[1], 4),
+    ]  # fmt: skip
+    said = [m for m in second.messages if "ReLU units" in m]
+    assert said == [f.text for f in second.findings]
+
+
+def test_a_resumed_run_does_not_judge_the_saved_epochs_again(tmp_path):
+    """The seed from 0: its first epochs' large update ratios are a start from zero
+    (the saving run knew it); a trainer resumed on variables made at 0.5 must not call
+    them a rate too high."""
+
+    def make(start):
+        a, b = tf.Variable(start), tf.Variable(start)
+        return Trainer(
+            params={"a": a, "b": b}, predict=lambda x: a * x + b, data=(X_SEED, Y_SEED),
+            loss=lambda y, p: tf.reduce_sum(tf.square(y - p)), optimizer="sgd",
+            learning_rate=0.001, checkpoint_dir=str(tmp_path), checkpoint_every=1,
+        )  # fmt: skip
+
+    first = make(0.0)
+    first.run(3)
+    assert first.findings == [] and first.history.gradients.column("b", "update_ratio")[2] > 0.1
+    first.close()
+    second = make(0.5)
+    second.run(30)
+    assert second.findings == [] and len(second.history.gradients) == 33
+    assert second.history.gradients.zero_start == ["a", "b"]
+    second.reset()  # back to 0.5: no warm-up now
+    assert second.history.gradients.zero_start == []
 
 
 def test_health_off_records_nothing():

@@ -32,11 +32,13 @@ class GradientTable:
         layers: Sequence[str],
         layer_of: Sequence[int],
         relu_layers: Sequence[str] = (),
+        zero_start: Sequence[str] = (),
     ):
         self.variables = list(variables)
         self.layers = list(layers)
         self.layer_of = np.asarray(layer_of, dtype=np.int64)
         self.relu_layers = list(relu_layers)
+        self.zero_start = list(zero_start)  # layers whose weights all started at 0
         self._lock = threading.Lock()
         n, t = len(self.variables), len(self.relu_layers)
         # grown by doubling: a call appends thousands of tiny epochs, often
@@ -187,6 +189,7 @@ class GradientTable:
             data = {
                 "variables": self.variables, "layers": self.layers,
                 "layer_of": self.layer_of.tolist(), "relu_layers": self.relu_layers,
+                "zero_start": self.zero_start,
                 "epochs": self._epochs[:n].tolist(), "grad": enc(self._grad[:n]),
                 "weight": enc(self._weight[:n]), "update": enc(self._update[:n]),
                 "dead": enc(self._dead[:n]),
@@ -197,7 +200,10 @@ class GradientTable:
     def from_json(cls, text: str) -> GradientTable:
         """Inverse of `to_json`."""
         data = json.loads(text)
-        table = cls(data["variables"], data["layers"], data["layer_of"], data["relu_layers"])
+        table = cls(
+            data["variables"], data["layers"], data["layer_of"], data["relu_layers"],
+            data.get("zero_start", ()),
+        )  # fmt: skip
 
         def dec(rows: list, width: int) -> np.ndarray:
             values = [[float(v) for v in row] for row in rows]

@@ -140,6 +140,10 @@ class Watch:
         self._seen = {(f.kind, f.layer) for f in self.findings}
         self._checked = 0
 
+    def judged(self, n: int) -> None:
+        """The table's first n rows were checked elsewhere (a resumed history)."""
+        self._checked = n
+
     def add(self, findings: Sequence[Finding]) -> list[Finding]:
         new = [f for f in findings if (f.kind, f.layer) not in self._seen]
         for f in new:
@@ -301,7 +305,8 @@ class TrainerHealth:
         self.recorder = Recorder(self.plan)
         nonzero = {self.layers[i] for v, i in zip(style.trainable, self.layer_of, strict=True)
                    if np.any(unwrap(v).numpy())}  # fmt: skip
-        self.watch = Watch(thresholds, [name for name in self.layers if name not in nonzero])
+        self.zero_start = [name for name in self.layers if name not in nonzero]
+        self.watch = Watch(thresholds, self.zero_start)
 
     @classmethod
     def make(cls, health: Any, style: Any, host_weights: bool, dist: bool) -> TrainerHealth | None:
@@ -324,13 +329,18 @@ class TrainerHealth:
 
     def new_table(self) -> GradientTable:
         return GradientTable(
-            self.style.names, self.layers, self.layer_of, [t.name for t in self.plan.taps]
+            self.style.names,
+            self.layers,
+            self.layer_of,
+            [t.name for t in self.plan.taps],
+            self.zero_start,
         )
 
-    def restore(self, history: Any, lr: float | None) -> list[Finding]:
+    def restore(self, history: Any) -> None:
         """A resumed history's table under this model's names (a model made again has new
-        layer names: Keras numbers them per process); the findings in its rows, reported
-        now rather than after the next call. A table for another structure is not kept."""
+        layer names: Keras numbers them per process); a table for another structure is not
+        kept. Its rows were judged by the run that saved them: not again (this trainer's
+        weights may not be those that run started from), only as context for new rows."""
         saved, table = history.gradients, self.new_table()
         history.gradients = table
         fits = saved is not None and (
@@ -341,7 +351,11 @@ class TrainerHealth:
         if fits and len(saved):
             stats = [saved.variable_stat(s) for s in PER_VARIABLE]
             table.append(saved.epochs, *stats, saved.layer_stat("dead_fraction"))
-        return self.watch.check(table, lr)
+            # where that run started, not these (restored) weights, says which layers
+            # start at zero and change by large fractions of themselves at first
+            table.zero_start = [table.layers[saved.layers.index(n)] for n in saved.zero_start]
+            self.watch.zero_start = set(table.zero_start)
+        self.watch.judged(len(table))
 
     def first_step(self, loss_fn: Any, data: Any) -> list[Finding]:
         """Variables the first step's gradient misses (not under a strategy, whose
@@ -383,6 +397,10 @@ class TrainerHealth:
         )
         return self.watch.check(table, lr)
 
-    def reset(self) -> None:
+    def reset(self, table: GradientTable) -> None:
+        """After `Trainer.reset` (the table is cleared): the weights are this trainer's
+        initial ones again, whatever a resumed run had started from."""
         self.watch.reset()
         self.recorder.reset()
+        table.zero_start = list(self.zero_start)
+        self.watch.zero_start = set(self.zero_start)

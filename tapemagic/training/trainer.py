@@ -710,7 +710,7 @@ class Trainer:
             unwrap(v).assign(value)
         self.history.clear()
         if self._health:
-            self._health.reset()
+            self._health.reset(self.history.gradients)
         self._trajectory.clear()
         self._trajectory.record([0], self._flat())
         self._pos.set(0)
@@ -769,8 +769,7 @@ class Trainer:
         note = "" if same_opt else f" (optimizer state not restored: it was {meta['optimizer']})"
         self._say(f"resumed from {resumed.path} at epoch {self._pos.epoch}{note}{resumed.note}")
         if self._health:
-            for finding in self._health.restore(self.history, self._current_lr()):
-                self._say(finding.text)
+            self._health.restore(self.history)
 
     # -- several workers -------------------------------------------------------------
 
