@@ -32,19 +32,17 @@ class _Pump:
         self.socket = socket
 
     def run(self) -> int:
-        import zmq
-
         handled = 0
-        while True:
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return handled
+        # poll(0): is a message waiting (zmq's POLLIN, 1)? Asked of the kernel's own socket
+        # object, so this module needs no zmq of its own.
+        while self.socket.poll(0, 1):
+            frames = self.socket.recv_multipart(copy=False)
             if self._is_comm(frames):
                 self._handle(frames)
                 handled += 1
             else:
                 self._defer(frames)
+        return handled
 
     def _is_comm(self, frames: list) -> bool:
         session = self.kernel.session
