@@ -92,7 +92,7 @@ class Contender:
         self.model, self.data, self.batch, self.epochs = make(), data, batch, epochs
         self.callback = callback
         self.redraws: list[int] = []
-        self.cpu: list[float] = []  # process CPU seconds per 1,000 samples, every thread
+        self.cpu: list[float] = []  # process CPU ms per 1,000 samples, every thread
         self._fit(1)  # warm-up: build and trace
 
     def _fit(self, epochs: int):
@@ -118,7 +118,7 @@ class Contender:
         start, cpu = time.perf_counter(), time.process_time()
         self._fit(self.epochs)
         took = time.perf_counter() - start
-        self.cpu.append((time.process_time() - cpu) / (self.epochs * len(self.data[0])) * 1e3)
+        self.cpu.append((time.process_time() - cpu) / (self.epochs * len(self.data[0])) * 1e6)
         self.redraws.append(count[0])
         return self.epochs * len(self.data[0]) / took
 
