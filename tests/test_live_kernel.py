@@ -262,3 +262,24 @@ def test_interrupt_stops_fit_between_batches(kernel):
     assert "training stopped at epoch" in reply["content"]["evalue"]
     out = k.run("print(panel.log.messages[-1], model.stop_training, panel.log.running)")
     assert out.startswith("interrupted at epoch") and out.strip().endswith("True False")
+
+
+def test_a_cell_queued_behind_fit_keeps_its_context_for_the_next_cells(kernel):
+    """A cell the pump handed back runs in the kernel's own cell context, as every cell
+    does: what it sets in context variables (the decimal context is one) carries on."""
+    k = kernel
+    k.run("import contextvars, decimal\nmark = contextvars.ContextVar('mark', default='unset')")
+    baseline = k.run("print(decimal.getcontext().prec)").strip()
+    k.run("model = make_model(); clicked.clear()")
+    start = len(k.seen)
+    fit = k.execute(FIT)
+    stop = k.button("Stop", after=start)
+    _running_batch(k, start)
+    queued = k.execute("mark.set('set behind fit'); decimal.getcontext().prec = 5")
+    k.drain(0.5)  # the pump has handed it back by now: the queued cell is not lost
+    k.click(stop)
+    assert k.reply(fit)["content"]["status"] == "ok"
+    assert k.reply(queued)["content"]["status"] == "ok"
+    out = k.run("print(mark.get(), decimal.getcontext().prec)")
+    k.run(f"decimal.getcontext().prec = {baseline}")
+    assert out.strip() == "set behind fit 5"

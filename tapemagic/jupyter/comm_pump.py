@@ -27,21 +27,33 @@ COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
 
 
 class _Pump:
-    def __init__(self, kernel: Any, socket: Any) -> None:
+    def __init__(self, kernel: Any, socket: Any, recv: Any, reply_to: Any) -> None:
         self.kernel = kernel
         self.socket = socket
+        self.recv = recv  # the kernel's own callback for this socket (its stream's on_recv)
+        self.reply_to = reply_to  # where the main shell's replies go (the kernel's choice)
+        self.broken = False  # the kernel's layout was not as expected: pump no more
 
     def run(self) -> int:
+        if self.broken:
+            return 0
         handled = 0
-        # poll(0): is a message waiting (zmq's POLLIN, 1)? Asked of the kernel's own socket
-        # object, so this module needs no zmq of its own.
-        while self.socket.poll(0, 1):
-            frames = self.socket.recv_multipart(copy=False)
-            if self._is_comm(frames):
-                self._handle(frames)
-                handled += 1
-            else:
-                self._defer(frames)
+        try:
+            # poll(0): is a message waiting (zmq's POLLIN, 1)? Asked of the kernel's own
+            # socket object, so this module needs no zmq of its own.
+            while self.socket.poll(0, 1):
+                frames = self.socket.recv_multipart(copy=False)
+                mine = False
+                try:
+                    mine = self._is_comm(frames)
+                finally:  # an Interrupt here must not lose the message: the kernel gets it
+                    if not mine:
+                        self._defer(frames)
+                if mine:
+                    handled += self._handle(frames)
+        except Exception:  # a closed socket, another layout: buttons act after the cell
+            self.broken = True
+            self.kernel.log.warning("tapemagic: widget messages wait for the cell to end")
         return handled
 
     def _is_comm(self, frames: list) -> bool:
@@ -55,36 +67,45 @@ class _Pump:
             return False
         return header.get("msg_type") in COMM_TYPES
 
-    def _handle(self, frames: list) -> None:
+    def _handle(self, frames: list) -> int:
         """What the kernel does for a widget message while a cell runs: the handler, with
         the message as parent for its side effects, then the cell's parent back."""
         k = self.kernel
-        idents, rest = k.session.feed_identities(frames, copy=False)
-        msg = k.session.deserialize(rest, content=True, copy=False)
-        handler = k.shell_handlers.get(msg["header"]["msg_type"])
+        try:
+            idents, rest = k.session.feed_identities(frames, copy=False)
+            msg = k.session.deserialize(rest, content=True, copy=False)
+            handler = k.shell_handlers.get(msg["header"]["msg_type"])
+            parent = k.get_parent("shell")
+            ident = k._parent_ident["shell"]
+        except Exception:  # not the layout this was written for: the kernel handles it later
+            self._defer(frames)
+            raise
         if handler is None:
-            return
-        parent = k.get_parent("shell")
-        ident = k._parent_ident["shell"]
+            return 0
         k.set_parent(idents, msg, channel="shell")
         try:
-            result = handler(k.shell_stream, idents, msg)
+            result = handler(self.reply_to, idents, msg)
             if inspect.isawaitable(result):  # finishes once the loop runs again
                 asyncio.ensure_future(result)
         except Exception:  # as the kernel does: a broken handler must not stop training
             k.log.error("Exception in a widget message handler:", exc_info=True)
         finally:
             k.set_parent(ident, parent, channel="shell")
+        return 1
 
     def _defer(self, frames: list) -> None:
-        """Back to the kernel's loop, where the main shell would have got it: it queues
+        """Back to the kernel's loop, as its stream would have delivered it: through the
+        kernel's own callback, so it runs in the kernel's cell context (a cell's context
+        variables, the decimal context among them, carry on to the next cell) and queues
         behind the running cell (the shell's lock is held) in the order received."""
-        k = self.kernel
+        recv = self.recv
 
         def again(frames: list = frames) -> None:
-            asyncio.ensure_future(k.shell_main(None, frames))
+            result = recv(frames)
+            if inspect.isawaitable(result):
+                asyncio.ensure_future(result)
 
-        k.io_loop.add_callback(again)
+        self.kernel.io_loop.add_callback(again)
 
 
 _pumps: dict[int, _Pump | None] = {}  # kernel id -> its pump (None: cannot pump there)
@@ -94,12 +115,14 @@ def _pump_for(kernel: Any) -> _Pump | None:
     key = id(kernel)
     if key not in _pumps:
         _pumps[key] = None
-        thread = getattr(kernel, "shell_channel_thread", None)
-        manager = getattr(thread, "manager", None)
         try:
+            manager = kernel.shell_channel_thread.manager
             pair = manager.get_shell_channel_to_subshell_pair(None)
-            if callable(getattr(kernel, "shell_main", None)) and pair.to_socket is not None:
-                _pumps[key] = _Pump(kernel, pair.to_socket)
+            recv = pair.to_stream._recv_callback  # what the main thread's stream calls
+            reply_to = manager.get_subshell_to_shell_channel_socket(None)
+            needed = (kernel.session, kernel.shell_handlers, kernel._parent_ident, kernel.io_loop)
+            if callable(recv) and pair.to_socket is not None and all(n is not None for n in needed):
+                _pumps[key] = _Pump(kernel, pair.to_socket, recv, reply_to)
         except Exception:  # another ipykernel layout: no pump, buttons act after the cell
             pass
     return _pumps[key]
