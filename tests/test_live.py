@@ -266,3 +266,13 @@ def test_keyboard_interrupt_in_a_loop_is_said_and_raised(ip):
                 raise KeyboardInterrupt
     assert board.record.messages == ["interrupted at epoch 4"]
     assert board.live_view.status.value.startswith("stopped · epoch 4")
+
+
+def test_log_without_epoch_numbers_the_one_after_the_last(ip):
+    with live(view="text") as board:
+        board.log(epoch=1, loss=np.float32(2.0), val_loss=None)  # a loop counting from 1
+        board.log(loss=tf.constant(1.5), mae=np.float64(0.5))
+        board.log(epoch=10, loss=1.0)
+        board.log(loss=0.5)
+    assert board.epochs == [1, 2, 10, 11]
+    assert board.history() == {"loss": [2.0, 1.5, 1.0, 0.5], "mae": [None, 0.5, None, None]}

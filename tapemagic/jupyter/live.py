@@ -64,7 +64,6 @@ class LivePanel(LiveCallback):
         self._batch_size = batch_size
         self._interrupted = False
         self._sigint: Any = None
-        self._stop_clicked = False
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         self.log = LiveLog(self._batch_size)  # each fit its own record and view

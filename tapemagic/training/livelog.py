@@ -165,10 +165,12 @@ class LiveLog:
                 del self.batch_x[::2], self.batch_loss[::2]
 
     def epoch_end(self, values: Mapping[str, Any], epoch: int | None = None) -> EpochRow:
-        """Log an epoch's values (numbers by name); `epoch` defaults to the next one."""
+        """Log an epoch's values (numbers by name); `epoch` defaults to the one after
+        the last logged."""
         clean = {k: _number(k, v) for k, v in values.items() if v is not None}
         with self._lock:
-            number = len(self.rows) if epoch is None else int(epoch)
+            after = self.rows[-1].epoch + 1 if self.rows else 0
+            number = after if epoch is None else int(epoch)
             row = EpochRow(number, clean)
             self.rows.append(row)
             self.last_epoch_batches, self.batch = self.batch, 0
