@@ -71,15 +71,17 @@ class _Pump:
         """What the kernel does for a widget message while a cell runs: the handler, with
         the message as parent for its side effects, then the cell's parent back."""
         k = self.kernel
-        try:
-            idents, rest = k.session.feed_identities(frames, copy=False)
-            msg = k.session.deserialize(rest, content=True, copy=False)
-            handler = k.shell_handlers.get(msg["header"]["msg_type"])
+        try:  # the kernel's parts first: the message is still the kernel's to read after
             parent = k.get_parent("shell")
             ident = k._parent_ident["shell"]
+            handlers = k.shell_handlers
         except Exception:  # not the layout this was written for: the kernel handles it later
             self._defer(frames)
             raise
+        # Reading its content records its signature: from here on it is handled only here.
+        idents, rest = k.session.feed_identities(frames, copy=False)
+        msg = k.session.deserialize(rest, content=True, copy=False)
+        handler = handlers.get(msg["header"]["msg_type"])
         if handler is None:
             return 0
         k.set_parent(idents, msg, channel="shell")
