@@ -276,3 +276,23 @@ def test_log_without_epoch_numbers_the_one_after_the_last(ip):
         board.log(loss=0.5)
     assert board.epochs == [1, 2, 10, 11]
     assert board.history() == {"loss": [2.0, 1.5, 1.0, 0.5], "mae": [None, 0.5, None, None]}
+
+
+def test_dataset_of_unknown_length_counts_batches_without_a_total(ip, data):
+    x, y = data
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).filter(lambda a, b: True)
+    model = mlp()
+    model.compile("adam", "mse")
+    panel = LivePanel(view="widget", batch_size=32)
+    seen = []
+
+    class Read(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3:
+                panel.live_view.refresh()
+                seen.append(panel.live_view.status.value)
+
+    h = model.fit(ds, epochs=2, verbose=0, callbacks=[panel, Read()])
+    assert panel.params["steps"] is None and panel.log.history() == h.history
+    assert seen[0].startswith("running · epoch 0/2 · batch 4 · ")
+    assert seen[1].startswith("running · epoch 1/2 · batch 4 · ") and "ETA" in seen[1]

@@ -46,8 +46,8 @@ def status_line(s: LiveState) -> str:
         head = "running" if s.running else "stopped"
     total = f"/{s.epochs_total:,}" if s.epochs_total else ""
     parts = [f"{head} · epoch {s.epochs_done:,}{total}"]
-    if s.batch and s.steps:
-        parts[0] += f" · batch {s.batch:,}/{s.steps:,}"
+    if s.batch:  # a dataset of unknown length has no total: the count alone still moves
+        parts[0] += f" · batch {s.batch:,}" + (f"/{s.steps:,}" if s.steps else "")
     if s.elapsed:
         parts.append(f"elapsed {duration(s.elapsed)}")
     if s.running and s.eta is not None and not s.pause_asked:
