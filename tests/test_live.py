@@ -296,3 +296,19 @@ def test_dataset_of_unknown_length_counts_batches_without_a_total(ip, data):
     assert panel.params["steps"] is None and panel.log.history() == h.history
     assert seen[0].startswith("running · epoch 0/2 · batch 4 · ")
     assert seen[1].startswith("running · epoch 1/2 · batch 4 · ") and "ETA" in seen[1]
+
+
+def test_two_fits_in_one_cell_keep_both_views(ip, data):
+    x, y = data
+    ip.user_ns.update(LivePanel=LivePanel, mlp=mlp, x=x[:64], y=y[:64], views=[])
+    cell = (
+        "model = mlp(); model.compile('adam', 'mse'); panel = LivePanel(view='widget')\n"
+        "for _ in range(2):\n"
+        "    model.fit(x, y, epochs=1, verbose=0, callbacks=[panel])\n"
+        "    views.append(panel.live_view)"
+    )
+    run(ip, cell)
+    first, second = ip.user_ns["views"]
+    assert not first.replaced and not second.replaced and first.messages.value == ""
+    run(ip, cell)  # the re-run replaces both
+    assert [v.replaced for v in ip.user_ns["views"]] == [True, True, False, False]

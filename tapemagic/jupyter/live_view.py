@@ -65,18 +65,19 @@ def status_line(s: LiveState) -> str:
     return " · ".join(parts)
 
 
-def current_cell() -> str | None:
-    """The running cell, as the kernel names it (its id) or else by its source."""
+def current_cell() -> tuple[str | None, object]:
+    """The running cell, as the kernel names it (its id) or else by its source, and this
+    run of it (the shell's result object, one per run)."""
     try:
         from IPython import get_ipython
     except ImportError:
-        return None
+        return None, None
     shell = get_ipython()
     result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
     info = getattr(result, "info", None)
     if info is None:
-        return None
-    return getattr(info, "cell_id", None) or getattr(info, "raw_cell", None)
+        return None, None
+    return getattr(info, "cell_id", None) or getattr(info, "raw_cell", None), result
 
 
 def in_kernel() -> bool:
@@ -102,6 +103,7 @@ class LiveView:
         self._done = threading.Event()
         self._lock = threading.Lock()  # one refresh at a time (view thread, finish)
         self.replaced = False
+        self._run: object = None  # the run of the cell that showed it
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger")
         self.pause_button = w.Button(description="Pause", icon="pause")
         self.step_button = w.Button(description="Step", icon="step-forward", tooltip="one epoch")
@@ -153,13 +155,19 @@ class LiveView:
 
         if get_ipython() is None:
             return
-        cell = current_cell()
+        cell, run = current_cell()
         if cell is not None:
+            kept = []
             for ref in _by_cell.pop(cell, []):
                 old = ref()
-                if old is not None and old is not self:
+                if old is None or old is self:
+                    continue
+                if old._run is run:  # shown earlier in this same run (two fits in one cell)
+                    kept.append(ref)
+                else:
                     old.replace()
-            _by_cell.setdefault(cell, []).append(weakref.ref(self))
+            _by_cell[cell] = [*kept, weakref.ref(self)]
+            self._run = run
         handle = display(self._repr_mimebundle_(), raw=True, display_id=True)
         if handle is not None:
             self._handles.append(handle)
