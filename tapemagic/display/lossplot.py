@@ -9,12 +9,27 @@ run draws as fast as a 100-epoch one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from tapemagic.display.heatmap import encode_png
 
 MAX_POINTS = 2000
+
+
+class Curve(NamedTuple):
+    """A named line of per-epoch values (None where the epoch has none)."""
+
+    name: str
+    values: Sequence[float | None]
+
+
+class BatchCurve(NamedTuple):
+    """Running losses within epochs: x in epochs (2.5: halfway into the third)."""
+
+    x: Sequence[float]
+    loss: Sequence[float]
 
 
 def thin(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple:
@@ -129,8 +144,8 @@ class LossPlot:
         smoothing: float = 0.0,
         progress: float | None = None,
         live: bool = False,
-        extra: Sequence[tuple[str, Sequence[float | None]]] = (),
-        batches: tuple[Sequence[float], Sequence[float]] | None = None,
+        extra: Sequence[Curve] = (),
+        batches: BatchCurve | None = None,
     ) -> bytes:
         """PNG bytes of the curves; points drawn stay bounded whatever the history length.
 
@@ -138,8 +153,8 @@ class LossPlot:
         drawn as a dotted line so an epoch slower than the redraws still shows movement.
         `live`: during a run, the axes keep their limits while the curves fit, so most
         renders redraw only the curves; otherwise the limits fit the curves exactly.
-        `extra`: (name, values per epoch) lines beside loss and val_loss. `batches`: x in
-        epochs (2.5: halfway into the third) and the running loss there, drawn faintly."""
+        `extra`: named lines beside loss and val_loss. `batches`: the running loss within
+        epochs, drawn faintly."""
         y = np.asarray(loss, dtype=float)
         x = np.arange(1, len(y) + 1, dtype=float)
         lines = [(self.train_line, x, smooth(y, smoothing))]
@@ -153,16 +168,16 @@ class LossPlot:
         else:
             self.val_line.set_data([], [])
         names = []
-        for name, values in extra:
-            ys = np.array(values, dtype=float)
+        for curve in extra:
+            name, ys = curve.name, np.array(curve.values, dtype=float)
             if ys.size and not np.all(np.isnan(ys)):
                 lines.append((self._named(name), x[: ys.size], smooth(ys, smoothing)))
                 names.append(name)
         for name, line in self._extra.items():
             line.set_visible(name in names)
-        bx = np.asarray(batches[0] if batches else (), dtype=float)
+        bx = np.asarray(batches.x if batches else (), dtype=float)
         if bx.size:
-            lines.append((self._batch_line(), bx, np.asarray(batches[1], dtype=float)))
+            lines.append((self._batch_line(), bx, np.asarray(batches.loss, dtype=float)))
         elif self._batches is not None:
             self._batches.set_visible(False)
         tops, bottoms = [], []

@@ -21,7 +21,7 @@ from typing import Any
 
 import ipywidgets as w
 
-from tapemagic.display.lossplot import LossPlot
+from tapemagic.display.lossplot import BatchCurve, Curve, LossPlot
 from tapemagic.jupyter.panel_status import duration, fold_messages
 from tapemagic.jupyter.panel_timing import RedrawPacer
 from tapemagic.training.livelog import LiveLog, LiveState, is_loss
@@ -249,13 +249,13 @@ class LiveView:
             if not self._pacer.due(now, drawn, settings):
                 return
         self._plotted, self._settings = now, settings
-        bx, by = self.log.batches()
+        b = self.log.batches()
         started = time.monotonic()
         if self._plot is None:
             self._plot = LossPlot()
         names = [n for n in self.log.names() if is_loss(n)]
-        extra = [(n, self.log.column(n)) for n in names if n not in ("loss", "val_loss")]
-        batches = (bx, by) if bx else None
+        extra = [Curve(n, self.log.column(n)) for n in names if n not in ("loss", "val_loss")]
+        batches = BatchCurve(b.x, b.loss) if b.x else None
         try:
             png = self._plot.render(
                 self.log.column("loss"), self.log.column("val_loss"), log_scale=settings[0],

@@ -49,6 +49,14 @@ class LiveState(NamedTuple):
     last: EpochRow | None
 
 
+class BatchLosses(NamedTuple):
+    """The running loss within epochs, batch by batch; x in epochs (2.5: halfway into
+    the third)."""
+
+    x: list[float]
+    loss: list[float]
+
+
 def is_loss(name: str) -> bool:
     """A loss line (train or validation): 'loss', 'val_loss', 'out1_loss', 'val_out1_loss'."""
     return name == "loss" or name.endswith("_loss")
@@ -221,9 +229,9 @@ class LiveLog:
         """Every column, Keras History style: {'loss': [...], 'val_loss': [...], ...}."""
         return {name: self.column(name) for name in self.names()}
 
-    def batches(self) -> tuple[list[float], list[float]]:
+    def batches(self) -> BatchLosses:
         with self._lock:
-            return list(self.batch_x), list(self.batch_loss)
+            return BatchLosses(list(self.batch_x), list(self.batch_loss))
 
     def state(self) -> LiveState:
         c = self.controls
