@@ -8,7 +8,6 @@ numbers, and drive the buttons with `Button.click()`.
 from __future__ import annotations
 
 import base64
-import signal
 import threading
 import time
 
@@ -313,25 +312,3 @@ def test_two_fits_in_one_cell_keep_both_views(ip, data):
     assert not first.replaced and not second.replaced and first.messages.value == ""
     run(ip, cell)  # the re-run replaces both
     assert [v.replaced for v in ip.user_ns["views"]] == [True, True, False, False]
-
-
-def test_fit_that_raises_leaves_a_stopped_view(ip, data):
-    x, y = data
-    ip.user_ns.update(LivePanel=LivePanel, mlp=mlp, x=x, y=y, keras=keras)
-    cell = (
-        "class Fail(keras.callbacks.Callback):\n"
-        "    def on_train_batch_end(self, batch, logs=None):\n"
-        "        if batch == 3:\n"
-        "            raise ValueError('bad batch')\n"
-        "model = mlp(); model.compile('adam', 'mse'); panel = LivePanel(view='widget')\n"
-        "model.fit(x, y, epochs=3, verbose=0, callbacks=[panel, Fail()])"
-    )
-    result = ip.run_cell(cell)
-    assert isinstance(result.error_in_exec, ValueError)
-    panel = ip.user_ns["panel"]
-    view = panel.live_view
-    assert not panel.log.running and view._thread is None  # no refresher left running
-    assert view.status.value.startswith("stopped · epoch 0/3 · batch 4/20")
-    assert panel.log.messages == ["fit ended with an error at epoch 0"]
-    assert view.stop_button.disabled
-    assert signal.getsignal(signal.SIGINT) != panel._on_sigint  # Ctrl-C is Python's again

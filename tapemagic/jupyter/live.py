@@ -75,30 +75,6 @@ class LivePanel(LiveCallback):
             self.live_view.start()
         self.poll = comm_pump.pump if comm_pump.available() else None
         self._catch_interrupt()
-        self._watch_cell()
-
-    # -- fit raised: Keras calls no on_train_end, the cell's end tidies up ----------------
-
-    def _watch_cell(self) -> None:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is not None and self._after_cell not in shell.events.callbacks["post_execute"]:
-            shell.events.register("post_execute", self._after_cell)
-
-    def _after_cell(self) -> None:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is not None:
-            shell.events.unregister("post_execute", self._after_cell)
-        if not self.log.running:
-            return
-        self._release_interrupt()
-        self.log.end()
-        self.log.say(f"fit ended with an error at epoch {len(self.log.rows)}")
-        if self.live_view is not None:
-            self.live_view.finish()
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         self._release_interrupt()
