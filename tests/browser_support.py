@@ -141,8 +141,8 @@ def run_all(page, timeout_s: float = 180) -> None:
     wait_for_prompts(page, timeout_s)
 
 
-def run_new_cell(page, code: str, timeout_s: float = 120) -> None:
-    """Add a cell at the end of the visible notebook, run it and wait until it is done."""
+def start_new_cell(page, code: str) -> None:
+    """Add a cell at the end of the visible notebook and start it, without waiting for it."""
     page.evaluate(
         """async (code) => {
             const app = window.jupyterapp;
@@ -150,10 +150,15 @@ def run_new_cell(page, code: str, timeout_s: float = 120) -> None:
             notebook.activeCellIndex = notebook.widgets.length - 1;
             await app.commands.execute('notebook:insert-cell-below');
             notebook.activeCell.model.sharedModel.setSource(code);
-            await app.commands.execute('notebook:run-cell');
+            app.commands.execute('notebook:run-cell');
         }""",
         code,
     )
+
+
+def run_new_cell(page, code: str, timeout_s: float = 120) -> None:
+    """Add a cell at the end of the visible notebook, run it and wait until it is done."""
+    start_new_cell(page, code)
     wait_for_prompts(page, timeout_s)
 
 

@@ -4,7 +4,14 @@ where the click arrives; the cell then finishes and the view says where it stopp
 
 from __future__ import annotations
 
-from browser_support import open_notebook, run_all, screenshot, wait_for_prompts, wait_until
+from browser_support import (
+    open_notebook,
+    run_all,
+    screenshot,
+    start_new_cell,
+    wait_for_prompts,
+    wait_until,
+)
 
 LONG_FIT = """clicks = []
 class Watch(tf.keras.callbacks.Callback):
@@ -15,21 +22,6 @@ live_panel = LivePanel(batch_size=8)
 long_history = mlp.fit(features, target, epochs=500, batch_size=8, verbose=0,
                        callbacks=[live_panel, Watch()])
 print("clicked at", clicks, "ended at", live_panel.log.batches_run)"""
-
-
-def start_new_cell(page, code: str) -> None:
-    """Add a cell at the end of the visible notebook and run it, without waiting."""
-    page.evaluate(
-        """async (code) => {
-            const app = window.jupyterapp;
-            const notebook = app.shell.currentWidget.content;
-            notebook.activeCellIndex = notebook.widgets.length - 1;
-            await app.commands.execute('notebook:insert-cell-below');
-            notebook.activeCell.model.sharedModel.setSource(code);
-            app.commands.execute('notebook:run-cell');
-        }""",
-        code,
-    )
 
 
 def test_stop_in_the_page_ends_a_running_fit(lab, browser):
