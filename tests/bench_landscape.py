@@ -143,6 +143,9 @@ def matmul_chain(model: keras.Model, x: tf.Tensor, y: tf.Tensor, chunk: int):
     return run
 
 
+LONG_RUN_S = 40.0  # each timed training run: long enough for the view to finish slices
+
+
 def mlp_slice(rounds: int, samples: int, epochs: int) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(samples, 64)).astype("float32")
@@ -190,20 +193,28 @@ def mlp_slice(rounds: int, samples: int, epochs: int) -> None:
     view = panel.views.view("landscape")
     while view.landscape is None:  # compiled before timing
         time.sleep(0.1)
-    plain, busy = [], []
+    # While training runs the view rations its grids (SHARE of the wall time), so a slice
+    # takes ~1/SHARE of its own time to finish: the runs must be long enough to hold several,
+    # or the ratio would measure nothing.
+    start = time.perf_counter()
+    headless.run(epochs)
+    long = max(epochs, int(LONG_RUN_S * epochs / (time.perf_counter() - start)))
+    plain, busy, slices = [], [], 0
     for _ in range(rounds):
         idle(view)
         start = time.perf_counter()
-        headless.run(epochs)
-        plain.append(epochs / (time.perf_counter() - start))
+        headless.run(long)
+        plain.append(long / (time.perf_counter() - start))
         before = view._serial
         start = time.perf_counter()
-        panel.run(epochs)
-        busy.append(epochs / (time.perf_counter() - start))
-        print(f"  (slices computed during that run: {view._serial - before})")
+        panel.run(long)
+        busy.append(long / (time.perf_counter() - start))
+        slices += view._serial - before
+        print(f"  ({long} epochs; slices computed during that run: {view._serial - before})")
     p, b = statistics.median(plain), statistics.median(busy)
-    row("MLP training with the landscape view computing / without", f"{b:.2f} / {p:.2f} "
-        f"epochs/s = {b / p:.2f}x", ">= 0.9x", b / p >= 0.9)  # fmt: skip
+    value = f"{b:.2f} / {p:.2f} epochs/s = {b / p:.2f}x, {slices} slices"
+    row("MLP training with the landscape view computing / without", value, ">= 0.9x",
+        b / p >= 0.9 and slices > 0)  # fmt: skip
     panel.close()
 
 
