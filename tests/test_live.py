@@ -142,6 +142,33 @@ def test_stop_button_during_fit(ip, data):
     assert panel.log.column("loss") == h.history["loss"]
 
 
+def test_a_fit_that_raises_leaves_no_view_running(ip, data):
+    """Keras calls no on_train_end when fit raises: the view sees fit gone from its thread,
+    says so, turns its buttons off and stops refreshing; a stale SIGINT handler steps aside."""
+    x, y = data
+    model = mlp()
+    model.compile("adam", "mse")
+    panel = LivePanel(view="widget")
+
+    class Fails(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("a callback failed")
+
+    with pytest.raises(RuntimeError, match="a callback failed"):
+        model.fit(x, y, epochs=5, batch_size=256, verbose=0, callbacks=[panel, Fails()])
+    view = panel.live_view
+    _until(lambda: not panel.log.running and view._thread is not None)
+    view._thread.join(timeout=10)
+    assert not view._thread.is_alive()
+    assert panel.log.messages == ["fit ended with an error at epoch 2"]
+    assert view.status.value.startswith("stopped")
+    assert view.stop_button.disabled and view.pause_button.disabled
+    assert "fit ended with an error at epoch 2" in view.messages.value
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C is not swallowed by the stale handler
+        panel._on_sigint(2, None)
+
+
 def seed_loop(board, epochs: int = 6) -> tuple[tf.Variable, tf.Variable]:
     """The tutorial's loop, with the three added lines (the with, log, and stop)."""
     X, Y = tf.constant(X_SEED), tf.constant(Y_SEED)

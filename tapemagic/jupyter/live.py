@@ -18,6 +18,7 @@ your own loop it is Python's KeyboardInterrupt, and the view says where it stopp
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -64,19 +65,44 @@ class LivePanel(LiveCallback):
         self._batch_size = batch_size
         self._interrupted = False
         self._sigint: Any = None
+        self._fit_frame: Any = None  # fit's own frame: on its thread's stack while it runs
+        self._fit_thread = 0
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         self.log = LiveLog(self._batch_size)  # each fit its own record and view
         super().on_train_begin(logs)
         self._interrupted = False
+        self._fit_frame, self._fit_thread = _caller_named("fit"), threading.get_ident()
         if self.view == "widget":
             self.live_view = LiveView(self.log, "LivePanel")
             self.live_view.show()
-            self.live_view.start()
+            self.live_view.start(watch=self._still_fitting)
         self.poll = comm_pump.pump if comm_pump.available() else None
         self._catch_interrupt()
 
+    def _still_fitting(self) -> bool:
+        """False once fit has left its thread without on_train_end, which Keras does not call
+        when fit raises: the view then says so, turns its buttons off and stops refreshing."""
+        if not self.log.running or self._fit_running():
+            return True
+        self.log.end()
+        self.log.say(f"fit ended with an error at epoch {self.log.state().epochs_done}")
+        self._fit_frame = None
+        return False
+
+    def _fit_running(self) -> bool:
+        frame = self._fit_frame
+        if frame is None:  # fit's frame not found (another trainer): trust the hooks
+            return self.log.running
+        current = sys._current_frames().get(self._fit_thread)
+        while current is not None:
+            if current is frame:
+                return True
+            current = current.f_back
+        return False
+
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._fit_frame = None
         self._release_interrupt()
         super().on_train_end(logs)
         s = self.log.state()
@@ -110,12 +136,24 @@ class LivePanel(LiveCallback):
             self._sigint = None
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._interrupted or not self.log.running:  # a second one, or a stale handler
+        # A second one, or a stale handler (fit ended, or raised without on_train_end).
+        if self._interrupted or not self.log.running or not self._fit_running():
             self._release_interrupt()
             raise KeyboardInterrupt
         self._interrupted = True
         self.log.controls.stop()
         interrupt.stop_all()  # and the panels' runs in worker threads, as Interrupt does
+
+
+def _caller_named(name: str) -> Any:
+    """The nearest frame of Keras's `name` (fit) on this thread's stack, or None."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == name and "keras" in code.co_filename:
+            return frame
+        frame = frame.f_back
+    return None
 
 
 class Board:

@@ -17,6 +17,7 @@ import html
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as w
@@ -100,6 +101,7 @@ class LiveView:
         self._pacer = RedrawPacer()
         self._handles: list = []
         self._thread: threading.Thread | None = None
+        self._watch: Callable[[], bool] | None = None
         self._done = threading.Event()
         self._lock = threading.Lock()  # one refresh at a time (view thread, finish)
         self.replaced = False
@@ -186,8 +188,10 @@ class LiveView:
 
     # -- the refresher -------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, watch: Callable[[], bool] | None = None) -> None:
+        """Refresh in a thread until `finish()`, or until `watch()` says the run is gone."""
         self._done.clear()
+        self._watch = watch
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._tick, name="tapemagic-live", daemon=True)
             self._thread.start()
@@ -198,6 +202,9 @@ class LiveView:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._final()
+
+    def _final(self) -> None:
         self.refresh(force_plot=True)
         bundle = self._repr_mimebundle_()
         for handle in list(self._handles):
@@ -210,6 +217,9 @@ class LiveView:
         first = True
         while first or not self._done.wait(REFRESH_S):
             try:
+                if self._watch is not None and not self._watch():
+                    self._final()  # nobody will call finish(): the run is gone
+                    return
                 self.refresh(force_plot=first)
                 first = False
             except Exception as err:  # the view must never stop training
