@@ -12,7 +12,6 @@ notebook shows without a kernel.
 
 from __future__ import annotations
 
-import base64
 import html
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import ipywidgets as w
 
 from tapemagic.display.lossplot import BatchCurve, Curve, LossPlot
+from tapemagic.jupyter import snapshot
 from tapemagic.jupyter.panel_status import duration, fold_messages
 from tapemagic.jupyter.panel_timing import RedrawPacer
 from tapemagic.training.livelog import LiveLog, LiveState, is_loss
@@ -99,7 +99,7 @@ class LiveView:
         self._plotted = 0.0  # when the plot was last drawn
         self._settings: tuple | None = None  # the view settings it was drawn with
         self._pacer = RedrawPacer()
-        self._handles: list = []
+        self._snapshots = snapshot.Snapshots()
         self._thread: threading.Thread | None = None
         self._watch: Callable[[], bool] | None = None
         self._done = threading.Event()
@@ -139,12 +139,7 @@ class LiveView:
     # -- display ----------------------------------------------------------------------
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        data = dict(self.widget._repr_mimebundle_(**kwargs) or {})
-        data["text/plain"] = self.summary()
-        png = bytes(self.plot.value)
-        if png:
-            data["image/png"] = base64.b64encode(png).decode("ascii")
-        return data
+        return snapshot.bundle(self.widget, self.summary(), bytes(self.plot.value), **kwargs)
 
     def summary(self) -> str:
         return f"{self.title}: {status_line(self.log.state())}"
@@ -153,7 +148,6 @@ class LiveView:
         """Display in the running cell; views this cell showed before are replaced.
         Outside IPython (a script) there is nowhere to show it: the widgets still update."""
         from IPython import get_ipython
-        from IPython.display import display
 
         if get_ipython() is None:
             return
@@ -170,9 +164,7 @@ class LiveView:
                     old.replace()
             _by_cell[cell] = [*kept, weakref.ref(self)]
             self._run = run
-        handle = display(self._repr_mimebundle_(), raw=True, display_id=True)
-        if handle is not None:
-            self._handles.append(handle)
+        self._snapshots.show(self._repr_mimebundle_())
 
     def replace(self) -> None:
         """A re-run of its cell made a new view: stop what this one runs, buttons off."""
@@ -206,12 +198,7 @@ class LiveView:
 
     def _final(self) -> None:
         self.refresh(force_plot=True)
-        bundle = self._repr_mimebundle_()
-        for handle in list(self._handles):
-            try:
-                handle.update(bundle, raw=True)
-            except Exception:  # a closed kernel channel must not break the caller
-                self._handles.remove(handle)
+        self._snapshots.publish(self._repr_mimebundle_)
 
     def _tick(self) -> None:
         first = True

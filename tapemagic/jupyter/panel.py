@@ -17,7 +17,6 @@ panel_status words the status and messages, panel_timing paces the clock and the
 
 from __future__ import annotations
 
-import base64
 import html
 import threading
 import time
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tapemagic.display.lossplot import LossPlot
-from tapemagic.jupyter import interrupt, panel_widgets
+from tapemagic.jupyter import interrupt, panel_widgets, snapshot
 from tapemagic.jupyter.panel_settings import PanelSettings, check_epochs
 from tapemagic.jupyter.panel_status import (
     RunView,
@@ -94,7 +93,7 @@ class TrainingPanel(PanelSettings):
         self._printed = 0
         self._printed_error: BaseException | None = None
         self._error_epoch = 0  # where the error in self.error stopped the run
-        self._handles: list = []  # display handles: their snapshot is updated after a run
+        self._snapshots = snapshot.Snapshots()  # updated after a run
         self.error: BaseException | None = None
         self._superseded: str | None = None  # "superseded by the panel in cell [7]"
         self._remaking = False  # the device menu is replacing this panel's own trainer
@@ -111,14 +110,7 @@ class TrainingPanel(PanelSettings):
     def _repr_mimebundle_(self, **kwargs):
         if self.view == "text":
             return {"text/plain": repr(self)}
-        data = dict(self.widget._repr_mimebundle_(**kwargs) or {})
-        # For viewers without a live kernel (nbconvert, nbviewer, GitHub): the plot as a
-        # PNG and a one-line summary next to the widget view, which live frontends prefer.
-        data["text/plain"] = self.summary()
-        png = bytes(self.plot.value)
-        if png:
-            data["image/png"] = base64.b64encode(png).decode("ascii")
-        return data
+        return snapshot.bundle(self.widget, self.summary(), bytes(self.plot.value), **kwargs)
 
     def _ipython_display_(self) -> None:
         """Show the panel through a display handle, so that the static snapshot saved with
@@ -128,20 +120,11 @@ class TrainingPanel(PanelSettings):
         if self.view == "text":
             display({"text/plain": repr(self)}, raw=True)
             return
-        handle = display(self._repr_mimebundle_(), raw=True, display_id=True)
-        if handle is not None:
-            self._handles.append(handle)
+        self._snapshots.show(self._repr_mimebundle_())
 
     def _publish_snapshot(self) -> None:
         """Update every shown copy's PNG and summary (the widget view stays as it is)."""
-        if not self._handles:
-            return
-        bundle = self._repr_mimebundle_()
-        for handle in list(self._handles):
-            try:
-                handle.update(bundle, raw=True)
-            except Exception:  # a closed kernel channel must not break training or a reset
-                self._handles.remove(handle)
+        self._snapshots.publish(self._repr_mimebundle_)
 
     def summary(self) -> str:
         """One line: what the status shows (for text viewers and saved notebooks)."""
