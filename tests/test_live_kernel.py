@@ -283,3 +283,48 @@ def test_a_cell_queued_behind_fit_keeps_its_context_for_the_next_cells(kernel):
     out = k.run("print(mark.get(), decimal.getcontext().prec)")
     k.run(f"decimal.getcontext().prec = {baseline}")
     assert out.strip() == "set behind fit 5"
+
+
+BREAK_PUMP = """
+from tapemagic.jupyter import comm_pump
+kernel = get_ipython().kernel
+pump = comm_pump._pump_for(kernel)
+
+class _Unexpected:
+    '''The kernel as the pump sees it, with one part it relies on gone (another ipykernel).'''
+    def __getattr__(self, name):
+        if name == "_parent_ident":
+            raise AttributeError(name)
+        return getattr(kernel, name)
+
+pump.kernel = _Unexpected()
+"""
+
+
+def test_a_pump_that_cannot_read_the_kernel_leaves_the_click_for_after_the_cell(kernel):
+    """If the kernel is not laid out as the pump expects, the click it read is handed back:
+    fit runs to its end, the click acts once the cell ends, the view says why, and the
+    kernel goes on running cells."""
+    k = kernel
+    k.run("model = make_model(); clicked.clear()\n" + BREAK_PUMP)
+    try:
+        start = len(k.seen)
+        short = FIT.replace("epochs=40", "epochs=3").replace("x, y,", "x[:4000], y[:4000],")
+        fit = k.execute(short)
+        stop = k.button("Stop", after=start)
+        _running_batch(k, start)
+        k.click(stop)
+        assert k.reply(fit)["content"]["status"] == "ok"
+        assert "fit returned 3 epochs" in k.stdout(fit)
+        report = json.loads(
+            k.run(
+                "import json; print(json.dumps({'clicked': clicked, 'broken': pump.broken, "
+                "'messages': panel.log.messages}))"
+            )
+        )
+        assert report["broken"] is True
+        assert len(report["clicked"]) == 1  # handled after the cell: the whole run was logged
+        assert report["clicked"][0][0] == 3
+        assert any("the buttons act when the cell ends" in m for m in report["messages"])
+    finally:
+        k.run("pump.kernel = kernel; pump.broken = False")

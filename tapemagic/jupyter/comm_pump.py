@@ -24,6 +24,10 @@ import threading
 from typing import Any
 
 COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
+# What a user is told when the kernel turns out not to be as the pump expects.
+BROKEN_NOTE = (
+    "widget messages could not be read while the cell runs: the buttons act when the cell ends"
+)
 
 
 class _Pump:
@@ -40,21 +44,27 @@ class _Pump:
         handled = 0
         try:
             # poll(0): is a message waiting (zmq's POLLIN, 1)? Asked of the kernel's own
-            # socket object, so this module needs no zmq of its own.
+            # socket object, so this module needs no zmq of its own. The loop always ends on
+            # a poll that finds nothing, also once broken: the socket's file descriptor
+            # signals only new arrivals after its state was read, so a read with no poll
+            # after it would leave the kernel's own stream deaf to the next message.
             while self.socket.poll(0, 1):
                 frames = self.socket.recv_multipart(copy=False)
                 mine = False
                 try:
-                    mine = self._is_comm(frames)
+                    mine = not self.broken and self._is_comm(frames)
                 finally:  # an Interrupt here must not lose the message: the kernel gets it
                     if not mine:
                         self._defer(frames)
                 if mine:
                     handled += self._handle(frames)
         except Exception:  # a closed socket, another layout: buttons act after the cell
-            self.broken = True
-            self.kernel.log.warning("tapemagic: widget messages wait for the cell to end")
+            self._break()
         return handled
+
+    def _break(self) -> None:
+        self.broken = True
+        self.kernel.log.warning(f"tapemagic: {BROKEN_NOTE}")
 
     def _is_comm(self, frames: list) -> bool:
         session = self.kernel.session
@@ -77,7 +87,8 @@ class _Pump:
             handlers = k.shell_handlers
         except Exception:  # not the layout this was written for: the kernel handles it later
             self._defer(frames)
-            raise
+            self._break()
+            return 0
         # Reading its content records its signature: from here on it is handled only here.
         idents, rest = k.session.feed_identities(frames, copy=False)
         msg = k.session.deserialize(rest, content=True, copy=False)
@@ -131,8 +142,10 @@ def _pump_for(kernel: Any) -> _Pump | None:
 
 
 def available() -> bool:
-    """Whether `pump()` can let widget messages in here (a kernel's main thread)."""
-    return _current() is not None
+    """Whether `pump()` can let widget messages in here (a kernel's main thread, a pump
+    that has not given up)."""
+    p = _current()
+    return p is not None and not p.broken
 
 
 def _current() -> _Pump | None:

@@ -77,7 +77,7 @@ class LivePanel(LiveCallback):
             self.live_view = LiveView(self.log, "LivePanel")
             self.live_view.show()
             self.live_view.start(watch=self._still_fitting)
-        self.poll = comm_pump.pump if comm_pump.available() else None
+        self.poll = _poller(self.log)
         self._catch_interrupt()
 
     def _still_fitting(self) -> bool:
@@ -156,13 +156,34 @@ def _caller_named(name: str) -> Any:
     return None
 
 
+class _Poller:
+    """`comm_pump.pump`; should the pump give up during the run (a kernel not laid out as it
+    expects), the view says once that the buttons now act when the cell ends."""
+
+    def __init__(self, record: LiveLog) -> None:
+        self.record = record
+        self.told = False
+
+    def __call__(self) -> int:
+        handled = comm_pump.pump()
+        if not self.told and not comm_pump.available():
+            self.told = True
+            self.record.say(comm_pump.BROKEN_NOTE)
+        return handled
+
+
+def _poller(record: LiveLog) -> _Poller | None:
+    """A poller where widget messages can be let in while the cell runs, else None."""
+    return _Poller(record) if comm_pump.available() else None
+
+
 class Board:
     """What `live()` yields: log epochs, read Stop, hold on Pause."""
 
     def __init__(self, record: LiveLog, view: LiveView | None) -> None:
         self.record = record
         self.live_view = view
-        self._poll = comm_pump.pump if comm_pump.available() else None
+        self._poll = _poller(record)
         self._next_poll = 0.0
         self._printed_at = 0.0
         self._printed = 0
