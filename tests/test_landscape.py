@@ -250,6 +250,41 @@ def test_trainer_trajectory_after_reset_and_bigger_models():
     assert len(off.trajectory) == 0 and "not recording" in repr(off.trajectory)
 
 
+def test_a_bigger_model_gets_a_point_per_epoch_however_many_epochs_a_call_runs():
+    """A full-batch model of 49 weights runs its tiny epochs many to a compiled call: the
+    path still has the weights after every epoch, equal to those of training epoch by
+    epoch, one call each; a fault's epoch and what follows are not on it."""
+    x, y = mlp_data(64)
+    whole = Trainer(model=small_mlp(), loss="mse", data=(x, y), optimizer="sgd", seed=3)
+    whole.run(40)
+    assert len(whole.history) == 40
+    pts = whole.trajectory.points()
+    assert list(pts.epochs) == list(range(41))
+    by_epoch = Trainer(model=small_mlp(), loss="mse", data=(x, y), optimizer="sgd", seed=3)
+    for _ in range(40):
+        by_epoch.run(1)
+    steps = by_epoch.trajectory.points()
+    assert list(steps.epochs) == list(range(41))
+    np.testing.assert_allclose(pts.weights, steps.weights, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(pts.weights[1], pts.weights[40])  # it moved, epoch by epoch
+    # thinned as it comes: a long run keeps a bounded, evenly strided path
+    whole.run(600)
+    pts = whole.trajectory.points()
+    assert len(pts) <= 257 and pts.epochs[-1] == 640
+    assert all(e % pts.stride == 0 for e in pts.epochs[:-1]) and pts.stride >= 4
+
+
+def test_a_bigger_models_path_stops_before_a_faulty_epoch():
+    x, y = mlp_data(64)
+    bad = Trainer(model=small_mlp(), loss="mse", data=(x, y), optimizer="sgd",
+                  learning_rate=50.0)  # fmt: skip
+    bad.run(200)
+    assert bad.fault is not None
+    pts = bad.trajectory.points()
+    assert pts.epochs[-1] == bad.epoch and np.isfinite(pts.weights).all()
+    assert list(pts.epochs) == list(range(bad.epoch + 1))
+
+
 # -- what a user gets wrong ----------------------------------------------------------------
 
 

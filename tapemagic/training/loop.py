@@ -101,6 +101,10 @@ class CallResult:
     last_sq: np.ndarray | None = None  # per-variable squared gradient norm at the fault
     bad_params: np.ndarray | None = None  # per scalar parameter: non-finite after the fault
     health: Any = None  # `health.HealthRows` per touched epoch, when health is watched
+    # a bigger model's weights after the epochs on the call's stride (`record_path`):
+    # epochs done at each point, and the flat weights there
+    path_epochs: np.ndarray | None = None
+    path_weights: np.ndarray | None = None
     seconds: float = 0.0
     traced: bool = False
 
@@ -167,6 +171,8 @@ class CompiledLoop:
                 snapshot = snapshot_variables(self.state)
         self.snapshot = list(snapshot)
         self.health: Any = None  # a `health.HealthPlan` (see `watch`)
+        self.path_vars: list = []  # weights written after the epochs on a stride (`record_path`)
+        self._path_stride: Callable[[int], int] | None = None
         self._fn = tf.function(self._compiled)
 
     def watch(self, plan: Any, train_step: Callable | None = None) -> None:
@@ -179,6 +185,14 @@ class CompiledLoop:
             self.fast, self.n_grad_vars, self.val is not None, len(self.metric_names),
             self.n_params, plan.width(self.fast),
         )  # fmt: skip
+
+    def record_path(self, variables: Sequence[Any], stride: Callable[[int], int]) -> None:
+        """Write `variables` (flattened, joined) after every epoch whose count of epochs
+        done is a multiple of `stride(n_epochs)`, asked before each call: the trajectory of
+        a model too big for the rows, one point per epoch however many epochs a call runs.
+        Before the first call."""
+        self.path_vars = [unwrap(v) for v in variables]
+        self._path_stride = stride
 
     # -- host side -------------------------------------------------------------------
 
@@ -208,6 +222,7 @@ class CompiledLoop:
                 tf.constant(n_epochs, tf.int32),
                 tf.constant(b0, tf.int32),
                 tf.constant(b1, tf.int32),
+                tf.constant(self._path_stride(n_epochs) if self._path_stride else 1, tf.int64),
                 *extra,
             )
             out = {k: v.numpy() for k, v in out.items()}
@@ -260,6 +275,8 @@ class CompiledLoop:
                 res.health = self.health.decode(rows[:, c.health], None)
         n = res.touched
         res.params = None if params is None else params[:n]
+        if self.path_vars:
+            res.path_epochs, res.path_weights = out["path_epochs"], out["path_weights"]
         if c.val_loss is not None:
             res.val_loss = rows[:n, c.val_loss].astype(np.float64)
         first = c.metrics.start
@@ -293,19 +310,47 @@ class CompiledLoop:
     def _params(self) -> list:
         return [v.read_value() if hasattr(v, "read_value") else v for v in self.record_vars]
 
-    def _compiled(self, x, y, xv, yv, epoch0, n_epochs, b0, b1, it=None):
+    def _compiled(self, x, y, xv, yv, epoch0, n_epochs, b0, b1, stride, it=None):
         for s, v in zip(self.snapshot, self.state, strict=True):
             s.assign(v)
         if self.fast:
-            return self._call_fast(x, y, xv, yv, n_epochs)
-        return self._call_batches(x, y, xv, yv, epoch0, n_epochs, b0, b1, it)
+            out = self._call_fast(x, y, xv, yv, epoch0, n_epochs, stride)
+        else:
+            out = self._call_batches(x, y, xv, yv, epoch0, n_epochs, b0, b1, stride, it)
+        if self.path_vars:
+            weights, epochs, _ = out.pop("path")
+            out["path_weights"], out["path_epochs"] = weights.stack(), epochs.stack()
+        return out
+
+    def _path_start(self) -> tuple:
+        """The written points so far: weights, epochs done, how many; () when not asked."""
+        if not self.path_vars:
+            return ()
+        n = sum(int(np.prod(v.shape)) for v in self.path_vars)
+        weights = tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[n])
+        epochs = tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=[])
+        return (weights, epochs, tf.constant(0))
+
+    def _path_write(self, path: tuple, done) -> tuple:
+        """The weights after `done` epochs, written as the next point."""
+        weights, epochs, k = path
+        parts = [tf.reshape(tf.cast(v.read_value(), tf.float32), [-1]) for v in self.path_vars]
+        return weights.write(k, tf.concat(parts, 0)), epochs.write(k, done), k + 1
+
+    def _path_step(self, path: tuple, done, stride, complete) -> tuple:
+        """After a batched epoch (`done` epochs done): the weights, when on the stride."""
+        if not path:
+            return path
+        # a cond: an epoch off the stride costs a test, not a copy of the weights
+        on_stride = complete & tf.equal(done % stride, 0)
+        return tf.cond(on_stride, lambda: self._path_write(path, done), lambda: path)
 
     def _update(self, metrics, y, pred) -> None:
         if not self.steps_update_metrics:
             for m in metrics:
                 m.update_state(y, pred)
 
-    def _call_fast(self, x, y, xv, yv, n_epochs):
+    def _call_fast(self, x, y, xv, yv, epoch0, n_epochs, stride):
         width = self.layout.width
         rows = tf.TensorArray(tf.float32, size=n_epochs, element_shape=[width])
 
@@ -324,8 +369,24 @@ class CompiledLoop:
                 parts += hp.parts(w0, None, acts[0] if acts else None)
             return e + 1, rows.write(e, self._row(parts))
 
-        _, rows = tf.while_loop(lambda e, rows: e < n_epochs, body, (tf.constant(0), rows))
-        return {"rows": rows.stack()}
+        def epochs(e, rows, end):
+            return tf.while_loop(lambda e, rows: e < end, body, (e, rows))
+
+        if not self.path_vars:
+            _, rows = epochs(tf.constant(0), rows, n_epochs)
+            return {"rows": rows.stack()}
+
+        # Epochs in runs that end on the stride (or at the call's end), the weights written
+        # after each run: no per-epoch test, which costs a tiny epoch a fifth of its time.
+        def run(e, rows, path):
+            done = epoch0 + tf.cast(e, tf.int64)
+            end = tf.minimum(e + tf.cast(stride - done % stride, tf.int32), n_epochs)
+            e, rows = epochs(e, rows, end)
+            return e, rows, self._path_write(path, epoch0 + tf.cast(e, tf.int64))
+
+        state = (tf.constant(0), rows, self._path_start())
+        _, rows, path = tf.while_loop(lambda e, *_: e < n_epochs, run, state)
+        return {"rows": rows.stack(), "path": path}
 
     def _loop_batches(self, body, cond, state, it=None):
         """A tf.while_loop over batches; `it` threads a Dataset iterator's next element."""
@@ -385,7 +446,7 @@ class CompiledLoop:
             perm = tf.random.experimental.stateless_shuffle(tf.range(self.data.n), seed)
         return self._loop_batches(body, lambda b, ok, *_: (b < stop) & ok, state)
 
-    def _call_batches(self, x, y, xv, yv, epoch0, n_epochs, b0, b1, it=None):
+    def _call_batches(self, x, y, xv, yv, epoch0, n_epochs, b0, b1, stride, it=None):
         nb = self.steps_per_epoch
         rows = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
         if it is None and isinstance(self.data, DatasetData) and nb is not None:
@@ -393,7 +454,7 @@ class CompiledLoop:
 
         hp = self.health
 
-        def body(e, ok, end_batch, last_sq, batch_ta, rows):
+        def body(e, ok, end_batch, last_sq, batch_ta, rows, path):
             start = tf.where(e == 0, b0, 0)
             stop = tf.where(e == n_epochs - 1, b1, nb or 0)
             epoch = epoch0 + tf.cast(e, tf.int64)
@@ -413,7 +474,8 @@ class CompiledLoop:
             parts += self._params()
             if hp is not None:
                 parts += hp.parts(None, hs)
-            return e + 1, ok, b, last_sq, batch_ta, rows.write(e, self._row(parts))
+            path = self._path_step(path, epoch + 1, stride, complete)
+            return e + 1, ok, b, last_sq, batch_ta, rows.write(e, self._row(parts)), path
 
         state = (
             tf.constant(0),
@@ -424,11 +486,14 @@ class CompiledLoop:
                 tf.float32, size=0, dynamic_size=True, element_shape=[2 + len(self.train_metrics)]
             ),
             rows,
+            self._path_start(),
         )
-        _, ok, end_batch, last_sq, batch_ta, rows = tf.while_loop(
+        _, ok, end_batch, last_sq, batch_ta, rows, path = tf.while_loop(
             lambda e, ok, *_: (e < n_epochs) & ok, body, state
         )
         out = {"rows": rows.stack(), "ok": ok, "end_batch": end_batch, "last_sq": last_sq}
+        if path:
+            out["path"] = path
         if self.collect_batches:
             out["batch_rows"] = batch_ta.stack()
         return out

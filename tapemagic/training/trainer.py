@@ -257,7 +257,14 @@ class Trainer:
             )
             if self._health:
                 self._health.attach(self._engine, self._parts.loss, self._parts.optimizer)
+            if self._trajectory.enabled and not self._rows_hold_weights and not self._replicas:
+                self._engine.record_path(self._style.trainable, self._trajectory.call_stride)
         return self._engine
+
+    @property
+    def _rows_hold_weights(self) -> bool:
+        """A small model: the per-epoch rows hold all its weights (named in the history)."""
+        return len(self._record_vars) == len(self._style.trainable)
 
     # -- what a panel reads ----------------------------------------------------------
 
@@ -641,12 +648,19 @@ class Trainer:
 
     def _record_trajectory(self, res: CallResult, first: int, n: int) -> None:
         """A small model's weights after each epoch (the call's rows hold them); a bigger
-        model's once per call, when it ends on an epoch boundary."""
+        model's after the epochs the call wrote (on the stride), then where the call ends,
+        when that is an epoch boundary."""
         if not self._trajectory.enabled or not n:
             return
-        if res.params is not None and len(self._record_vars) == len(self._style.trainable):
+        if res.params is not None and self._rows_hold_weights:
             self._trajectory.record(range(first + 1, first + n + 1), res.params[:n])
-        elif self._pos.batch == 0:
+            return
+        last = first
+        if res.path_epochs is not None:
+            kept = res.path_epochs <= first + n  # not past a fault's epoch
+            self._trajectory.record(res.path_epochs[kept], res.path_weights[kept])
+            last = int(res.path_epochs[kept].max(initial=first))
+        if self._pos.batch == 0 and self._pos.epoch != last:
             self._trajectory.record([self._pos.epoch], self._flat())
 
     # -- faults ----------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 `Trainer.trajectory` records a point when training starts (or resumes) and after each
 epoch: a small model's (up to `MAX_RECORDED_PARAMS` weights) from the per-epoch rows the
-compiled loop writes anyway, a bigger model's when a compiled call ends on an epoch
-boundary (a call may run several tiny epochs: one point per call then). Points are thinned
+compiled loop writes anyway, a bigger model's written by the compiled loop after the
+epochs on the stride (`CompiledLoop.record_path`), so a call that runs many tiny epochs
+still gives one point per epoch kept; under a tf.distribute strategy, one point per call
+that ends on an epoch boundary. Points are thinned
 as they come: only epochs on a stride are kept, and the stride doubles whenever more than
 `capacity` points are kept, so a 100,000-epoch run keeps between capacity/2 and capacity
 points spread evenly over it; the latest point is always kept. The landscape reads it:
@@ -90,6 +92,15 @@ class Trajectory:
         return cls(n, enabled=record if record is not None else n <= MAX_WEIGHTS)
 
     # -- recording (the trainer's thread) --------------------------------------------
+
+    def call_stride(self, n_epochs: int) -> int:
+        """The stride for a compiled call of `n_epochs` that writes the points itself: this
+        trajectory's, doubled until the call's points fit in MAX_BYTES."""
+        with self._lock:
+            stride = self._stride
+        while (n_epochs // stride) * 4 * self.n_weights > MAX_BYTES:
+            stride *= 2
+        return stride
 
     def record(self, epochs: Sequence[int], weights: np.ndarray) -> None:
         """Points `weights[i]` (flat) after `epochs[i]` epochs, in increasing epoch order."""
