@@ -4,6 +4,7 @@ controls; one landscape for all; the compare panel and `%train --compare`."""
 from __future__ import annotations
 
 import html
+import logging
 import time
 
 import keras
@@ -145,6 +146,29 @@ def test_rerunning_the_cell_stops_and_supersedes_the_older_comparison():
     assert new.run()["sgd 0.001"]["loss"] == single("sgd", 0.001, 5)
     new.close()
     assert not new.comparison.running
+
+
+def test_six_copies_run_together_without_errors_or_retracing_warnings():
+    """Every copy trains (their steps are traced at once, each in its own thread), and
+    TensorFlow's log, which a notebook shows under the cell, says nothing of retracing."""
+    heard: list[str] = []
+
+    class Hear(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.getMessage())
+
+    hear = Hear(logging.WARNING)
+    tf.get_logger().addHandler(hear)
+    try:
+        race = Comparison(
+            "sgd:0.001,momentum:0.001,adam,rmsprop,adagrad,sgd:0.002", **seed_kwargs()
+        )
+        race.run(60)
+        race.landscape(resolution=11)
+    finally:
+        tf.get_logger().removeHandler(hear)
+    assert race.errors == {} and [t.epoch for t in race.trainers] == [60] * 6
+    assert not [m for m in heard if "retracing" in m], heard
 
 
 def test_a_copy_that_diverges_stops_and_says_so_the_others_go_on():

@@ -17,6 +17,7 @@ measures what each copy gets against a single trainer.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import weakref
@@ -121,11 +122,18 @@ class Comparison:
         spec = self._spec = resolve(model, params, predict, None)
         kwargs.setdefault("seed", random.randrange(2**31))  # the same batches for every copy
         self.trainers: list[Trainer] = []
-        for c in self.contenders:
-            subject = self._copy(spec, kwargs.get("data"))
-            self.trainers.append(
-                Trainer(**subject, optimizer=c.optimizer, learning_rate=c.learning_rate, **kwargs)
-            )
+        quiet = _OneTracePerCopy()
+        tf.get_logger().addFilter(quiet)
+        try:
+            for c in self.contenders:
+                subject = self._copy(spec, kwargs.get("data"))
+                self.trainers.append(
+                    Trainer(
+                        **subject, optimizer=c.optimizer, learning_rate=c.learning_rate, **kwargs
+                    )
+                )
+        finally:
+            tf.get_logger().removeFilter(quiet)
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, BaseException] = {}
         self._maker: LandscapeMaker | None = None
@@ -153,18 +161,12 @@ class Comparison:
             name: tf.Variable(v.numpy(), dtype=v.dtype, name=name)
             for name, v in zip(spec.names, spec.params, strict=True)
         }
-        x = data[0] if isinstance(data, tuple | list) else next(iter(data))[0]
-        x = tf.nest.map_structure(tf.convert_to_tensor, x)
-        x_spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), x)
-        call = substituted_forward(
-            lambda xs: spec.forward(xs, False), spec.params, spec.names, x_spec
-        ).call
-        fn = tf.function(call, autograph=False)  # a call op: a tape differentiates through it
         variables = list(copies.values())
+        forward = _forward_of(spec, data)
 
         def predict(xs: Any) -> Any:
             # read here, plainly, so that this predict can itself be traced and substituted
-            return fn([tf.convert_to_tensor(v) for v in variables], xs)
+            return forward([tf.convert_to_tensor(v) for v in variables], xs)
 
         return {"params": copies, "predict": predict}
 
@@ -302,6 +304,31 @@ class Comparison:
         pairs = zip(self.labels, self.trainers, strict=True)
         epochs = ", ".join(f"{label}: epoch {t.epoch}" for label, t in pairs)
         return f"Comparison({epochs}; {state})"
+
+
+def _forward_of(spec: Any, data: Any) -> Any:
+    """The original's forward pass as a function of (weight values, x), for one copy: a
+    call op, so a tape differentiates through it. Traced once, here, for any batch size,
+    so the copy's thread only calls it. Each copy has its own: copies tracing their steps
+    in their threads at the same time cannot share one."""
+    x = data[0] if isinstance(data, tuple | list) else next(iter(data))[0]
+    x = tf.nest.map_structure(tf.convert_to_tensor, x)
+    x_spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), x)
+    call = substituted_forward(
+        lambda xs: spec.forward(xs, False), spec.params, spec.names, x_spec
+    ).call
+    weights = [tf.TensorSpec(v.shape, v.dtype) for v in spec.params]
+    fn = tf.function(call, input_signature=[weights, x_spec], autograph=False)
+    fn.get_concrete_function()
+    return fn
+
+
+class _OneTracePerCopy(logging.Filter):
+    """TensorFlow counts the traces of the copies' forward functions together (they share
+    their code) and calls five of them excessive retracing; each is traced once, on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "substituted_forward.<locals>.call" not in record.getMessage()
 
 
 # The latest comparison of each original variable: re-running a cell that makes one stops
