@@ -30,13 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tapemagic.training.history import History
-from tapemagic.training.landscape import (
-    Landscape,
-    LandscapeMaker,
-    fit_frame,
-    newton_minimum,
-    project,
-)
+from tapemagic.training.landscape import Landscape, LandscapeMaker, Plane, project
 from tapemagic.training.slice_loss import SliceLoss, substituted_forward
 from tapemagic.training.subject import resolve
 from tapemagic.training.trainer import Trainer
@@ -254,14 +248,17 @@ class Comparison:
         otherwise the plane through the shared first weights spanned by the top two
         principal directions of all the paths together."""
         if self._maker is None:
-            self._maker = LandscapeMaker(self.trainers[0], resolution=resolution)
-            if self._spec.kind == "params":  # the original's forward: plain weight reads
-                self._maker._loss = SliceLoss(self.trainers[0], like=self._spec)
+            # the original's forward (plain weight reads) draws the copies' loss
+            like = (
+                SliceLoss(self.trainers[0], like=self._spec)
+                if self._spec.kind == "params"
+                else None
+            )
+            self._maker = LandscapeMaker(self.trainers[0], resolution=resolution, loss=like)
         maker = self._maker
         points = [t.trajectory.points() for t in self.trainers]
-        loss = maker.loss()
         if maker.kind == "parameters":
-            center, dirs = np.zeros(2), np.eye(2)
+            plane = maker.plane(points[0])
         elif not self.has_paths:
             raise ValueError(
                 "the copies have not moved yet: their landscape is the plane of their paths; "
@@ -269,34 +266,14 @@ class Comparison:
             )
         else:
             stacked = np.concatenate([p.weights for p in points]).astype(np.float64)
-            center = points[0].initial.astype(np.float64)
-            dirs = principal_directions(stacked).directions
-        paths = [project(p.weights, center, dirs) for p in points]
-        current = paths[0][-1]
-        here = loss.local(center, dirs, current)
-        minimum = newton_minimum(loss, center, dirs, current)
-        shown = np.concatenate(paths + ([minimum.at[None]] if minimum else []))
-        shown = shown[np.all(np.isfinite(shown), axis=1)]
-        frame = maker.frame
-        if frame is None or not frame.holds(shown):
-            extent = float(np.ptp(shown, axis=0).max()) if len(shown) else 0.0
-            frame = maker.frame = fit_frame(shown, 1.0 if extent == 0 else min(1.0, extent))
-        xs = np.linspace(frame.lo[0], frame.hi[0], resolution)
-        ys = np.linspace(frame.lo[1], frame.hi[1], resolution)
-        gx, gy = np.meshgrid(xs, ys)
-        values = loss.grid(center, dirs, np.stack([gx.ravel(), gy.ravel()], 1))
-        names = maker.names[:2] if maker.kind == "parameters" else ["PC 1", "PC 2"]
-        land = Landscape(
-            kind=maker.kind if maker.kind == "parameters" else "pca",
-            axis_names=(names[0], names[1]),
-            x=xs, y=ys, values=values.reshape(resolution, resolution), center=center,
-            directions=dirs, path=paths[0], path_epochs=points[0].epochs, current=current,
-            current_loss=here.loss, gradient=here.gradient,
-            minimum=None if minimum is None else minimum.at,
-            minimum_loss=None if minimum is None else minimum.loss,
-            samples=loss.samples, total_samples=loss.total, note=maker._data_note(loss),
-            seconds=0.0,
-        )  # fmt: skip
+            pc = principal_directions(stacked)
+            share = ", ".join(f"{100 * e:.1f}%" for e in pc.explained)
+            plane = Plane(
+                points[0].initial.astype(np.float64), pc.directions, "pca", ("PC 1", "PC 2"),
+                f"PCA directions explain {share} of the paths' variance",
+            )  # fmt: skip
+        land = maker.on_plane(plane, points, resolution)
+        paths = [project(p.weights, plane.center, plane.directions) for p in points]
         return ComparedLandscape(land, self.labels, paths)
 
     def __repr__(self) -> str:

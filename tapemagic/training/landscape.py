@@ -61,6 +61,18 @@ class Landscape:
 
 
 @dataclass(frozen=True)
+class Plane:
+    """Where a grid lies: the weights `center + u * directions[0] + v * directions[1]`."""
+
+    center: np.ndarray  # (n,) float64
+    directions: np.ndarray  # (2, n) float64
+    kind: str  # as `Landscape.kind`
+    axis_names: tuple[str, str]
+    note: str = ""  # what a reader must know about the directions
+    about_center: bool = False  # a slice through the current weights: framed symmetrically
+
+
+@dataclass(frozen=True)
 class LineProfile:
     """The loss along w(t) = w_first + t (w_now - w_first): t=0 first, t=1 current."""
 
@@ -202,7 +214,10 @@ class LandscapeMaker:
         resolution: int = 61,
         max_samples: int = MAX_SAMPLES,
         seed: int = 0,
+        loss: SliceLoss | None = None,
     ):
+        """`loss`: the loss to draw, when not the trainer's own forward pass (compare's
+        copies draw their original's)."""
         check_trainer(trainer)
         self.trainer = trainer
         self.resolution = _check_resolution(resolution)
@@ -216,7 +231,7 @@ class LandscapeMaker:
         self.names = scalar_names(trainer.variables, names) if self.n <= 2 else list(names)
         self.directions = directions  # checked by the setter
         self.frame: Frame | None = None
-        self._loss: SliceLoss | None = None
+        self._loss: SliceLoss | None = loss
         self._noise: np.ndarray | None = None
         self._minimum: Minimum | None = None  # kept for two parameters
         self._grid: tuple[tuple, np.ndarray] | None = None  # (frame key, values), likewise
@@ -265,29 +280,27 @@ class LandscapeMaker:
             pts = TrajectoryPoints(np.array([self.trainer.epoch]), now, 1)
         return pts
 
-    def _plane(self, pts: TrajectoryPoints) -> tuple[np.ndarray, np.ndarray, str]:
+    def plane(self, pts: TrajectoryPoints) -> Plane:
+        """The plane of this maker's directions for the trajectory `pts`."""
         current = pts.current.astype(np.float64)
         if self.kind == "parameters":
-            return np.zeros(2), np.eye(2), ""
+            return Plane(np.zeros(2), np.eye(2), "parameters", (self.names[0], self.names[1]))
+        names = ("direction 1", "direction 2")
         if self.kind == "given":
-            return current, np.asarray(self._directions, dtype=np.float64), ""
+            dirs = np.asarray(self._directions, dtype=np.float64)
+            return Plane(current, dirs, "given", names, about_center=True)
         if self.kind == "pca":
             pc = principal_directions(pts.weights.astype(np.float64))
             share = ", ".join(f"{100 * e:.1f}%" for e in pc.explained)
-            return current, pc.directions, f"PCA directions explain {share} of the path's variance"
+            note = f"PCA directions explain {share} of the path's variance"
+            return Plane(current, pc.directions, "pca", ("PC 1", "PC 2"), note, True)
         if self._noise is None:
             self._noise = np.random.default_rng(self.seed).standard_normal((2, self.n))
         dirs = np.stack(
             [filter_normalized(z, self.trainer.variables, current) for z in self._noise]
         )
-        return current, dirs, "filter-normalised random directions"
-
-    def _axis_names(self) -> tuple[str, str]:
-        if self.kind == "parameters":
-            return self.names[0], self.names[1]
-        if self.kind == "pca":
-            return "PC 1", "PC 2"
-        return "direction 1", "direction 2"
+        note = "filter-normalised random directions"
+        return Plane(current, dirs, "random", names, note, about_center=True)
 
     def _data_note(self, loss: SliceLoss) -> str:
         notes = []
@@ -313,31 +326,44 @@ class LandscapeMaker:
                 f"a 2-D landscape needs two or more weights; this model has one "
                 f"({self.names[0]}): its loss along that weight is line()"
             )
+        pts = self._points()
+        return self.on_plane(self.plane(pts), [pts], resolution, pause, find_minimum)
+
+    def on_plane(
+        self,
+        plane: Plane,
+        paths: Sequence[TrajectoryPoints],
+        resolution: int | None = None,
+        pause: Callable[[float], None] | None = None,
+        find_minimum: bool = True,
+    ) -> Landscape:
+        """The grid on `plane`, framed to hold every path; the landscape's path, current
+        point and gradient are those of the first."""
         res = _check_resolution(resolution or self.resolution)
         start = time.perf_counter()
         loss = self.loss()
-        pts = self._points()
-        center, dirs, note = self._plane(pts)
-        path = project(pts.weights, center, dirs)
+        center, dirs = plane.center, plane.directions
+        projected = [project(p.weights, center, dirs) for p in paths]
+        path = projected[0]
         current = path[-1]
         here = loss.local(center, dirs, current)
         # Over two parameters the loss does not move as training does: its minimum and
         # the grid of a frame are kept (a view redraws the path without recomputing them).
-        fixed = self.kind == "parameters"
+        fixed = plane.kind == "parameters"
         minimum = None
         if find_minimum:
             minimum = self._minimum if fixed and self._minimum else None
             minimum = minimum or newton_minimum(loss, center, dirs, current)
             if fixed:
                 self._minimum = minimum
-        shown = np.concatenate([path, minimum.at[None]]) if minimum else path
+        shown = np.concatenate(projected + ([minimum.at[None]] if minimum else []))
         shown = shown[np.all(np.isfinite(shown), axis=1)]
         if self.frame is None or not self.frame.holds(shown):
             extent = float(np.ptp(shown, axis=0).max()) if len(shown) else 0.0
             # filter-normalised directions have the weights' own scale: Li et al. look
             # at [-1, 1]; elsewhere the path's extent sets the scale (1 if it has none)
-            floor = 1.0 if self.kind == "random" or extent == 0 else min(1.0, extent)
-            if self.kind != "parameters":  # a slice is centred on the current weights
+            floor = 1.0 if plane.kind == "random" or extent == 0 else min(1.0, extent)
+            if plane.about_center:
                 shown = np.concatenate([shown, -shown])
             self.frame = fit_frame(shown, floor)
         f = self.frame
@@ -349,17 +375,17 @@ class LandscapeMaker:
         else:
             values = loss.grid(center, dirs, np.stack([gx.ravel(), gy.ravel()], 1), pause)
             self._grid = (key, values) if fixed else None
-        notes = [n for n in (self._data_note(loss), note) if n]
+        notes = [n for n in (self._data_note(loss), plane.note) if n]
         return Landscape(
-            kind=self.kind,
-            axis_names=self._axis_names(),
+            kind=plane.kind,
+            axis_names=plane.axis_names,
             x=xs,
             y=ys,
             values=values.reshape(res, res).copy(),  # the kept grid stays as it was
             center=center,
             directions=dirs,
             path=path,
-            path_epochs=pts.epochs,
+            path_epochs=paths[0].epochs,
             current=current,
             current_loss=here.loss,
             gradient=here.gradient,
