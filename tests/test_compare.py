@@ -51,6 +51,74 @@ def test_each_copy_gives_exactly_a_single_trainers_losses_params_style():
     assert histories["adam 0.07"].last.params["a"] != histories["sgd 0.001"].last.params["a"]
 
 
+def test_copies_in_one_compiled_call_are_bit_for_bit_single_trainers():
+    """The seed's copies run in one fused call (race.py), every optimizer written out as
+    Keras computes it: after 700 epochs each copy's losses, gradients and weights equal a
+    single trainer's exactly, and the optimizers' own state carries on from the call."""
+    race = Comparison("sgd:0.001,momentum:0.001,adam:0.07,rmsprop:0.01,adagrad:0.1",
+                      **seed_kwargs())  # fmt: skip
+    assert race.threads_because is None
+    histories = race.run(700)
+    assert race.errors == {}
+    for c, copy in zip(race.contenders, race.trainers, strict=True):
+        alone = Trainer(**seed_kwargs(), optimizer=c.optimizer, learning_rate=c.learning_rate)
+        expected = alone.run(700)
+        got = histories[c.label]
+        assert got["loss"] == expected["loss"], c.label
+        assert got["grad_norm"] == expected["grad_norm"], c.label
+        assert copy.param_values() == alone.param_values(), c.label
+        opt, ref = copy.optimizer, alone.optimizer
+        assert int(opt.iterations.numpy()) == int(ref.iterations.numpy()) == 700
+        for mine, theirs in zip(opt.variables, ref.variables, strict=True):
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
+def test_where_the_model_does_not_allow_one_call_the_copies_run_in_threads_exactly():
+    """One call only where every copy's numbers stay bit for bit a single trainer's; the
+    comparison says why not, and its threads give the single trainers' losses."""
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(40, 3)).astype("float32")
+    ys = (xs @ np.array([[1.0], [-2.0], [0.5]], "float32")).astype("float32")
+
+    def vector():
+        w, b = tf.Variable(tf.zeros([3, 1])), tf.Variable(0.0)
+        return dict(params={"w": w, "b": b}, predict=lambda x: x @ w + b, loss="mse",
+                    data=(tf.constant(xs), tf.constant(ys)))  # fmt: skip
+
+    def wave():
+        a, c = tf.Variable(0.5), tf.Variable(1.0)
+        return dict(params={"a": a, "c": c}, predict=lambda x: a * tf.sin(c * x), loss="mse",
+                    data=(tf.constant(xs[:, :1]), tf.constant(np.sin(xs[:, :1]))))  # fmt: skip
+
+    def batched():
+        return dict(seed_kwargs(), batch_size=3)
+
+    many = tf.constant(rng.normal(size=(9000,)).astype("float32") * 0.01)
+
+    def big():
+        a, b = tf.Variable(0.0), tf.Variable(0.0)
+        return dict(params={"a": a, "b": b}, predict=lambda v: a * v + b, loss=sum_sq,
+                    data=(many, 2 * many))  # fmt: skip
+
+    cases = {
+        "weights that are not scalars": vector,
+        "ops that are not computed alike whatever the layout (Sin)": wave,
+        "mini-batches": batched,
+        "more than 8,192 numbers in one array": big,
+    }
+    for why, make in cases.items():
+        race = Comparison("sgd:0.01,adam:0.01", **dict(make(), seed=5))
+        assert race.threads_because is not None and race.threads_because.startswith(why)
+        histories = race.run(4)
+        for c in race.contenders:
+            alone = Trainer(**dict(make(), seed=5), optimizer=c.optimizer,
+                            learning_rate=c.learning_rate)  # fmt: skip
+            assert histories[c.label]["loss"] == alone.run(4)["loss"], (why, c.label)
+    model_race = Comparison("sgd,adam", model=dense_model(), loss=sum_sq,
+                            data=(tf.constant(X)[:, None], tf.constant(Y)[:, None]))  # fmt: skip
+    assert model_race.threads_because.startswith("a Keras model")
+
+
 def test_each_copy_gives_exactly_a_single_trainers_losses_model_style():
     data = (tf.constant(X)[:, None], tf.constant(Y)[:, None])
     race = Comparison(["sgd:0.001", "adam:0.07"], model=dense_model(), loss=sum_sq, data=data)

@@ -4,20 +4,19 @@
 own copy of the weights: a Keras model is cloned with its weights; Variables with a
 `predict` function get new Variables and a `predict` that reads them (the traced forward
 pass with its weight reads replaced, as the landscape does). Each copy is an ordinary
-Trainer, so each gives exactly the losses a single Trainer gives. They run at the same
-time, one thread each (compiled calls release the interpreter, so the copies share the
-cores), and the controls (pause, step, stop, reset) act on all of them together.
+Trainer (its own history, faults and rollbacks), and each gives exactly the losses a
+single Trainer gives. The controls (pause, step, stop, reset) act on all of them together.
 
-Why threads, not one compiled call for all copies: a copy's epoch on the seed is a few
-microseconds of small ops, so a fused call would run every copy's ops one after another
-in one executor, and each Trainer's bookkeeping (faults, history, rollbacks) would have
-to be split per copy inside it. Threads keep each Trainer whole; tests/bench_landscape.py
-measures what each copy gets against a single trainer.
+They run at the same time, one thread each. Where the model allows it (scalar weights,
+full-batch data in memory, ops that come out alike in any layout: race.py says which),
+their calls also meet at a table and run as one compiled call, their weights stacked:
+on a problem as small as the seed's, a copy's epoch is a few microseconds of small ops,
+which threads on a few cores could only share out, not save. `threads_because` says why
+a comparison runs in threads alone.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import weakref
@@ -31,7 +30,8 @@ import tensorflow as tf
 
 from tapemagic.training.history import History
 from tapemagic.training.landscape import Landscape, LandscapeMaker, Plane, project
-from tapemagic.training.slice_loss import SliceLoss, substituted_forward
+from tapemagic.training.race import Fused, Table, why_not
+from tapemagic.training.slice_loss import SliceLoss, Substituted, substituted_forward
 from tapemagic.training.subject import resolve
 from tapemagic.training.trainer import Trainer
 from tapemagic.training.trajectory import principal_directions
@@ -115,19 +115,25 @@ class Comparison:
         predict = kwargs.pop("predict", None)
         spec = self._spec = resolve(model, params, predict, None)
         kwargs.setdefault("seed", random.randrange(2**31))  # the same batches for every copy
+        # the compare panel shows no gradient view, and health's rows keep the copies apart
+        kwargs.setdefault("health", False)
+        data = kwargs.get("data")
+        raw = _substituted(spec, data) if spec.kind == "params" else None
         self.trainers: list[Trainer] = []
-        quiet = _OneTracePerCopy()
-        tf.get_logger().addFilter(quiet)
-        try:
-            for c in self.contenders:
-                subject = self._copy(spec, kwargs.get("data"))
-                self.trainers.append(
-                    Trainer(
-                        **subject, optimizer=c.optimizer, learning_rate=c.learning_rate, **kwargs
-                    )
-                )
-        finally:
-            tf.get_logger().removeFilter(quiet)
+        for c in self.contenders:
+            subject = self._copy(spec, data, raw)
+            self.trainers.append(
+                Trainer(**subject, optimizer=c.optimizer, learning_rate=c.learning_rate, **kwargs)
+            )
+        # One compiled call for all the copies where the model allows it (race.py)
+        self.threads_because = why_not(self.trainers, raw.call if raw else None)
+        self._table: Table | None = None
+        if self.threads_because is None:
+            first = self.trainers[0]
+            fused = Fused(raw.call, first._parts.loss, first._style.trainable)
+            self._table = Table(self.trainers, fused)
+            for k, t in enumerate(self.trainers):
+                t.wrap_loop(self._table.seat(k))
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, BaseException] = {}
         self._maker: LandscapeMaker | None = None
@@ -141,7 +147,7 @@ class Comparison:
         return [c.label for c in self.contenders]
 
     @staticmethod
-    def _copy(spec: Any, data: Any) -> dict[str, Any]:
+    def _copy(spec: Any, data: Any, raw: Substituted | None) -> dict[str, Any]:
         """The model's subject on fresh weights equal to the original's."""
         if spec.kind == "model":
             model = spec.model
@@ -156,7 +162,7 @@ class Comparison:
             for name, v in zip(spec.names, spec.params, strict=True)
         }
         variables = list(copies.values())
-        forward = _forward_of(spec, data)
+        forward = _forward_of(raw, spec, data)
 
         def predict(xs: Any) -> Any:
             # read here, plainly, so that this predict can itself be traced and substituted
@@ -179,19 +185,24 @@ class Comparison:
         if self.running:
             return
         self.errors = {}
+        if self._table is not None:
+            self._table.open()
         self._threads = [
-            threading.Thread(target=self._work, args=(t, label, epochs), daemon=True,
+            threading.Thread(target=self._work, args=(k, t, label, epochs), daemon=True,
                              name=f"tapemagic-compare-{label}")
-            for t, label in zip(self.trainers, self.labels, strict=True)
+            for k, (t, label) in enumerate(zip(self.trainers, self.labels, strict=True))
         ]  # fmt: skip
         for thread in self._threads:
             thread.start()
 
-    def _work(self, trainer: Trainer, label: str, epochs: int) -> None:
+    def _work(self, k: int, trainer: Trainer, label: str, epochs: int) -> None:
         try:
             trainer.run(epochs)
         except BaseException as err:  # one copy's error ends only that copy's run
             self.errors[label] = err
+        finally:
+            if self._table is not None:  # the others do not wait for this copy any more
+                self._table.leave(k)
 
     def run(self, epochs: int) -> dict[str, History]:
         """Train every copy `epochs` more epochs and wait; returns each copy's history."""
@@ -280,32 +291,33 @@ class Comparison:
         state = "superseded" if self.superseded else ("running" if self.running else "idle")
         pairs = zip(self.labels, self.trainers, strict=True)
         epochs = ", ".join(f"{label}: epoch {t.epoch}" for label, t in pairs)
-        return f"Comparison({epochs}; {state})"
+        how = "one compiled call" if self._table else "one thread each"
+        return f"Comparison({epochs}; {state}; {how})"
 
 
-def _forward_of(spec: Any, data: Any) -> Any:
-    """The original's forward pass as a function of (weight values, x), for one copy: a
-    call op, so a tape differentiates through it. Traced once, here, for any batch size,
-    so the copy's thread only calls it. Each copy has its own: copies tracing their steps
-    in their threads at the same time cannot share one."""
+def _x_spec(data: Any) -> Any:
+    """The inputs' signature with the batch size left open."""
     x = data[0] if isinstance(data, tuple | list) else next(iter(data))[0]
     x = tf.nest.map_structure(tf.convert_to_tensor, x)
-    x_spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), x)
-    call = substituted_forward(
-        lambda xs: spec.forward(xs, False), spec.params, spec.names, x_spec
-    ).call
+    return tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), x)
+
+
+def _substituted(spec: Any, data: Any) -> Substituted:
+    """The original's forward pass as a function of (weight values, x)."""
+    return substituted_forward(
+        lambda xs: spec.forward(xs, False), spec.params, spec.names, _x_spec(data)
+    )
+
+
+def _forward_of(raw: Substituted, spec: Any, data: Any) -> Any:
+    """The forward pass for one copy: a call op, so a tape differentiates through it.
+    Traced once, here, for any batch size, so the copy's thread only calls it. Each copy
+    has its own: copies tracing their steps in their threads at the same time cannot
+    share one."""
     weights = [tf.TensorSpec(v.shape, v.dtype) for v in spec.params]
-    fn = tf.function(call, input_signature=[weights, x_spec], autograph=False)
+    fn = tf.function(raw.call, input_signature=[weights, _x_spec(data)], autograph=False)
     fn.get_concrete_function()
     return fn
-
-
-class _OneTracePerCopy(logging.Filter):
-    """TensorFlow counts the traces of the copies' forward functions together (they share
-    their code) and calls five of them excessive retracing; each is traced once, on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "substituted_forward.<locals>.call" not in record.getMessage()
 
 
 # The latest comparison of each original variable: re-running a cell that makes one stops

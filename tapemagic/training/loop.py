@@ -33,7 +33,10 @@ import tensorflow as tf
 from tapemagic.training.data import ArrayData, DatasetData, batch_count
 from tapemagic.training.steps import Steps
 from tapemagic.training.subject import traced_message
+from tapemagic.training.user_warnings import quiet_own_retracing
 from tapemagic.variables import unwrap
+
+quiet_own_retracing()  # each trainer's loop is traced once, by design
 
 
 @dataclass(frozen=True)

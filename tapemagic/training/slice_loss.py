@@ -249,8 +249,8 @@ def substituted_forward(
     def call(values: list, xs: Any) -> Any:
         g = tf.compat.v1.get_default_graph()
 
-        def inside(t):
-            return g.capture(t) if not tf.is_symbolic_tensor(t) else t
+        def inside(t):  # a value from outside this graph (eager, or an outer function's)
+            return t if tf.is_symbolic_tensor(t) and t.graph is g else g.capture(t)
 
         input_map = {name: inside(t) for name, t in feeds.items()}
         for i, v in enumerate(values):

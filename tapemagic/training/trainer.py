@@ -181,6 +181,7 @@ class Trainer:
         self._listeners: list[Callable[[EpochRecord], Any]] = []
         self._pos, self._pacer, self._target = Position(), Pacer(), 0
         self._engine: CompiledLoop | None = None
+        self._loop_wrap: Callable[[CompiledLoop], Any] | None = None
         self._last_fault: FaultedCall | None = None
         self.error: BaseException | None = None
         self.fault: Fault | None = None
@@ -259,7 +260,17 @@ class Trainer:
                 self._health.attach(self._engine, self._parts.loss, self._parts.optimizer)
             if self._trajectory.enabled and not self._rows_hold_weights and not self._replicas:
                 self._engine.record_path(self._style.trainable, self._trajectory.call_stride)
+            if self._loop_wrap is not None:
+                self._engine = self._loop_wrap(self._engine)
         return self._engine
+
+    def wrap_loop(self, wrap: Callable[[CompiledLoop], Any]) -> None:
+        """Make each call go through `wrap(loop)`, an object with the compiled loop's
+        interface (compare runs its copies' calls together). Between runs."""
+        self._require_idle("wrap the compiled loop")
+        self._loop_wrap = wrap
+        if self._engine is not None:
+            self._engine = wrap(self._engine)
 
     @property
     def _rows_hold_weights(self) -> bool:
