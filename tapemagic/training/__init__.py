@@ -36,7 +36,8 @@ it checks. What crosses a module boundary is a named type (in brackets).
   memory [`Trajectory`, `TrajectoryPoints`].
 - `slice_loss.py`, `landscape.py`: the loss at other weights in one compiled call, and the
   landscape around the run [`Landscape`, `LineProfile`]; `compare.py`: copies of one model
-  trained side by side, one per optimizer [`Comparison`].
+  trained side by side, one per optimizer [`Comparison`], in one compiled call where the
+  model allows it (`race.py`).
 - `health.py`, `health_table.py`, `health_watch.py`, `health_first_step.py`: `health`:
   per-layer gradient statistics recorded in the compiled step and the findings they raise
   [`HealthThresholds`, `Finding`, `GradientTable`].
