@@ -2,7 +2,7 @@
 
 Run it as a script (pytest does not collect it: its name does not start with test_):
 
-    .venv/bin/python tests/bench_live.py [--quick] [--no-kernel]
+    .venv/bin/python tests/bench_live.py [--quick] [--no-kernel] [--only mlp|seed|stop]
 
 Targets of the issue, measured side by side in one process:
 
@@ -231,7 +231,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one round, fewer seed epochs")
     parser.add_argument("--no-kernel", action="store_true", help="skip the Stop latency")
-    parser.add_argument("--only", choices=["mlp", "seed"], help="one workload, no kernel")
+    parser.add_argument(
+        "--only", choices=["mlp", "seed", "stop"], help="one workload, or the Stop latency alone"
+    )
     parser.add_argument(
         "--rounds", type=int, help="rounds per workload (default: MLP 7, seed 3; quick 1)"
     )
@@ -241,13 +243,13 @@ def main() -> None:
     seed_rounds = args.rounds or (1 if args.quick else 3)
     png = os.path.join(tempfile.mkdtemp(prefix="bench-live-"), "livelossplot.png")
     lines = []
-    if args.only != "seed":
+    if args.only in (None, "mlp"):
         lines += mlp_workload(mlp_rounds, png)
-    if args.only != "mlp":
+    if args.only in (None, "seed"):
         lines += seed_workload(seed_rounds, png, 300 if args.quick else 2000)
-    if livelossplot_callback(png) is None:
+    if args.only != "stop" and livelossplot_callback(png) is None:
         lines.append("SKIP  livelossplot is not installed (pip install -e '.[bench]')")
-    if not args.no_kernel and args.only is None:
+    if not args.no_kernel and args.only in (None, "stop"):
         times = stop_latency(3 if args.quick else 5)
         med = statistics.median(times)
         print("\nStop click to fit returning (MLP, real kernel): "
