@@ -382,13 +382,12 @@ class Seat:
         self.alone = False  # after a fault: its own loop only, until the next run
 
     def __call__(self, epoch0: int, n_epochs: int, b0: int = 0, b1: int | None = None):
-        if not self.alone:
-            res = self.table.sit(self, n_epochs)
-            if res is not None:
-                if not res.ok:  # its trainer replays up to the fault, on its own
-                    self.go_alone()
-                return res
-        return self.loop(epoch0, n_epochs, b0, b1)
+        res = None if self.alone else self.table.sit(self, n_epochs)
+        if res is None:
+            res = self.loop(epoch0, n_epochs, b0, b1)
+        if not res.ok and not self.alone:  # its trainer replays up to the fault, on its own
+            self.go_alone()
+        return res
 
     def go_alone(self) -> None:
         self.alone = True
