@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import html
 import logging
+import os
+import signal
+import threading
 import time
 
 import keras
@@ -71,6 +74,82 @@ def test_copies_in_one_compiled_call_are_bit_for_bit_single_trainers():
         assert int(opt.iterations.numpy()) == int(ref.iterations.numpy()) == 700
         for mine, theirs in zip(opt.variables, ref.variables, strict=True):
             np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
+def test_one_call_stays_bit_for_bit_with_many_weights_for_every_optimizer():
+    """RMSprop's and Adagrad's x / sqrt(y) becomes x * rsqrt(y) in TensorFlow's graph, whose
+    last bit depends on the array's layout: their updates go weight by weight, as Keras
+    applies them to scalar variables. Eight and twenty weights, all five optimizers."""
+    rng = np.random.default_rng(3)
+    for n in (8, 20):
+        xs = tf.constant(rng.normal(size=(30, n)).astype("float32"))
+        ys = tf.constant(rng.normal(size=(30,)).astype("float32"))
+
+        def linear(n=n, xs=xs, ys=ys):
+            ws = [tf.Variable(0.1 * (j + 1)) for j in range(n)]
+
+            def predict(x):
+                out = ws[0] * x[:, 0]
+                for j in range(1, n):
+                    out = out + ws[j] * x[:, j]
+                return out
+
+            return dict(params=ws, predict=predict, loss=sum_sq, data=(xs, ys))
+
+        spec = "sgd:0.001,momentum:0.001,adam:0.01,rmsprop:0.001,adagrad:0.01"
+        race = Comparison(spec, **linear())
+        assert race.threads_because is None
+        histories = race.run(60)
+        for c, copy in zip(race.contenders, race.trainers, strict=True):
+            alone = Trainer(**linear(), optimizer=c.optimizer, learning_rate=c.learning_rate)
+            assert histories[c.label]["loss"] == alone.run(60)["loss"], (n, c.label)
+            assert copy.param_values() == alone.param_values(), (n, c.label)
+
+
+def test_a_failing_fused_call_leaves_every_copy_to_its_own_loop():
+    """Whatever breaks the fused call (here, its tracing), no copy loses an epoch or gets
+    another's error: each runs its own loop from where it stands, and the comparison says
+    why it no longer runs them together."""
+    race = Comparison("sgd:0.001,adam:0.07", **seed_kwargs())
+
+    def broken(*args):
+        raise RuntimeError("injected")
+
+    race._table.fused._run = broken
+    histories = race.run(6)
+    assert race.errors == {}
+    assert race.threads_because == "the fused call failed: RuntimeError: injected"
+    assert "one thread each" in repr(race)
+    assert histories["sgd 0.001"]["loss"] == single("sgd", 0.001, 6)
+    assert histories["adam 0.07"]["loss"] == single("adam", 0.07, 6)
+
+
+def test_interrupting_a_comparison_stops_every_copy():
+    """Ctrl-C, or the kernel's Interrupt, is SIGINT to the process."""
+    race = Comparison("sgd:1e-5,adam:1e-5", **seed_kwargs())
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt, match="comparison stopped at epochs sgd 1e-05: "):
+        race.run(2_000_000)
+    assert not race.running
+    epochs = [t.epoch for t in race.trainers]
+    time.sleep(0.3)
+    assert [t.epoch for t in race.trainers] == epochs  # nothing trains in the background
+
+
+def test_step_during_a_run_leaves_a_stopped_copy_where_it_is():
+    race = Comparison("sgd:0.05,adam:1e-5", **seed_kwargs())
+    with pytest.warns(RuntimeWarning, match="loss is inf"):
+        race.start(10_000_000)
+        sgd, adam = race.trainers
+        until(lambda: sgd.fault is not None and not sgd.running)
+    stopped_at = sgd.epoch
+    race.pause()
+    assert adam.wait_paused(10)
+    race.step()
+    until(lambda: adam.paused and adam.epoch > 0)
+    assert sgd.epoch == stopped_at and not sgd.running
+    race.request_stop()
+    assert race.wait(10)
 
 
 def test_where_the_model_does_not_allow_one_call_the_copies_run_in_threads_exactly():

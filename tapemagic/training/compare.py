@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,9 +127,9 @@ class Comparison:
                 Trainer(**subject, optimizer=c.optimizer, learning_rate=c.learning_rate, **kwargs)
             )
         # One compiled call for all the copies where the model allows it (race.py)
-        self.threads_because = why_not(self.trainers, raw.call if raw else None)
+        self._refused = why_not(self.trainers, raw.call if raw else None)
         self._table: Table | None = None
-        if self.threads_because is None:
+        if self._refused is None:
             first = self.trainers[0]
             fused = Fused(raw.call, first._parts.loss, first._style.trainable)
             self._table = Table(self.trainers, fused)
@@ -173,8 +174,17 @@ class Comparison:
     # -- running (shared controls) ---------------------------------------------------
 
     @property
+    def threads_because(self) -> str | None:
+        """Why the copies run one thread each and not in one compiled call (None: they do
+        run in one call where their plans agree)."""
+        return self._refused or (self._table.broken if self._table else None)
+
+    @property
     def running(self) -> bool:
-        return any(t.running for t in self.trainers)
+        # a copy's thread outlives its trainer's run by its last bookkeeping
+        return any(t.running for t in self.trainers) or any(
+            th.is_alive() for th in self._threads
+        )
 
     def start(self, epochs: int) -> None:
         """Train every copy `epochs` more epochs, each in its own thread (returns at once)."""
@@ -185,35 +195,47 @@ class Comparison:
         if self.running:
             return
         self.errors = {}
-        if self._table is not None:
-            self._table.open()
+        run = self._table.open() if self._table is not None else 0
         self._threads = [
-            threading.Thread(target=self._work, args=(k, t, label, epochs), daemon=True,
+            threading.Thread(target=self._work, args=(k, t, label, epochs, run), daemon=True,
                              name=f"tapemagic-compare-{label}")
             for k, (t, label) in enumerate(zip(self.trainers, self.labels, strict=True))
         ]  # fmt: skip
         for thread in self._threads:
             thread.start()
 
-    def _work(self, k: int, trainer: Trainer, label: str, epochs: int) -> None:
+    def _work(self, k: int, trainer: Trainer, label: str, epochs: int, run: int) -> None:
         try:
             trainer.run(epochs)
         except BaseException as err:  # one copy's error ends only that copy's run
             self.errors[label] = err
         finally:
             if self._table is not None:  # the others do not wait for this copy any more
-                self._table.leave(k)
+                self._table.leave(k, run)
 
     def run(self, epochs: int) -> dict[str, History]:
-        """Train every copy `epochs` more epochs and wait; returns each copy's history."""
+        """Train every copy `epochs` more epochs and wait; returns each copy's history.
+        Ctrl-C (the kernel's Interrupt) stops every copy, then raises KeyboardInterrupt."""
         self.start(epochs)
-        self.wait()
+        try:
+            self.wait()
+        except KeyboardInterrupt:
+            self.request_stop()
+            self.wait(30)
+            epochs_now = ", ".join(f"{label}: {t.epoch}" for label, t in self._pairs())
+            raise KeyboardInterrupt(f"comparison stopped at epochs {epochs_now}") from None
         return self.histories
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every copy's run to end, `timeout` seconds in all at most."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
         return not any(thread.is_alive() for thread in self._threads)
+
+    def _pairs(self) -> list[tuple[str, Trainer]]:
+        return list(zip(self.labels, self.trainers, strict=True))
 
     def pause(self) -> None:
         for t in self.trainers:
@@ -227,7 +249,8 @@ class Comparison:
         """During a run: each copy holds after one more epoch; when idle: one epoch each."""
         if self.running:
             for t in self.trainers:
-                t.step()
+                if t.running:  # a copy that stopped (a fault) stays where it is
+                    t.step()
         else:
             self.start(1)
 
@@ -237,7 +260,8 @@ class Comparison:
 
     def reset(self) -> None:
         self.request_stop()
-        self.wait(30)
+        if not self.wait(30):
+            raise RuntimeError("the copies did not stop within 30 s: nothing was reset")
         for t in self.trainers:
             t.reset()
 
@@ -291,7 +315,7 @@ class Comparison:
         state = "superseded" if self.superseded else ("running" if self.running else "idle")
         pairs = zip(self.labels, self.trainers, strict=True)
         epochs = ", ".join(f"{label}: epoch {t.epoch}" for label, t in pairs)
-        how = "one compiled call" if self._table else "one thread each"
+        how = "one thread each" if self.threads_because else "one compiled call"
         return f"Comparison({epochs}; {state}; {how})"
 
 

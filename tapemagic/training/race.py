@@ -41,14 +41,17 @@ from tapemagic.training.objectives import scalar_loss
 from tapemagic.variables import unwrap
 
 WAIT_S = 0.02  # a seated call looks again this often (a copy may have paused meanwhile)
+MAX_GROUPS = 8  # compiled calls kept, one per group of copies seated together
 
 # Ops whose every element comes out the same whatever the array's layout: correctly
 # rounded arithmetic, comparisons, selections and moves. Not exp, log, sin, tanh, pow...:
 # their vectorised and scalar forms differ in the last bit, and an element's form depends
-# on where it lands in the array. Nor matmul: batched over copies it sums in another order.
+# on where it lands in the array. Not sqrt: TensorFlow rewrites x / sqrt(y) as x * rsqrt(y),
+# which is one of those. Nor matmul: batched over copies it sums in another order.
 EXACT_OPS = frozenset(
     [
         "Abs",
+        "AddN",
         "Add",
         "AddV2",
         "BroadcastTo",
@@ -81,7 +84,6 @@ EXACT_OPS = frozenset(
         "Shape",
         "Sign",
         "Size",
-        "Sqrt",
         "Square",
         "SquaredDifference",
         "Squeeze",
@@ -138,6 +140,25 @@ def _adam(opt: Any) -> Rule:
     return Rule(("_momentums", "_velocities"), step, counts=True)
 
 
+def _by_weight(step: Callable) -> Callable:
+    """`step` one weight at a time, as Keras applies it to scalar variables: TensorFlow
+    rewrites x / sqrt(y) as x * rsqrt(y), and rsqrt over a row differs in the last bit from
+    rsqrt on a scalar."""
+
+    def each(w, g, lr, t, s):
+        ws, gs = tf.unstack(w), tf.unstack(g)
+        slots = [tf.unstack(x) for x in s]
+        new_w, new_s = [], [[] for _ in s]
+        for i in range(len(ws)):
+            wi, si = step(ws[i], gs[i], lr, t, [x[i] for x in slots])
+            new_w.append(wi)
+            for kept, value in zip(new_s, si, strict=True):
+                kept.append(value)
+        return tf.stack(new_w), [tf.stack(kept) for kept in new_s]
+
+    return each
+
+
 def _rmsprop(opt: Any) -> Rule:
     rho, eps = opt.rho, opt.epsilon
 
@@ -145,7 +166,7 @@ def _rmsprop(opt: Any) -> Rule:
         velocity = rho * s[0] + (1 - rho) * tf.square(g)
         return w - (lr * g) / tf.sqrt(velocity + eps), [velocity]
 
-    return Rule(("_velocities",), step)
+    return Rule(("_velocities",), _by_weight(step))
 
 
 def _adagrad(opt: Any) -> Rule:
@@ -155,7 +176,7 @@ def _adagrad(opt: Any) -> Rule:
         acc = s[0] + tf.square(g)
         return w - (lr * g) / tf.sqrt(acc + eps), [acc]
 
-    return Rule(("_accumulators",), step)
+    return Rule(("_accumulators",), _by_weight(step))
 
 
 # The optimizers written out here, with the settings under which they are as written.
@@ -246,6 +267,8 @@ def _why_not_ops(trainer: Any, forward: Callable) -> str | None:
 def _why_not_loop(loop: Any) -> str | None:
     if not isinstance(loop, CompiledLoop) or not isinstance(loop.data, ArrayData):
         return "data that is not in memory"
+    if "CPU" not in loop.device.upper():  # its sums' order is checked on the CPU only
+        return f"training on {loop.device} (one call is checked bit for bit on the CPU only)"
     if not loop.fast:
         return "mini-batches (a call's epochs hold several steps)"
     if loop.val is not None or loop.metric_names or loop.health is not None:
@@ -283,11 +306,14 @@ class Fused:
         key = tuple((id(c.loop), id(c.optimizer)) for c in copies)
         if key not in self._fns:
             group = list(copies)
+            while len(self._fns) >= MAX_GROUPS:  # groups seen long ago: their loops go too
+                del self._fns[next(iter(self._fns))]
             self._fns[key] = tf.function(lambda x, y, n: self._run(group, x, y, n))
         fn, data = self._fns[key], copies[0].loop.data
         traces = fn.experimental_get_tracing_count()
         start = time.perf_counter()
-        rows = fn(data.x, data.y, tf.constant(n_epochs, tf.int32)).numpy()
+        with tf.device(copies[0].loop.device):
+            rows = fn(data.x, data.y, tf.constant(n_epochs, tf.int32)).numpy()
         seconds = time.perf_counter() - start
         traced = fn.experimental_get_tracing_count() != traces
         out = []
@@ -404,7 +430,9 @@ class Table:
     def __init__(self, trainers: Sequence[Any], fused: Fused):
         self.trainers = list(trainers)
         self.fused = fused
+        self.broken: str | None = None  # why the fused call is no longer tried
         self._cv = threading.Condition()
+        self._run = 0  # which run of the copies: a late leave() of an older one is ignored
         self._present: set[int] = set()  # copies whose run goes on at the table
         self._waiting: dict[int, tuple[Seat, int]] = {}  # copy -> its seat, epochs asked
         self._results: dict[int, Any] = {}  # copy -> CallResult, None (alone) or an error
@@ -414,33 +442,45 @@ class Table:
         """What copy `index`'s trainer wraps each of its compiled loops in."""
         return lambda loop: Seat(self, index, loop)
 
-    def open(self) -> None:
-        """A run of every copy begins: all of them at the table."""
+    def open(self) -> int:
+        """A run of every copy begins: all of them at the table. Returns the run's number,
+        for `leave`."""
         with self._cv:
-            self._present = set(range(len(self.trainers)))
+            self._run += 1
+            self._present = set(range(len(self.trainers))) if self.broken is None else set()
             self._waiting.clear()
             self._results.clear()
+            run = self._run
         for t in self.trainers:
             engine = t._loop()
             if isinstance(engine, Seat):
-                engine.alone = False
+                engine.alone = self.broken is not None
+        return run
 
-    def leave(self, index: int) -> None:
-        """Copy `index`'s run ended (or it goes on alone): nobody waits for it."""
+    def leave(self, index: int, run: int | None = None) -> None:
+        """Copy `index`'s run ended (or it goes on alone): nobody waits for it. `run`: the
+        run it ended, when it may be an older one than the table's."""
         with self._cv:
-            self._present.discard(index)
-            self._cv.notify_all()
+            if run is None or run == self._run:
+                self._present.discard(index)
+                self._cv.notify_all()
 
     def sit(self, seat: Seat, n_epochs: int) -> CallResult | None:
         k = seat.index
         with self._cv:
             self._waiting[k] = (seat, n_epochs)
             self._cv.notify_all()
-            while k not in self._results:
-                if not self._busy and self._all_here():
-                    self._serve()
-                else:
-                    self._cv.wait(WAIT_S)
+            try:
+                while k not in self._results:
+                    if not self._busy and self._all_here():
+                        self._serve()
+                    else:
+                        self._cv.wait(WAIT_S)
+            except BaseException:  # an interrupt while seated: not left waiting there
+                self._waiting.pop(k, None)
+                self._present.discard(k)
+                self._cv.notify_all()
+                raise
             out = self._results.pop(k)
         if isinstance(out, BaseException):
             raise out
@@ -448,15 +488,12 @@ class Table:
 
     def _all_here(self) -> bool:
         """Every copy still at the table has sat down, or is paused (it would hold them)."""
-        return all(
-            k in self._waiting or self.trainers[k].paused
-            for k in self._present
-        )  # fmt: skip
+        return all(k in self._waiting or self.trainers[k].paused for k in self._present)
 
     def _serve(self) -> None:
         """Group the waiting calls by epochs asked; run each group of two or more fused
         (outside the lock), send the others to their own loops. Called holding the lock.
-        Every waiting copy gets an answer, whatever fails: a result, None, or an error."""
+        Every waiting copy gets an answer, whatever fails."""
         waiting, self._waiting = self._waiting, {}
         self._busy = True
         self._cv.release()
@@ -473,19 +510,31 @@ class Table:
                 else:
                     groups.setdefault(n, []).append((k, copy))
             for n, group in groups.items():
-                ks = [k for k, _ in group]
-                if len(group) < 2:
-                    results.update({k: None for k in ks})
-                    continue
-                try:
-                    results.update(zip(ks, self.fused([c for _, c in group], n), strict=True))
-                except BaseException as err:  # each copy's trainer rolls back and reports it
-                    results.update({k: err for k in ks})
-        except BaseException as err:
-            results.update({k: err for k in waiting if k not in results})
+                if len(group) > 1:
+                    ks, copies = zip(*group, strict=True)
+                    results.update(zip(ks, self.fused(list(copies), n), strict=True))
+        except Exception as err:
+            # The fused call failed before it wrote anything (its write-back comes last):
+            # every copy runs its own loop from where it stands, which either gives the
+            # same numbers or raises the copy's own error; no fused call is tried again.
+            self.broken = f"the fused call failed: {_one_line(err)}"
+            for seat, _ in waiting.values():
+                seat.alone = True
+            gone.extend(waiting)
+            results = {}
         finally:
             self._cv.acquire()
             self._busy = False
             self._present.difference_update(gone)
-            self._results.update(results)
+            for k in waiting:
+                self._results.setdefault(k, results.get(k))
             self._cv.notify_all()
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as 'Type: message', its last line (TensorFlow puts the traced frames before
+    the message of an error raised while tracing)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    name = type(err).__name__
+    return last if last.startswith(f"{name}:") else f"{name}: {last}".rstrip(": ")
