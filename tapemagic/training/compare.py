@@ -182,9 +182,7 @@ class Comparison:
     @property
     def running(self) -> bool:
         # a copy's thread outlives its trainer's run by its last bookkeeping
-        return any(t.running for t in self.trainers) or any(
-            th.is_alive() for th in self._threads
-        )
+        return any(t.running for t in self.trainers) or any(th.is_alive() for th in self._threads)
 
     def start(self, epochs: int) -> None:
         """Train every copy `epochs` more epochs, each in its own thread (returns at once)."""
