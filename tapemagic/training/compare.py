@@ -130,8 +130,7 @@ class Comparison:
         self._refused = why_not(self.trainers, raw.call if raw else None)
         self._table: Table | None = None
         if self._refused is None:
-            first = self.trainers[0]
-            fused = Fused(raw.call, first._parts.loss, first._style.trainable)
+            fused = Fused(raw.call, self.trainers[0]._parts.loss)
             self._table = Table(self.trainers, fused)
             for k, t in enumerate(self.trainers):
                 t.wrap_loop(self._table.seat(k))

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tapemagic.training.data import ArrayData
@@ -290,14 +289,12 @@ def copy_of(trainer: Any, loop: CompiledLoop) -> Copy | None:
 
 
 class Fused:
-    """The compiled calls that run groups of copies together (one per group)."""
+    """The compiled calls that run groups of copies together (one per group). The copies'
+    weights are scalars (`why_not`): a copy's weights are a row, each weight a column."""
 
-    def __init__(self, forward: Callable, loss: Callable, variables: Sequence[Any]):
+    def __init__(self, forward: Callable, loss: Callable):
         self.forward = forward  # (weight values, x) -> predictions, plain weight reads
         self.loss = loss
-        self.shapes = [v.shape for v in variables]
-        self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.all_scalar = all(s.rank == 0 for s in self.shapes)
         self._fns: dict[tuple, Any] = {}
 
     def __call__(self, copies: Sequence[Copy], n_epochs: int) -> list[CallResult]:
@@ -323,21 +320,12 @@ class Fused:
             out.append(res)
         return out
 
-    def _split(self, flat: tf.Tensor) -> list[tf.Tensor]:
-        """Columns of (copies, weights) as each variable's values, per copy."""
-        parts = tf.split(flat, self.sizes, axis=1) if len(self.sizes) > 1 else [flat]
-        return [tf.reshape(p, [-1, *s]) for p, s in zip(parts, self.shapes, strict=True)]
-
     def _run(self, copies: list[Copy], x, y, n_epochs):
         for c in copies:  # as each copy's own call does: its rollback point
             for s, v in zip(c.loop.snapshot, c.loop.state, strict=True):
                 s.assign(v)
-
-        def row_of(variables: Sequence[Any]) -> tf.Tensor:
-            return tf.concat([tf.reshape(unwrap(v).read_value(), [-1]) for v in variables], 0)
-
-        weights = tf.stack([row_of(c.variables) for c in copies])
-        slots = [[row_of(_slot_vars(c, name)) for name in c.rule.slots] for c in copies]
+        weights = tf.stack([_read(c.variables) for c in copies])
+        slots = [[_read(_slot_vars(c, name)) for name in c.rule.slots] for c in copies]
         steps = [tf.cast(unwrap(c.optimizer.iterations).read_value(), tf.int64) for c in copies]
         rates = [tf.cast(unwrap(c.optimizer._learning_rate).read_value(), tf.float32)
                  for c in copies]  # fmt: skip
@@ -349,37 +337,28 @@ class Fused:
         def body(e, weights, slots, table):
             with tf.GradientTape() as tape:
                 tape.watch(weights)
-                losses = tf.vectorized_map(per_copy_loss, self._split(weights))
-            grads = tape.gradient(losses, weights)
+                losses = tf.vectorized_map(per_copy_loss, tf.unstack(weights, axis=1))
+            grads = tape.gradient(losses, weights)  # scalar weights: the rows' summaries
             new_w, new_slots = [], []
             rows, grad_rows = tf.unstack(weights), tf.unstack(grads)  # one op each, not K
             for i, c in enumerate(copies):
-                t = (
-                    tf.cast(steps[i] + tf.cast(e, tf.int64) + 1, tf.float32)
-                    if c.rule.counts
-                    else None
-                )
+                t = None
+                if c.rule.counts:
+                    t = tf.cast(steps[i] + tf.cast(e, tf.int64) + 1, tf.float32)
                 w, s = c.rule.step(rows[i], grad_rows[i], rates[i], t, slots[i])
                 new_w.append(w)
                 new_slots.append(s)
             new_weights = tf.stack(new_w)
-            if self.all_scalar:
-                summaries = grads
-            else:
-                summaries = tf.stack(
-                    [tf.reduce_sum(tf.square(tf.reshape(g, [len(copies), -1])), axis=1)
-                     for g in self._split(grads)], axis=1,
-                )  # fmt: skip
-            row = tf.concat([losses[:, None], summaries, new_weights], axis=1)
+            row = tf.concat([losses[:, None], grads, new_weights], axis=1)
             return e + 1, new_weights, new_slots, table.write(e, row)
 
         _, weights, slots, table = tf.while_loop(
             lambda e, *_: e < n_epochs, body, (tf.constant(0), weights, slots, table)
         )
         for i, c in enumerate(copies):  # the copies' own variables, as their steps leave them
-            _write_row(c.variables, weights[i], self.sizes)
+            _write(c.variables, weights[i])
             for name, values in zip(c.rule.slots, slots[i], strict=True):
-                _write_row(_slot_vars(c, name), values, self.sizes)
+                _write(_slot_vars(c, name), values)
             unwrap(c.optimizer.iterations).assign_add(tf.cast(n_epochs, tf.int64))
         return table.stack()
 
@@ -390,10 +369,14 @@ def _slot_vars(c: Copy, name: str) -> list:
     return [kept[c.optimizer._get_variable_index(v)] for v in c.variables]
 
 
-def _write_row(variables: Sequence[Any], row: tf.Tensor, sizes: Sequence[int]) -> None:
-    parts = tf.split(row, list(sizes)) if len(sizes) > 1 else [row]
-    for v, p in zip(variables, parts, strict=True):
-        unwrap(v).assign(tf.reshape(p, v.shape))
+def _read(variables: Sequence[Any]) -> tf.Tensor:
+    """Scalar variables as one row."""
+    return tf.stack([unwrap(v).read_value() for v in variables])
+
+
+def _write(variables: Sequence[Any], row: tf.Tensor) -> None:
+    for v, value in zip(variables, tf.unstack(row), strict=True):
+        unwrap(v).assign(value)
 
 
 # -- copies' calls meet at a table -----------------------------------------------------------

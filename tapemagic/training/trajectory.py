@@ -5,12 +5,11 @@ epoch: a small model's (up to `MAX_RECORDED_PARAMS` weights) from the per-epoch 
 compiled loop writes anyway, a bigger model's written by the compiled loop after the
 epochs on the stride (`CompiledLoop.record_path`), so a call that runs many tiny epochs
 still gives one point per epoch kept; under a tf.distribute strategy, one point per call
-that ends on an epoch boundary. Points are thinned
-as they come: only epochs on a stride are kept, and the stride doubles whenever more than
-`capacity` points are kept, so a 100,000-epoch run keeps between capacity/2 and capacity
-points spread evenly over it; the latest point is always kept. The landscape reads it:
-the path drawn, the PCA directions (Li et al. 2018), the line from the first weights to
-the last (Goodfellow et al. 2015).
+that ends on an epoch boundary. Points are thinned as they come: only epochs on a stride
+are kept, and the stride doubles whenever more than `capacity` points are kept, so a
+100,000-epoch run keeps between capacity/2 and capacity points spread evenly over it; the
+latest point is always kept. The landscape reads it: the path drawn, the PCA directions
+(Li et al. 2018), the line from the first weights to the last (Goodfellow et al. 2015).
 """
 
 from __future__ import annotations
