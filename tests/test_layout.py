@@ -20,7 +20,7 @@ FORBIDDEN = {
     "display": ("tapemagic.jupyter", "IPython", "ipywidgets", "ipykernel"),
 }
 # Modules at the top of the package that the cores share: TensorFlow-only too.
-SHARED = ("devices.py", "variables.py", "distribute.py")
+SHARED = ("devices.py", "variables.py", "distribute.py", "threads.py")
 
 
 def imports_of(path: Path, package: str) -> list[str]:

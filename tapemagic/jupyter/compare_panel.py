@@ -20,6 +20,7 @@ import ipywidgets as w
 
 from tapemagic.display.landscape_plot import LandscapePlot, Path, render_losses
 from tapemagic.jupyter.panel_timing import RedrawPacer
+from tapemagic.threads import Worker
 from tapemagic.training.compare import ComparedLandscape, Comparison
 
 REFRESH_S = 0.1
@@ -71,7 +72,7 @@ class ComparePanel:
         # the ticker, a click (the kernel's thread) and a supersession (another cell's) all
         # refresh: one at a time, as the figure is drawn in place
         self._refresh_lock = threading.Lock()
-        self._ticker: threading.Thread | None = None
+        self._ticker: Worker | None = None
         comparison.watchers.append(lambda: self.refresh(force=True))
         self.refresh(force=True)
 
@@ -133,17 +134,14 @@ class ComparePanel:
 
     def wait(self, timeout: float | None = None) -> bool:
         ticker = self._ticker
-        if ticker is not None:
-            ticker.join(timeout)
-        return ticker is None or not ticker.is_alive()
+        return ticker is None or ticker.wait(timeout)
 
     # -- the view ----------------------------------------------------------------------
 
     def _start_ticker(self) -> None:
         with self._lock:
-            if self._ticker is None or not self._ticker.is_alive():
-                self._ticker = threading.Thread(target=self._tick, daemon=True,
-                                                name="tapemagic-compare-view")  # fmt: skip
+            if self._ticker is None or self._ticker.ended:
+                self._ticker = Worker(self._tick, "tapemagic-compare-view")
                 self._ticker.start()
 
     def _tick(self) -> None:

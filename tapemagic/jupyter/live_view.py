@@ -25,6 +25,7 @@ from tapemagic.display.lossplot import BatchCurve, Curve, LossPlot
 from tapemagic.jupyter import snapshot
 from tapemagic.jupyter.panel_status import duration, fold_messages
 from tapemagic.jupyter.panel_timing import RedrawPacer
+from tapemagic.threads import Worker
 from tapemagic.training.livelog import LiveLog, LiveState, is_loss
 
 # The training shares the interpreter with this view: every millisecond the view thread
@@ -100,7 +101,7 @@ class LiveView:
         self._settings: tuple | None = None  # the view settings it was drawn with
         self._pacer = RedrawPacer()
         self._snapshots = snapshot.Snapshots()
-        self._thread: threading.Thread | None = None
+        self._thread: Worker | None = None
         self._watch: Callable[[], bool] | None = None
         self._done = threading.Event()
         self._lock = threading.Lock()  # one refresh at a time (view thread, finish)
@@ -184,15 +185,15 @@ class LiveView:
         """Refresh in a thread until `finish()`, or until `watch()` says the run is gone."""
         self._done.clear()
         self._watch = watch
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._tick, name="tapemagic-live", daemon=True)
+        if self._thread is None or self._thread.ended:
+            self._thread = Worker(self._tick, "tapemagic-live")
             self._thread.start()
 
     def finish(self) -> None:
         """The run ended: last refresh with the whole plot, then the saved snapshot."""
         self._done.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.wait()
             self._thread = None
         self._final()
 

@@ -38,6 +38,7 @@ from tapemagic.jupyter.panel_status import (
 )
 from tapemagic.jupyter.panel_timing import RedrawPacer, RunClock
 from tapemagic.jupyter.panel_views import LOSS
+from tapemagic.threads import Worker
 from tapemagic.training import ownership
 from tapemagic.training.trainer import Trainer
 
@@ -75,8 +76,8 @@ class TrainingPanel(PanelSettings):
             self.view = "text"
         self._plot = LossPlot()
         self._lock = threading.Lock()
-        self._worker: threading.Thread | None = None
-        self._ticker: threading.Thread | None = None
+        self._worker: Worker | None = None
+        self._ticker: Worker | None = None
         self._run_done = threading.Event()
         self._wake = threading.Event()
         self._closed = False
@@ -161,12 +162,7 @@ class TrainingPanel(PanelSettings):
             self._clock.tick(True)
             self._rate = 0.0
             self._run_done = threading.Event()
-            self._worker = threading.Thread(
-                target=self._work,
-                args=(n, self._run_done, release),
-                name="tapemagic-train",
-                daemon=True,
-            )
+            self._worker = Worker(self._work, "tapemagic-train", (n, self._run_done, release))
             self._worker.start()
             self._start_ticker()
         self.refresh()
@@ -239,13 +235,11 @@ class TrainingPanel(PanelSettings):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the current run has ended; False if `timeout` passed first."""
         worker = self._worker
-        if worker is not None:
-            worker.join(timeout)
-            if worker.is_alive():
-                return False
+        if worker is not None and not worker.wait(timeout):
+            return False
         ticker = self._ticker
         if ticker is not None:
-            ticker.join(timeout)
+            ticker.wait(timeout)
         return True
 
     def close(self) -> None:
@@ -283,7 +277,7 @@ class TrainingPanel(PanelSettings):
     def _start_ticker(self) -> None:
         """Called with the lock held: one view thread, alive while a run is."""
         if self._ticker is None:
-            self._ticker = threading.Thread(target=self._tick, name="tapemagic-view", daemon=True)
+            self._ticker = Worker(self._tick, "tapemagic-view")
             self._ticker.start()
 
     def _tick(self) -> None:

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tapemagic.threads import Worker
 from tapemagic.training.history import History
 from tapemagic.training.landscape import Landscape, LandscapeMaker, Plane, project
 from tapemagic.training.race import Fused, Table, why_not
@@ -134,7 +135,7 @@ class Comparison:
             self._table = Table(self.trainers, fused)
             for k, t in enumerate(self.trainers):
                 t.wrap_loop(self._table.seat(k))
-        self._threads: list[threading.Thread] = []
+        self._threads: list[Worker] = []
         self.errors: dict[str, BaseException] = {}
         self._maker: LandscapeMaker | None = None
         self.superseded = False  # a newer comparison of the same model took over
@@ -181,7 +182,7 @@ class Comparison:
     @property
     def running(self) -> bool:
         # a copy's thread outlives its trainer's run by its last bookkeeping
-        return any(t.running for t in self.trainers) or any(th.is_alive() for th in self._threads)
+        return any(t.running for t in self.trainers) or not all(w.ended for w in self._threads)
 
     def start(self, epochs: int) -> None:
         """Train every copy `epochs` more epochs, each in its own thread (returns at once)."""
@@ -194,10 +195,9 @@ class Comparison:
         self.errors = {}
         run = self._table.open() if self._table is not None else 0
         self._threads = [
-            threading.Thread(target=self._work, args=(k, t, label, epochs, run), daemon=True,
-                             name=f"tapemagic-compare-{label}")
+            Worker(self._work, f"tapemagic-compare-{label}", (k, t, label, epochs, run))
             for k, (t, label) in enumerate(zip(self.trainers, self.labels, strict=True))
-        ]  # fmt: skip
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -226,10 +226,10 @@ class Comparison:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for every copy's run to end, `timeout` seconds in all at most."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
+        for worker in self._threads:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            thread.join(left)
-        return not any(thread.is_alive() for thread in self._threads)
+            worker.wait(left)
+        return all(worker.ended for worker in self._threads)
 
     def _pairs(self) -> list[tuple[str, Trainer]]:
         return list(zip(self.labels, self.trainers, strict=True))
