@@ -29,3 +29,4 @@ def test_a_worker_that_raises_has_ended():
     worker = Worker(fail, "tapemagic-test")
     worker.start()
     assert worker.wait(5) and worker.ended
+    worker.join(5)  # its error is reported (and ignored) within this test
