@@ -9,11 +9,14 @@ run draws as fast as a 100-epoch one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from tapemagic.display.heatmap import encode_png
+
+if TYPE_CHECKING:
+    from tapemagic.training.livelog import BatchLosses
 
 MAX_POINTS = 2000
 
@@ -23,13 +26,6 @@ class Curve(NamedTuple):
 
     name: str
     values: Sequence[float | None]
-
-
-class BatchCurve(NamedTuple):
-    """Running losses within epochs: x in epochs (2.5: halfway into the third)."""
-
-    x: Sequence[float]
-    loss: Sequence[float]
 
 
 def thin(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple:
@@ -145,7 +141,7 @@ class LossPlot:
         progress: float | None = None,
         live: bool = False,
         extra: Sequence[Curve] = (),
-        batches: BatchCurve | None = None,
+        batches: BatchLosses | None = None,
     ) -> bytes:
         """PNG bytes of the curves; points drawn stay bounded whatever the history length.
 

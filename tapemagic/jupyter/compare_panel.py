@@ -10,7 +10,6 @@ each copy's last loss instead.
 
 from __future__ import annotations
 
-import base64
 import html
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import ipywidgets as w
 
 from tapemagic.display.landscape_plot import LandscapePlot, Path, render_losses
+from tapemagic.jupyter import snapshot
 from tapemagic.jupyter.panel_timing import RedrawPacer
 from tapemagic.threads import Worker
 from tapemagic.training.compare import ComparedLandscape, Comparison
@@ -209,12 +209,7 @@ class ComparePanel:
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
         if self.view == "text":
             return {"text/plain": repr(self)}
-        data = dict(self.widget._repr_mimebundle_(**kwargs) or {})
-        data["text/plain"] = repr(self)
-        png = bytes(self.losses.value)
-        if png:
-            data["image/png"] = base64.b64encode(png).decode("ascii")
-        return data
+        return snapshot.bundle(self.widget, repr(self), bytes(self.losses.value), **kwargs)
 
     def __repr__(self) -> str:
         return f"ComparePanel({self.comparison!r})"

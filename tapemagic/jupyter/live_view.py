@@ -21,7 +21,7 @@ from typing import Any
 
 import ipywidgets as w
 
-from tapemagic.display.lossplot import BatchCurve, Curve, LossPlot
+from tapemagic.display.lossplot import Curve, LossPlot
 from tapemagic.jupyter import snapshot
 from tapemagic.jupyter.panel_status import duration, fold_messages
 from tapemagic.jupyter.panel_timing import RedrawPacer
@@ -253,11 +253,10 @@ class LiveView:
             self._plot = LossPlot()
         names = [n for n in self.log.names() if is_loss(n)]
         extra = [Curve(n, self.log.column(n)) for n in names if n not in ("loss", "val_loss")]
-        batches = BatchCurve(b.x, b.loss) if b.x else None
         try:
             png = self._plot.render(
                 self.log.column("loss"), self.log.column("val_loss"), log_scale=settings[0],
-                smoothing=settings[1], live=True, extra=extra, batches=batches,
+                smoothing=settings[1], live=True, extra=extra, batches=b if b.x else None,
             )  # fmt: skip
         except Exception as err:  # a picture must never stop training
             self._pacer.drew(now, drawn, settings)

@@ -3,7 +3,7 @@
 Live frontends prefer the widget view; viewers without a kernel (nbconvert, nbviewer,
 GitHub) show the plot as a PNG and a one-line summary instead of `VBox(children=(...`.
 The display handles are kept so that the snapshot can be brought up to date when a run
-ends. Shared by the training panel and the live view.
+ends. Shared by the training panel, the compare panel and the live view.
 """
 
 from __future__ import annotations

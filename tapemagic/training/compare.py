@@ -31,12 +31,11 @@ import tensorflow as tf
 
 from tapemagic.threads import Worker
 from tapemagic.training.history import History
-from tapemagic.training.landscape import Landscape, LandscapeMaker, Plane, project
+from tapemagic.training.landscape import Landscape, LandscapeMaker, pca_plane, project
 from tapemagic.training.race import Fused, Table, why_not
 from tapemagic.training.slice_loss import SliceLoss, Substituted, substituted_forward
 from tapemagic.training.subject import resolve
 from tapemagic.training.trainer import Trainer
-from tapemagic.training.trajectory import principal_directions
 from tapemagic.variables import unwrap
 
 NAMES = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
@@ -120,10 +119,11 @@ class Comparison:
         # the compare panel shows no gradient view, and health's rows keep the copies apart
         kwargs.setdefault("health", False)
         data = kwargs.get("data")
-        raw = _substituted(spec, data) if spec.kind == "params" else None
+        x_spec = _x_spec(data) if spec.kind == "params" else None
+        raw = _substituted(spec, x_spec) if spec.kind == "params" else None
         self.trainers: list[Trainer] = []
         for c in self.contenders:
-            subject = self._copy(spec, data, raw)
+            subject = self._copy(spec, data, raw, x_spec)
             self.trainers.append(
                 Trainer(**subject, optimizer=c.optimizer, learning_rate=c.learning_rate, **kwargs)
             )
@@ -148,7 +148,7 @@ class Comparison:
         return [c.label for c in self.contenders]
 
     @staticmethod
-    def _copy(spec: Any, data: Any, raw: Substituted | None) -> dict[str, Any]:
+    def _copy(spec: Any, data: Any, raw: Substituted | None, x_spec: Any) -> dict[str, Any]:
         """The model's subject on fresh weights equal to the original's."""
         if spec.kind == "model":
             model = spec.model
@@ -163,7 +163,7 @@ class Comparison:
             for name, v in zip(spec.names, spec.params, strict=True)
         }
         variables = list(copies.values())
-        forward = _forward_of(raw, spec, data)
+        forward = _forward_of(raw, spec, x_spec)
 
         def predict(xs: Any) -> Any:
             # read here, plainly, so that this predict can itself be traced and substituted
@@ -264,7 +264,7 @@ class Comparison:
 
     @property
     def histories(self) -> dict[str, History]:
-        return {label: t.history for label, t in zip(self.labels, self.trainers, strict=True)}
+        return {label: t.history for label, t in self._pairs()}
 
     # -- one landscape for all -------------------------------------------------------
 
@@ -297,21 +297,16 @@ class Comparison:
                 "train an epoch first"
             )
         else:
-            stacked = np.concatenate([p.weights for p in points]).astype(np.float64)
-            pc = principal_directions(stacked)
-            share = ", ".join(f"{100 * e:.1f}%" for e in pc.explained)
-            plane = Plane(
-                points[0].initial.astype(np.float64), pc.directions, "pca", ("PC 1", "PC 2"),
-                f"PCA directions explain {share} of the paths' variance",
-            )  # fmt: skip
+            stacked = np.concatenate([p.weights for p in points])
+            first = points[0].initial.astype(np.float64)
+            plane = pca_plane(stacked, first, "the paths'", about_center=False)
         land = maker.on_plane(plane, points, resolution)
         paths = [project(p.weights, plane.center, plane.directions) for p in points]
         return ComparedLandscape(land, self.labels, paths)
 
     def __repr__(self) -> str:
         state = "superseded" if self.superseded else ("running" if self.running else "idle")
-        pairs = zip(self.labels, self.trainers, strict=True)
-        epochs = ", ".join(f"{label}: epoch {t.epoch}" for label, t in pairs)
+        epochs = ", ".join(f"{label}: epoch {t.epoch}" for label, t in self._pairs())
         how = "one thread each" if self.threads_because else "one compiled call"
         return f"Comparison({epochs}; {state}; {how})"
 
@@ -323,20 +318,18 @@ def _x_spec(data: Any) -> Any:
     return tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), x)
 
 
-def _substituted(spec: Any, data: Any) -> Substituted:
+def _substituted(spec: Any, x_spec: Any) -> Substituted:
     """The original's forward pass as a function of (weight values, x)."""
-    return substituted_forward(
-        lambda xs: spec.forward(xs, False), spec.params, spec.names, _x_spec(data)
-    )
+    return substituted_forward(lambda xs: spec.forward(xs, False), spec.params, spec.names, x_spec)
 
 
-def _forward_of(raw: Substituted, spec: Any, data: Any) -> Any:
+def _forward_of(raw: Substituted, spec: Any, x_spec: Any) -> Any:
     """The forward pass for one copy: a call op, so a tape differentiates through it.
     Traced once, here, for any batch size, so the copy's thread only calls it. Each copy
     has its own: copies tracing their steps in their threads at the same time cannot
     share one."""
     weights = [tf.TensorSpec(v.shape, v.dtype) for v in spec.params]
-    fn = tf.function(raw.call, input_signature=[weights, _x_spec(data)], autograph=False)
+    fn = tf.function(raw.call, input_signature=[weights, x_spec], autograph=False)
     fn.get_concrete_function()
     return fn
 

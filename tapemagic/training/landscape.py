@@ -153,6 +153,16 @@ class Frame:
         return inside and bool(np.any(hi - lo >= REFIT_BELOW * span))
 
 
+def pca_plane(weights: np.ndarray, center: np.ndarray, whose: str, about_center: bool) -> Plane:
+    """The plane through `center` spanned by the top two principal directions of
+    `weights` (points, one per row); its note says how much of `whose` variance they
+    explain."""
+    pc = principal_directions(weights.astype(np.float64))
+    share = ", ".join(f"{100 * e:.1f}%" for e in pc.explained)
+    note = f"PCA directions explain {share} of {whose} variance"
+    return Plane(center, pc.directions, "pca", ("PC 1", "PC 2"), note, about_center)
+
+
 def fit_frame(points: np.ndarray, floor: float) -> Frame:
     """A frame around the finite points, with a margin, each side at least 2 * floor."""
     pts = points[np.all(np.isfinite(points), axis=1)] if len(points) else points
@@ -290,10 +300,7 @@ class LandscapeMaker:
             dirs = np.asarray(self._directions, dtype=np.float64)
             return Plane(current, dirs, "given", names, about_center=True)
         if self.kind == "pca":
-            pc = principal_directions(pts.weights.astype(np.float64))
-            share = ", ".join(f"{100 * e:.1f}%" for e in pc.explained)
-            note = f"PCA directions explain {share} of the path's variance"
-            return Plane(current, pc.directions, "pca", ("PC 1", "PC 2"), note, True)
+            return pca_plane(pts.weights, current, "the path's", about_center=True)
         if self._noise is None:
             self._noise = np.random.default_rng(self.seed).standard_normal((2, self.n))
         dirs = np.stack(
